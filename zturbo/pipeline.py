@@ -1,0 +1,202 @@
+"""The engine: request → plan → load → encode → sample → decode.
+
+`Engine` holds loaded components (cached by file, so a server keeps models loaded between prompts)
+and exposes the small set of operations both the CLI and the workflow nodes are built from; there is
+one data path whatever the front end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zturbo import sampling
+from zturbo.checkpoints import load
+from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
+from zturbo.errors import InputError
+from zturbo.models import vae as vae_ops
+from zturbo.models.dit import ZImageDenoiser
+from zturbo.models.text_encoder import PromptEncoder
+from zturbo.runtime.device import Placement
+from zturbo.sampling.noise import seeded_noise
+from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, torch.Tensor | None], None]  # (step, total, preview latent or None)
+
+
+@dataclass(frozen=True)
+class ZImageModel:
+    """MODEL: the loaded transformer plus its sampling settings (ModelSamplingAuraFlow sets these)."""
+
+    component: load.LoadedComponent
+    shift: float = 3.0
+    multiplier: float = 1.0
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.component.module
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """CLIP: prompt encoder plus where it came from."""
+
+    component: load.LoadedComponent
+    encoder: PromptEncoder
+
+
+@dataclass(frozen=True)
+class VAE:
+    component: load.LoadedComponent
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.component.module
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """CONDITIONING: caption features, one (tokens, dim) tensor per prompt."""
+
+    embeds: list[torch.Tensor]
+
+
+@dataclass
+class Engine:
+    """Loads components on demand and runs the model operations."""
+
+    placement: Placement = field(default_factory=Placement.auto)
+    tokenizer: Path | None = None
+    _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
+
+    # --- loading (cached by path and options) ---
+
+    def _cached(self, key: tuple, build: Callable[[], object]) -> object:
+        if key not in self._cache:
+            started = time.perf_counter()
+            self._cache[key] = build()
+            log.info("loaded %s in %.1fs", key[1], time.perf_counter() - started)
+        return self._cache[key]
+
+    def load_dit(self, path: Path, weight_dtype: str = "default") -> ZImageModel:
+        dtype = self.placement.dit_dtype(weight_dtype)
+
+        def build() -> ZImageModel:
+            return ZImageModel(load.load_dit(path, dtype=dtype, device=self.placement.device))
+
+        return self._cached(("dit", path, weight_dtype), build)  # type: ignore[return-value]
+
+    def load_text_encoder(self, path: Path, device: str = "default") -> TextEncoder:
+        target = torch.device("cpu") if device == "cpu" else self.placement.device
+        dtype = self.placement.text_encoder_dtype(target)
+
+        def build() -> TextEncoder:
+            component = load.load_text_encoder(path, dtype=dtype, device=target)
+            tok = self.tokenizer or tokenizer_dir(path.parent if path.name == "text_encoder" else None)
+            return TextEncoder(component, PromptEncoder(component.module, tok))
+
+        return self._cached(("text_encoder", path, device), build)  # type: ignore[return-value]
+
+    def load_vae(self, path: Path) -> VAE:
+        dtype = self.placement.vae_dtype()
+        return self._cached(  # type: ignore[return-value]
+            ("vae", path), lambda: VAE(load.load_vae(path, dtype=dtype, device=self.placement.device))
+        )
+
+    def load_all(self, paths: ModelPaths) -> tuple[ZImageModel, TextEncoder, VAE]:
+        self.tokenizer = self.tokenizer or paths.tokenizer
+        return self.load_dit(paths.dit), self.load_text_encoder(paths.text_encoder), self.load_vae(paths.vae)
+
+    def free(self) -> None:
+        self._cache.clear()
+        self.placement.empty_cache()
+
+    # --- operations (the workflow nodes call exactly these) ---
+
+    def encode_text(self, clip: TextEncoder, text: str) -> Conditioning:
+        return Conditioning(clip.encoder.encode([text]))
+
+    def zero_conditioning(self, cond: Conditioning) -> Conditioning:
+        return Conditioning([torch.zeros_like(e) for e in cond.embeds])
+
+    def with_shift(self, model: ZImageModel, shift: float, multiplier: float = 1.0) -> ZImageModel:
+        return dataclasses.replace(model, shift=shift, multiplier=multiplier)
+
+    def sampler_names(self) -> list[str]:
+        return list(sampling.SAMPLERS)
+
+    def scheduler_names(self) -> list[str]:
+        return list(SCHEDULERS)
+
+    def sample(
+        self,
+        model: ZImageModel,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        latent: torch.Tensor,
+        *,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        denoise: float = 1.0,
+        add_noise: bool = True,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        return_with_leftover_noise: bool = False,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention)."""
+        sigmas = get_sigmas(scheduler, steps, shift=model.shift, denoise=denoise, multiplier=model.multiplier)
+        sigmas = _slice_sigmas(sigmas, start_step, end_step, force_full_denoise=not return_with_leftover_noise)
+        latent = latent.float()
+        if len(sigmas) <= 1:
+            return latent
+        noise = seeded_noise(tuple(latent.shape), seed) if add_noise else torch.zeros_like(latent)
+        # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
+        x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
+        device = self.placement.device
+        denoiser = ZImageDenoiser(model.transformer, positive.embeds, negative.embeds if negative else None, cfg,
+                                  model.multiplier)
+
+        def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if progress is not None:
+                progress(step + 1, total, denoised)
+
+        out = sampling.sample(sampler_name, denoiser, noise.to(device), x0.to(device), sigmas.to(device),
+                              seed=seed, callback=callback)
+        return vae_ops.process_out(out.float()).cpu()
+
+    def decode(self, vae: VAE, latent: torch.Tensor) -> torch.Tensor:
+        return vae_ops.decode(vae.module, latent).cpu()
+
+    def encode(self, vae: VAE, image: torch.Tensor) -> torch.Tensor:
+        return vae_ops.encode(vae.module, image).cpu()
+
+
+def _slice_sigmas(sigmas: torch.Tensor, start: int | None, end: int | None, *, force_full_denoise: bool) -> torch.Tensor:
+    """KSamplerAdvanced's start/end steps, as ComfyUI applies them."""
+    if end is not None and end < len(sigmas) - 1:
+        sigmas = sigmas[: end + 1].clone()
+        if force_full_denoise:
+            sigmas[-1] = 0
+    if start is not None:
+        if start >= len(sigmas) - 1:
+            return sigmas[-1:]
+        sigmas = sigmas[start:]
+    return sigmas
+
+
+def check_size(width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if value < 16 or value % 16:
+            raise InputError(f"{name} must be a positive multiple of 16 (got {value}); try {max(16, round(value / 16) * 16)}")
