@@ -42,4 +42,6 @@ def tiny_models_fp32(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_diffusers(tmp_path_factory) -> Path:
     """The same weights as `tiny_models_fp32`, as a diffusers folder."""
-    return write_diffusers_folder(tmp_path_factory.mktemp("diffusers") / "Z-Image-Turbo", TINY, dtype=torch.float32)
+    return write_diffusers_folder(
+        tmp_path_factory.mktemp("diffusers") / "Z-Image-Turbo", TINY, dtype=torch.float32
+    )

@@ -19,7 +19,6 @@ import torch
 from zturbo import sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
-from zturbo.errors import InputError
 from zturbo.models import vae as vae_ops
 from zturbo.models.dit import ZImageDenoiser
 from zturbo.models.text_encoder import PromptEncoder
@@ -157,7 +156,9 @@ class Engine:
     ) -> torch.Tensor:
         """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention)."""
         sigmas = get_sigmas(scheduler, steps, shift=model.shift, denoise=denoise, multiplier=model.multiplier)
-        sigmas = _slice_sigmas(sigmas, start_step, end_step, force_full_denoise=not return_with_leftover_noise)
+        sigmas = _slice_sigmas(
+            sigmas, start_step, end_step, force_full_denoise=not return_with_leftover_noise
+        )
         latent = latent.float()
         if len(sigmas) <= 1:
             return latent
@@ -165,15 +166,24 @@ class Engine:
         # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
         x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
         device = self.placement.device
-        denoiser = ZImageDenoiser(model.transformer, positive.embeds, negative.embeds if negative else None, cfg,
-                                  model.multiplier)
+        denoiser = ZImageDenoiser(
+            model.transformer, positive.embeds, negative.embeds if negative else None, cfg, model.multiplier
+        )
 
         def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if progress is not None:
                 progress(step + 1, total, denoised)
 
-        out = sampling.sample(sampler_name, denoiser, noise.to(device), x0.to(device), sigmas.to(device),
-                              seed=seed, callback=callback)
+        out = sampling.sample(
+            sampler_name,
+            denoiser,
+            noise.to(device),
+            x0.to(device),
+            sigmas,
+            seed=seed,
+            callback=callback,
+            shift=model.shift,
+        )
         return vae_ops.process_out(out.float()).cpu()
 
     def decode(self, vae: VAE, latent: torch.Tensor) -> torch.Tensor:
@@ -183,7 +193,9 @@ class Engine:
         return vae_ops.encode(vae.module, image).cpu()
 
 
-def _slice_sigmas(sigmas: torch.Tensor, start: int | None, end: int | None, *, force_full_denoise: bool) -> torch.Tensor:
+def _slice_sigmas(
+    sigmas: torch.Tensor, start: int | None, end: int | None, *, force_full_denoise: bool
+) -> torch.Tensor:
     """KSamplerAdvanced's start/end steps, as ComfyUI applies them."""
     if end is not None and end < len(sigmas) - 1:
         sigmas = sigmas[: end + 1].clone()
@@ -194,9 +206,3 @@ def _slice_sigmas(sigmas: torch.Tensor, start: int | None, end: int | None, *, f
             return sigmas[-1:]
         sigmas = sigmas[start:]
     return sigmas
-
-
-def check_size(width: int, height: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if value < 16 or value % 16:
-            raise InputError(f"{name} must be a positive multiple of 16 (got {value}); try {max(16, round(value / 16) * 16)}")

@@ -49,7 +49,9 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
 
 
 def test_missing_key_fails_loudly(tiny_models, tmp_path):
-    bad = _rewrite(tiny_models / COMFY_FILES[DIT], tmp_path / "dit.safetensors", lambda sd: sd.pop("x_pad_token"))
+    bad = _rewrite(
+        tiny_models / COMFY_FILES[DIT], tmp_path / "dit.safetensors", lambda sd: sd.pop("x_pad_token")
+    )
     with pytest.raises(ModelFileError, match=r"1 weights missing \(e\.g\. x_pad_token\)"):
         load_dit(bad, dtype=torch.float32)
 
@@ -59,7 +61,9 @@ def test_unused_key_fails_loudly(tiny_models, tmp_path):
         sd["layers.0.attention.extra.weight"] = torch.zeros(2)
 
     bad = _rewrite(tiny_models / COMFY_FILES[DIT], tmp_path / "dit.safetensors", add)
-    with pytest.raises(ModelFileError, match=r"1 unexpected tensors \(e\.g\. layers\.0\.attention\.extra\.weight\)"):
+    with pytest.raises(
+        ModelFileError, match=r"1 unexpected tensors \(e\.g\. layers\.0\.attention\.extra\.weight\)"
+    ):
         load_dit(bad, dtype=torch.float32)
 
 
@@ -85,7 +89,9 @@ def test_truncated_file(tiny_models, tmp_path):
     src = tiny_models / COMFY_FILES[DIT]
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
-    with pytest.raises(ModelFileError, match=r"truncated\.safetensors: is truncated: tensor .* Download it again"):
+    with pytest.raises(
+        ModelFileError, match=r"truncated\.safetensors: is truncated: tensor .* Download it again"
+    ):
         load_dit(bad, dtype=torch.float32)
 
 
@@ -100,10 +106,18 @@ def test_garbage_file(tmp_path):
     ("keys", "family"),
     [
         ({"double_blocks.0.img_attn.qkv.weight": (6, 2)}, "a Flux diffusion model"),
-        ({"model.diffusion_model.input_blocks.0.0.weight": (4, 4, 3, 3), "conditioner.embedders.0.x": (1,)},
-         "an SDXL checkpoint"),
+        (
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": (4, 4, 3, 3),
+                "conditioner.embedders.0.x": (1,),
+            },
+            "an SDXL checkpoint",
+        ),
         ({"model.diffusion_model.joint_blocks.0.x.weight": (2,)}, "Stable Diffusion 3"),
-        ({"decoder.conv_in.weight": (512, 4, 3, 3), "decoder.mid.block_1.conv1.weight": (2,)}, "a 4-channel VAE"),
+        (
+            {"decoder.conv_in.weight": (512, 4, 3, 3), "decoder.mid.block_1.conv1.weight": (2,)},
+            "a 4-channel VAE",
+        ),
     ],
 )
 def test_other_model_families_are_named(tmp_path, keys, family):

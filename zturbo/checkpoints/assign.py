@@ -63,8 +63,9 @@ def check_keys(model: nn.Module, state_dict: dict[str, object], source: Path | s
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:4])})")
         raise ModelFileError(
-            source, "does not match the model it looks like: " + "; ".join(parts) + ". The file may be incomplete "
-            "or a different variant."
+            source,
+            "does not match the model it looks like: " + "; ".join(parts) + ". The file may be incomplete "
+            "or a different variant.",
         )
 
 
@@ -86,7 +87,9 @@ def assign_state_dict(
     if any(not isinstance(v, torch.Tensor) for v in state_dict.values()):
         from zturbo.runtime.quant import load_state_dict_with_quant
 
-        plain = {k: _cast(v, dtype, device) if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()}
+        plain = {
+            k: _cast(v, dtype, device) if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()
+        }
         load_state_dict_with_quant(model, plain, compute_dtype=dtype or torch.bfloat16)
     else:
         plain = {k: _cast(v, dtype, device) for k, v in state_dict.items()}  # type: ignore[arg-type]

@@ -86,13 +86,18 @@ def _detect_vae(ckpt: Checkpoint, keys: set[str]) -> Detection | None:
         return Detection(
             None, "vae", f"a {latent_channels}-channel VAE (SD1.5/SDXL family), not the 16-channel Flux VAE"
         )
-    return Detection(VAE, layout, f"Flux VAE ({'original BFL' if layout == 'comfyui' else 'diffusers'} layout)", prefix)
+    return Detection(
+        VAE, layout, f"Flux VAE ({'original BFL' if layout == 'comfyui' else 'diffusers'} layout)", prefix
+    )
 
 
 _FOREIGN = [
     (r"(^|\.)double_blocks\.0\.img_attn\.qkv\.weight$", "a Flux diffusion model"),
     (r"(^|\.)joint_blocks\.0\.", "a Stable Diffusion 3 diffusion model"),
-    (r"(^|\.)transformer_blocks\.0\.attn\.add_q_proj\.weight$", "an MMDiT diffusion model (diffusers layout)"),
+    (
+        r"(^|\.)transformer_blocks\.0\.attn\.add_q_proj\.weight$",
+        "an MMDiT diffusion model (diffusers layout)",
+    ),
     (r"(^|\.)conditioner\.embedders\.", "an SDXL checkpoint"),
     (r"(^|\.)input_blocks\.0\.0\.weight$", "a Stable Diffusion UNet (SD1.5/SDXL)"),
     (r"(^|\.)down_blocks\.0\.resnets\.0\.conv1\.weight$", "a diffusers UNet"),

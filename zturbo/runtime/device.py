@@ -28,7 +28,9 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but PyTorch sees no CUDA GPU (is the CUDA build of torch installed?)")
+        raise InputError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU (is the CUDA build of torch installed?)"
+        )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise InputError("--device mps was asked for, but this PyTorch has no MPS support")
     return torch.device(name)

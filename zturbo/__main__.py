@@ -1,0 +1,3 @@
+from zturbo.cli import main
+
+main()

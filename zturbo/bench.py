@@ -1,0 +1,240 @@
+"""Benchmark harness: zturbo next to diffusers' ZImagePipeline, in one process, on the same weights.
+
+Full-size random weights are written in the real ComfyUI layout (nothing is downloaded), loaded through
+zturbo's loader, and the very same modules drive diffusers' pipeline for the baseline rows, so every
+difference in a row is the runtime's, not the weights'. Times use CUDA events/synchronisation and are
+medians of repeated warm runs; `end_to_end_s` is prompt → PNG on disk (text encode, sampling, VAE
+decode, PNG encode and write).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from zturbo.checkpoints.layout import ModelPaths, resolve_models, tokenizer_dir
+from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
+from zturbo.generate import ModelFiles, run_request, save_generated
+from zturbo.pipeline import Engine
+from zturbo.request import GenerationRequest
+from zturbo.runtime.device import Placement
+
+PROMPT = (
+    "A cozy reading nook by a rain-streaked window at dusk, warm lamp light, a cat asleep on a knitted "
+    "blanket, shelves of old books, steam rising from a mug of tea, soft film grain, 35mm photograph"
+)
+
+
+@dataclass
+class Row:
+    system: str
+    mode: str
+    resolution: str
+    steps: int
+    batch: int
+    end_to_end_s: float
+    step_ms: float
+    peak_vram_gib: float
+    images_per_s: float
+    vram_plan: str = "unconstrained"
+    text_encode_ms: float | None = None
+    vae_decode_ms: float | None = None
+    warmup_s: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def cuda_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Median seconds of `fn` on the GPU (synchronised), after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def write_full_size_models(models_dir: Path) -> ModelPaths:
+    if not (models_dir / "diffusion_models").is_dir():
+        started = time.perf_counter()
+        write_comfy_models(models_dir, ModelSet(), dtype=torch.bfloat16, device="cuda")
+        print(f"wrote full-size random models in {time.perf_counter() - started:.0f}s", flush=True)
+    return resolve_models(models_dir)
+
+
+def _files(paths: ModelPaths) -> ModelFiles:
+    return ModelFiles(paths.dit.name, paths.text_encoder.name, paths.vae.name)
+
+
+def bench_zturbo(
+    engine: Engine,
+    paths: ModelPaths,
+    width: int,
+    height: int,
+    batch: int,
+    steps: int,
+    out_dir: Path,
+    mode: str = "eager",
+) -> Row:
+    request = GenerationRequest(PROMPT, width=width, height=height, steps=steps, batch=batch, seed=1)
+    files = _files(paths)
+
+    def end_to_end() -> None:
+        save_generated(run_request(engine, paths, request), files, out_dir, prefix="bench")
+
+    started = time.perf_counter()
+    end_to_end()
+    torch.cuda.synchronize()
+    warmup = time.perf_counter() - started
+    torch.cuda.reset_peak_memory_stats()
+    e2e = cuda_time(end_to_end, repeats=3)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+
+    model, clip, vae = engine.load_all(paths)
+    cond = engine.encode_text(clip, PROMPT)
+    from zturbo.models.dit import ZImageDenoiser
+
+    den = ZImageDenoiser(model.transformer, cond.embeds, None, 1.0)
+    x = torch.randn(batch, 16, height // 8, width // 8, device="cuda")
+    sigma = torch.full((batch,), 0.5, device="cuda")
+    step = cuda_time(lambda: den(x, sigma), repeats=10)
+    encode = cuda_time(lambda: engine.encode_text(clip, PROMPT), repeats=10)
+    decode = cuda_time(lambda: engine.decode(vae, x), repeats=5)
+    return Row(
+        "zturbo",
+        mode,
+        f"{width}x{height}",
+        steps,
+        batch,
+        e2e,
+        step * 1e3,
+        peak,
+        batch / e2e,
+        text_encode_ms=encode * 1e3,
+        vae_decode_ms=decode * 1e3,
+        warmup_s=warmup,
+    )
+
+
+def diffusers_pipeline(engine: Engine, paths: ModelPaths):
+    """diffusers' ZImagePipeline around the same modules zturbo loaded."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from transformers import AutoTokenizer
+
+    model, clip, vae = engine.load_all(paths)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+    )
+    pipe = ZImagePipeline(
+        scheduler=scheduler,
+        vae=vae.module,
+        text_encoder=clip.component.module,
+        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir(None)),
+        transformer=model.transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bench_diffusers(pipe, width: int, height: int, batch: int, steps: int, out_dir: Path, mode: str) -> Row:
+    def end_to_end() -> None:
+        images = pipe(
+            PROMPT,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=0.0,
+            num_images_per_prompt=batch,
+            generator=torch.Generator("cuda").manual_seed(1),
+        ).images
+        for i, image in enumerate(images):
+            image.save(out_dir / f"diffusers_{i}.png", compress_level=4)
+
+    started = time.perf_counter()
+    end_to_end()
+    warmup = time.perf_counter() - started
+    torch.cuda.reset_peak_memory_stats()
+    e2e = cuda_time(end_to_end, repeats=3)
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    dtype = pipe.transformer.dtype
+    latents = [torch.randn(16, 1, height // 8, width // 8, device="cuda", dtype=dtype) for _ in range(batch)]
+    caps = pipe.encode_prompt(PROMPT, device="cuda", do_classifier_free_guidance=False)[0] * batch
+    t = torch.full((batch,), 0.5, device="cuda", dtype=dtype)
+    step = cuda_time(lambda: pipe.transformer(latents, t, caps, return_dict=False), repeats=10)
+    return Row(
+        "diffusers-" + mode,
+        mode,
+        f"{width}x{height}",
+        steps,
+        batch,
+        e2e,
+        step * 1e3,
+        peak,
+        batch / e2e,
+        warmup_s=warmup,
+    )
+
+
+def save_results(rows: list[Row], out_dir: Path) -> Path:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    today = dt.date.today().isoformat()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{today}-{device.replace(' ', '_')}.json"
+    data = {"device": device, "date": today, "torch": torch.__version__, "rows": [asdict(r) for r in rows]}
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+def print_table(rows: list[Row]) -> None:
+    head = f"{'system':<20}{'res':>11}{'batch':>6}{'e2e s':>8}{'step ms':>9}{'enc ms':>8}{'vae ms':>8}{'VRAM GiB':>9}{'img/s':>7}{'warm s':>8}"
+    print(head)
+    for r in rows:
+        enc = f"{r.text_encode_ms:.0f}" if r.text_encode_ms else "-"
+        vae = f"{r.vae_decode_ms:.0f}" if r.vae_decode_ms else "-"
+        print(
+            f"{r.system:<20}{r.resolution:>11}{r.batch:>6}{r.end_to_end_s:>8.3f}{r.step_ms:>9.1f}{enc:>8}{vae:>8}"
+            f"{r.peak_vram_gib:>9.1f}{r.images_per_s:>7.2f}{r.warmup_s or 0:>8.1f}"
+        )
+
+
+def run(
+    models_dir: Path,
+    sizes: list[tuple[int, int]],
+    batches: list[int],
+    steps: int,
+    systems: list[str],
+    out_dir: Path,
+    results_dir: Path,
+) -> list[Row]:
+    paths = write_full_size_models(models_dir)
+    engine = Engine(Placement.create("cuda", "bf16"))
+    started = time.perf_counter()
+    engine.load_all(paths)
+    print(f"loaded in {time.perf_counter() - started:.1f}s", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    pipe = diffusers_pipeline(engine, paths) if any(s.startswith("diffusers") for s in systems) else None
+    for system in systems:
+        if system == "diffusers-compiled":
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        for width, height in sizes:
+            for batch in batches:
+                if system == "zturbo":
+                    row = bench_zturbo(engine, paths, width, height, batch, steps, out_dir)
+                else:
+                    row = bench_diffusers(pipe, width, height, batch, steps, out_dir, system.split("-", 1)[1])
+                rows.append(row)
+                print_table([row])
+                save_results(rows, results_dir)
+    print_table(rows)
+    return rows

@@ -1,0 +1,224 @@
+"""Command line: `zturbo generate | models | run | serve | bench`.
+
+Errors a user can fix (ZTurboError) are printed as one clear message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from zturbo.errors import InputError, ZTurboError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run Z-Image-Turbo locally.")
+models_app = typer.Typer(help="Show or download the model files.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+
+ModelsDir = Annotated[
+    Path | None,
+    typer.Option("--models-dir", help="ComfyUI-style models folder [env ZTURBO_MODELS, default ./models]"),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
+DtypeOpt = Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")]
+
+
+def main() -> None:
+    try:
+        app()
+    except ZTurboError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is happening.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _step_progress(label: str):
+    """A rich progress bar and a (step, total, preview) callback that advances it."""
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = bar.add_task(label, total=None)
+
+    def update(step: int, total: int, _preview=None) -> None:
+        bar.update(task, completed=step, total=total)
+
+    return bar, update
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="What to draw (any language).")] = None,
+    negative: Annotated[str, typer.Option(help="Negative prompt (used when cfg > 1).")] = "",
+    width: Annotated[int | None, typer.Option(help="Width, a multiple of 16.")] = None,
+    height: Annotated[int | None, typer.Option(help="Height, a multiple of 16.")] = None,
+    aspect: Annotated[
+        str | None, typer.Option(help="Aspect ratio like 16:9 (instead of width/height).")
+    ] = None,
+    megapixels: Annotated[float, typer.Option(help="Pixel budget with --aspect (1 = 1024x1024).")] = 1.0,
+    steps: Annotated[int, typer.Option()] = 8,
+    cfg: Annotated[float, typer.Option(help="ComfyUI cfg: 1 = no guidance (one model call a step).")] = 1.0,
+    sampler: Annotated[str, typer.Option()] = "res_multistep",
+    scheduler: Annotated[str, typer.Option()] = "simple",
+    shift: Annotated[float, typer.Option()] = 3.0,
+    seed: Annotated[int | None, typer.Option(help="Random if omitted.")] = None,
+    batch: Annotated[int, typer.Option(help="Images per prompt, in one forward pass.")] = 1,
+    from_png: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's metadata.")] = None,
+    models_dir: ModelsDir = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A diffusers folder instead of --models-dir.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Generate images and print the paths of the PNGs written."""
+    import secrets
+
+    from zturbo.checkpoints.layout import resolve_models
+    from zturbo.generate import model_files, run_request, save_generated
+    from zturbo.pipeline import Engine
+    from zturbo.request import GenerationRequest, size_for_aspect
+    from zturbo.runtime.device import Placement
+
+    if from_png is not None:
+        request, position = request_from_png(from_png)
+    else:
+        if prompt is None:
+            raise InputError(
+                'give a prompt, e.g. zturbo generate "a red fox in the snow" (or --from IMAGE.png)'
+            )
+        if aspect is not None and (width or height):
+            raise InputError("use either --aspect/--megapixels or --width/--height, not both")
+        w, h = size_for_aspect(aspect, megapixels) if aspect else (width or 1024, height or 1024)
+        request = GenerationRequest(
+            prompt=prompt,
+            negative=negative,
+            width=w,
+            height=h,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            scheduler=scheduler,
+            shift=shift,
+            seed=secrets.randbits(63) if seed is None else seed,
+            batch=batch,
+        )
+        position = None
+    paths = resolve_models(models_dir, model)
+    engine = Engine(Placement.create(device, dtype))
+    bar, update = _step_progress("sampling")
+    with bar:
+        result = run_request(engine, paths, request, progress=update)
+    if position is not None:  # --from: keep only the image that PNG held
+        result = replace(result, images=result.images[position : position + 1])
+    files = model_files(paths, None if model else (models_dir or paths.dit.parent.parent))
+    for path in save_generated(result, files, out):
+        typer.echo(str(path))
+
+
+def request_from_png(path: Path):
+    """Settings from a PNG: zturbo's `parameters`, else a ComfyUI `prompt` graph."""
+    import json
+
+    from zturbo.output.metadata import parse_parameters, request_from_api_graph
+    from zturbo.output.png import read_png_text
+
+    text = read_png_text(path)
+    if "parameters" in text and "Version: zturbo" in text["parameters"]:
+        return parse_parameters(text["parameters"])
+    if "prompt" in text:
+        return request_from_api_graph(json.loads(text["prompt"])), None
+    raise InputError(f"{path}: has no zturbo `parameters` or ComfyUI `prompt` metadata to regenerate from")
+
+
+@models_app.callback()
+def models(ctx: typer.Context, models_dir: ModelsDir = None) -> None:
+    """List the required files: present or missing, detected kind, dtype and size."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from zturbo.checkpoints.inventory import describe_models
+
+    for line in describe_models(models_dir):
+        typer.echo(line)
+
+
+@models_app.command("pull")
+def models_pull(models_dir: ModelsDir = None) -> None:
+    """Download the three files from the Comfy-Org/z_image_turbo repository (resumable, hash-checked)."""
+    from zturbo.checkpoints.download import pull_models
+    from zturbo.checkpoints.layout import default_models_dir
+
+    for path in pull_models(models_dir or default_models_dir()):
+        typer.echo(str(path))
+
+
+@app.command()
+def run(
+    workflow: Annotated[Path, typer.Argument(help="API- or UI-format workflow JSON, or a PNG holding one.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="NODE.INPUT=VALUE (node id, title or type).")
+    ] = None,
+    models_dir: ModelsDir = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
+    input_dir: Annotated[Path, typer.Option("--input-dir", help="Folder LoadImage reads from.")] = Path(
+        "input"
+    ),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Run a ComfyUI workflow without a server; prints the images written."""
+    from zturbo.workflows import run_workflow_cli
+
+    for path in run_workflow_cli(
+        workflow,
+        set_ or [],
+        models_dir=models_dir,
+        out=out,
+        input_dir=input_dir,
+        device=device,
+        dtype=dtype,
+        console=console,
+    ):
+        typer.echo(str(path))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8188,
+    models_dir: ModelsDir = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir")] = Path("output"),
+    input_dir: Annotated[Path, typer.Option("--input-dir")] = Path("input"),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    auth_token: Annotated[str | None, typer.Option("--auth-token", help="Required off loopback.")] = None,
+) -> None:
+    """Serve the ComfyUI-compatible API and the web UI."""
+    from zturbo.checkpoints.layout import default_models_dir
+    from zturbo.server.app import serve as run_server
+    from zturbo.server.config import ServerConfig
+
+    config = ServerConfig(
+        host=host,
+        port=port,
+        models_dir=models_dir or default_models_dir(),
+        output_dir=output_dir,
+        input_dir=input_dir,
+        device=device,
+        dtype=dtype,
+        auth_token=auth_token,
+    )
+    run_server(config)

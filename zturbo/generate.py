@@ -1,0 +1,89 @@
+"""Text to image, end to end: request → plan → load → encode → sample → decode → save."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
+from zturbo.checkpoints.hashing import short_hash
+from zturbo.checkpoints.layout import FOLDERS, ModelPaths
+from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
+from zturbo.output.png import next_counter_path, save_png
+from zturbo.pipeline import Engine, Progress
+from zturbo.request import GenerationRequest
+
+LATENT_CHANNELS = 16
+
+
+@dataclass(frozen=True)
+class Generated:
+    images: torch.Tensor  # (B, H, W, 3) in [0, 1]
+    latents: torch.Tensor  # raw VAE space
+    request: GenerationRequest
+
+
+def run_request(
+    engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: Progress | None = None
+) -> Generated:
+    request.validate(engine.sampler_names(), engine.scheduler_names())
+    model, clip, vae = engine.load_all(paths)
+    model = engine.with_shift(model, request.shift)
+    positive = engine.encode_text(clip, request.prompt)
+    negative = engine.encode_text(clip, request.negative) if request.cfg != 1.0 else None
+    empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
+    latents = engine.sample(
+        model,
+        positive,
+        negative,
+        empty,
+        seed=request.seed,
+        steps=request.steps,
+        cfg=request.cfg,
+        sampler_name=request.sampler,
+        scheduler=request.scheduler,
+        denoise=request.denoise,
+        progress=progress,
+    )
+    return Generated(engine.decode(vae, latents), latents, request)
+
+
+def model_files(paths: ModelPaths, models_dir: Path | None) -> ModelFiles:
+    """Names as ComfyUI's loaders list them (relative to the models subfolder) and short hashes."""
+    cache = (models_dir or paths.dit.parent) / ".zturbo"
+
+    def name(path: Path, kind: str) -> str:
+        for folder in FOLDERS[kind]:
+            base = (models_dir / folder) if models_dir else None
+            if base is not None and path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
+        return path.name
+
+    return ModelFiles(
+        dit=name(paths.dit, DIT),
+        text_encoder=name(paths.text_encoder, TEXT_ENCODER),
+        vae=name(paths.vae, VAE),
+        dit_hash=short_hash(paths.dit, cache),
+        text_encoder_hash=short_hash(paths.text_encoder, cache),
+        vae_hash=short_hash(paths.vae, cache),
+    )
+
+
+def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:
+    graph = api_graph(result.request, files, filename_prefix=prefix)
+    saved = []
+    for index, image in enumerate(result.images):
+        text = {
+            "parameters": parameters_text(result.request, files, batch_index=index),
+            "prompt": _json(graph),
+        }
+        saved.append(save_png(image, next_counter_path(out_dir, prefix), text))
+    return saved
+
+
+def _json(data: dict) -> str:
+    import json
+
+    return json.dumps(data, ensure_ascii=False)

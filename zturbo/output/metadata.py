@@ -1,0 +1,174 @@
+"""Generation metadata in a PNG: our `parameters` text and ComfyUI's `prompt` API graph.
+
+`parameters` follows the A1111 layout other tools already parse (prompt, "Negative prompt:", then
+"Key: value" pairs); the `prompt` chunk is the equivalent ComfyUI API graph (the official Z-Image-Turbo
+template's nodes), so both zturbo (`generate --from`) and ComfyUI (drag the PNG in) reproduce the image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+
+from zturbo.errors import InputError
+from zturbo.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Component names as ComfyUI loaders see them (relative to their folder) and short hashes."""
+
+    dit: str
+    text_encoder: str
+    vae: str
+    dit_hash: str = ""
+    text_encoder_hash: str = ""
+    vae_hash: str = ""
+
+
+def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index: int = 0) -> str:
+    pairs = {
+        "Steps": request.steps,
+        "Sampler": request.sampler,
+        "Schedule type": request.scheduler,
+        "CFG scale": _num(request.cfg),
+        "Seed": request.seed,
+        "Size": f"{request.width}x{request.height}",
+        "Shift": _num(request.shift),
+        "Batch size": request.batch,
+        "Batch pos": batch_index,
+        "Model": models.dit,
+        "Model hash": models.dit_hash,
+        "Text encoder": models.text_encoder,
+        "Text encoder hash": models.text_encoder_hash,
+        "VAE": models.vae,
+        "VAE hash": models.vae_hash,
+        "Version": "zturbo",
+    }
+    if request.denoise != 1.0:
+        pairs["Denoising strength"] = _num(request.denoise)
+    tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
+    return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if any(c in value for c in ',:"\n') else value
+
+
+_PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
+    """Inverse of parameters_text → (request, batch position)."""
+    lines = text.rstrip("\n").split("\n")
+    if len(lines) < 2:
+        raise InputError("the PNG's parameters text has no settings line")
+    settings_line = lines[-1]
+    body = lines[:-1]
+    negative = ""
+    for i, line in enumerate(body):
+        if line.startswith("Negative prompt:"):
+            negative = "\n".join([line[len("Negative prompt:") :].strip(), *body[i + 1 :]])
+            body = body[:i]
+            break
+    pairs = {m.group(1).strip(): m.group(2) for m in _PAIR.finditer(settings_line) if m.group(1).strip()}
+    pairs = {k: (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+    try:
+        width, height = (int(v) for v in pairs["Size"].split("x"))
+        request = GenerationRequest(
+            prompt="\n".join(body),
+            negative=negative,
+            width=width,
+            height=height,
+            steps=int(pairs["Steps"]),
+            cfg=float(pairs["CFG scale"]),
+            sampler=pairs["Sampler"],
+            scheduler=pairs.get("Schedule type", "simple"),
+            shift=float(pairs.get("Shift", 3.0)),
+            seed=int(pairs["Seed"]),
+            batch=int(pairs.get("Batch size", 1)),
+            denoise=float(pairs.get("Denoising strength", 1.0)),
+        )
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
+    return request, int(pairs.get("Batch pos", 0))
+
+
+def api_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: str = "zturbo") -> dict:
+    """The ComfyUI API-format graph that produces the same image (official template's node types)."""
+    negative = (
+        {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}}
+        if request.cfg == 1.0 and not request.negative
+        else {"class_type": "CLIPTextEncode", "inputs": {"text": request.negative, "clip": ["2", 0]}}
+    )
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": models.dit, "weight_dtype": "default"}},
+        "2": {
+            "class_type": "CLIPLoader",
+            "inputs": {"clip_name": models.text_encoder, "type": "lumina2", "device": "default"},
+        },
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": models.vae}},
+        "4": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": request.shift}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": request.prompt, "clip": ["2", 0]}},
+        "6": negative,
+        "7": {
+            "class_type": "EmptySD3LatentImage",
+            "inputs": {"width": request.width, "height": request.height, "batch_size": request.batch},
+        },
+        "8": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["4", 0],
+                "seed": request.seed,
+                "steps": request.steps,
+                "cfg": request.cfg,
+                "sampler_name": request.sampler,
+                "scheduler": request.scheduler,
+                "positive": ["5", 0],
+                "negative": ["6", 0],
+                "latent_image": ["7", 0],
+                "denoise": request.denoise,
+            },
+        },
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["3", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": filename_prefix}},
+    }
+
+
+def request_from_api_graph(graph: dict) -> GenerationRequest:
+    """Best-effort settings from a ComfyUI API graph with one KSampler (e.g. a ComfyUI-made PNG)."""
+    nodes = {nid: n for nid, n in graph.items() if isinstance(n, dict)}
+    samplers = [n for n in nodes.values() if n.get("class_type") in ("KSampler", "KSamplerAdvanced")]
+    if len(samplers) != 1:
+        raise InputError(f"expected one KSampler in the PNG's prompt graph, found {len(samplers)}")
+    ks = samplers[0]["inputs"]
+
+    def source(link, wanted: tuple[str, ...]):
+        while isinstance(link, list) and link[0] in nodes:
+            node = nodes[link[0]]
+            if node["class_type"] in wanted:
+                return node["inputs"]
+            link = next((v for v in node["inputs"].values() if isinstance(v, list)), None)
+        return {}
+
+    latent = source(ks.get("latent_image"), ("EmptySD3LatentImage", "EmptyLatentImage"))
+    request = GenerationRequest(
+        prompt=str(source(ks.get("positive"), ("CLIPTextEncode",)).get("text", "")),
+        width=int(latent.get("width", 1024)),
+        height=int(latent.get("height", 1024)),
+        batch=int(latent.get("batch_size", 1)),
+        steps=int(ks.get("steps", 8)),
+        cfg=float(ks.get("cfg", 1.0)),
+        sampler=str(ks.get("sampler_name", "res_multistep")),
+        scheduler=str(ks.get("scheduler", "simple")),
+        seed=int(ks.get("seed", ks.get("noise_seed", 0))),
+        shift=float(source(ks.get("model"), ("ModelSamplingAuraFlow",)).get("shift", 3.0)),
+        denoise=float(ks.get("denoise", 1.0)),
+    )
+    negative = source(ks.get("negative"), ("CLIPTextEncode", "ConditioningZeroOut"))
+    return replace(request, negative=str(negative.get("text", "")))
