@@ -1,0 +1,84 @@
+"""Fixtures: an app on temporary folders with the test-double executor, in-process or on real uvicorn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from server.doubles import FakeExecutor
+from zturbo.server import ServerConfig, create_app
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(
+        models_dir=tmp_path / "models",
+        output_dir=tmp_path / "output",
+        input_dir=tmp_path / "input",
+        temp_dir=tmp_path / "temp",
+        user_dir=tmp_path / "user",
+        max_upload_bytes=64 * 1024,
+        max_request_bytes=256 * 1024,
+    )
+
+
+@pytest.fixture
+def executor(config: ServerConfig) -> FakeExecutor:
+    return FakeExecutor(config.output_dir)
+
+
+@pytest.fixture
+def client(config: ServerConfig, executor: FakeExecutor) -> Iterator[TestClient]:
+    with TestClient(create_app(config, executor=executor), base_url="http://127.0.0.1:8188") as test_client:
+        yield test_client
+
+
+@dataclass
+class LiveServer:
+    app: FastAPI
+    host: str
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def ws(self, client_id: str | None = None) -> str:
+        return f"ws://{self.host}:{self.port}/ws" + (f"?clientId={client_id}" if client_id else "")
+
+
+def run_live(app: FastAPI) -> Iterator[LiveServer]:
+    """Real uvicorn on 127.0.0.1 and a free port (port 0), in a thread; stopped when the test ends."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield LiveServer(app, "127.0.0.1", port)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def live(config: ServerConfig, executor: FakeExecutor) -> Iterator[LiveServer]:
+    yield from run_live(create_app(config, executor=executor))

@@ -1,0 +1,128 @@
+"""The output cache that survives between prompts, keyed like ComfyUI's input signatures.
+
+A node's key hashes its class, its `is_changed` value and its inputs, where a linked input stands
+for the *key of the node it comes from*. So a prompt that only changes the KSampler seed changes the
+keys of KSampler and everything downstream, while the loaders keep theirs: their cached outputs (the
+loaded models) are reused and nothing upstream of the change runs again.
+
+Like ComfyUI's default ("classic") cache, only entries of the current prompt are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from zturbo.graph.prompt import is_link, unwrap
+from zturbo.nodes.schema import UNIQUE_ID
+
+if TYPE_CHECKING:
+    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.registry import NodeRegistry
+
+log = logging.getLogger(__name__)
+
+
+class GraphError(Exception):
+    """A structural problem found while planning (a cycle, a link to a missing node)."""
+
+    def __init__(self, node_id: str, message: str) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
+@dataclass
+class CachedNode:
+    outputs: tuple[Any, ...]
+    ui: dict[str, Any] | None = None
+
+
+class OutputCache:
+    """Node results by signature key."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, CachedNode] = {}
+
+    def get(self, key: str) -> CachedNode | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, entry: CachedNode) -> None:
+        self._entries[key] = entry
+
+    def retain(self, keys: set[str]) -> None:
+        """Drop every entry the current prompt does not use (frees models no longer in the graph)."""
+        for key in [k for k in self._entries if k not in keys]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class SignatureBuilder:
+    """Computes (and memoises) every node's cache key for one prompt."""
+
+    def __init__(
+        self, prompt: dict[str, Any], registry: NodeRegistry, context: ExecutionContext | None
+    ) -> None:
+        self.prompt = prompt
+        self.registry = registry
+        self.context = context
+        self._memo: dict[str, str] = {}
+        self._visiting: set[str] = set()
+
+    def all_keys(self) -> dict[str, str]:
+        return {node_id: self.key(node_id) for node_id in self.prompt}
+
+    def key(self, node_id: str) -> str:
+        if node_id in self._memo:
+            return self._memo[node_id]
+        if node_id in self._visiting:
+            raise GraphError(node_id, f"node {node_id} depends on itself (the graph has a cycle)")
+        self._visiting.add(node_id)
+        node = self.prompt[node_id]
+        items = [
+            self._input_item(node_id, name, value) for name, value in sorted(node.get("inputs", {}).items())
+        ]
+        parts: list[Any] = [node["class_type"], self._is_changed(node_id, node), items]
+        schema = self.registry.schema(node["class_type"])
+        if schema is not None and schema.has_hidden(UNIQUE_ID[1]):
+            parts.append(node_id)  # ComfyUI keys nodes that see their own id by that id
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
+        self._visiting.discard(node_id)
+        self._memo[node_id] = digest
+        return digest
+
+    def _input_item(self, node_id: str, name: str, value: Any) -> list[Any]:
+        if is_link(value) and len(value) == 2:
+            source, slot = value
+            if source not in self.prompt:
+                raise GraphError(
+                    node_id, f"input '{name}' of node {node_id} is linked to missing node {source}"
+                )
+            return [name, "link", self.key(source), slot]
+        return [name, "value", unwrap(value)]
+
+    def _is_changed(self, node_id: str, node: dict[str, Any]) -> Any:
+        """The node's `is_changed` value (literal inputs only, as ComfyUI passes them); a failure or NaN
+        makes a one-off value so the node always runs."""
+        cls = self.registry.get(node["class_type"])
+        hook = getattr(cls, "is_changed", None)
+        if hook is None:
+            return None
+        literals = {k: unwrap(v) for k, v in node.get("inputs", {}).items() if not is_link(v)}
+        try:
+            value = hook(self.context, **literals)
+        except Exception as exc:
+            log.warning("is_changed of node %s failed (%s); it will run", node_id, exc)
+            return uuid.uuid4().hex
+        if isinstance(value, float) and math.isnan(value):
+            return uuid.uuid4().hex
+        return value

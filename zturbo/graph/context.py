@@ -1,0 +1,151 @@
+"""What nodes see while running: folders, the engine, and their own progress and interrupt hooks.
+
+`ExecutionContext` lives as long as the server (or one `zturbo run`); `NodeContext` is made for one
+node of one prompt, so a node never needs global state to report progress or find its files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from zturbo.errors import Interrupted, MissingModelError
+from zturbo.nodes.paths import list_image_files, relative_parts, safe_join, split_annotation
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MODEL_EXTENSIONS = (".safetensors", ".gguf", ".sft")
+# ComfyUI's folder aliases: old names ("unet", "clip") still hold models for the new ones.
+FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
+    "diffusion_models": ("diffusion_models", "unet"),
+    "unet": ("diffusion_models", "unet"),
+    "text_encoders": ("text_encoders", "clip"),
+    "clip": ("text_encoders", "clip"),
+    "vae": ("vae",),
+}
+
+ProgressHook = Callable[[int, int, "Image.Image | None"], None]
+
+
+@dataclass
+class ExecutionContext:
+    """Folders, device choices and the engine shared by every prompt."""
+
+    models_dir: Path
+    output_dir: Path
+    input_dir: Path
+    temp_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    engine: Any = None
+
+    def __post_init__(self) -> None:
+        self.models_dir = Path(self.models_dir)
+        self.output_dir = Path(self.output_dir)
+        self.input_dir = Path(self.input_dir)
+        self.temp_dir = Path(self.temp_dir)
+
+    def model_dirs(self, folder: str) -> list[Path]:
+        """The directories that hold models of `folder` (aliases included)."""
+        names = FOLDER_ALIASES.get(folder, (folder,))
+        return [self.models_dir / name for name in names]
+
+    def list_models(self, folder: str) -> list[str]:
+        """Model files under `models_dir/<folder>` (recursive, aliases merged), as relative posix names."""
+        found: set[str] = set()
+        for base in self.model_dirs(folder):
+            if not base.is_dir():
+                continue
+            seen: set[str] = set()
+            for root, dirs, files in os.walk(base, followlinks=True):
+                seen.add(os.path.realpath(root))
+                dirs[:] = [
+                    d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen
+                ]  # symlink loops
+                for name in files:
+                    if name.lower().endswith(MODEL_EXTENSIONS):
+                        found.add((Path(root) / name).relative_to(base).as_posix())
+        return sorted(found)
+
+    def resolve_model(self, folder: str, name: str) -> Path:
+        """The file a loader's `name` refers to. Symlinked model files are fine (people share
+        model stores); names with `..` or absolute paths are not."""
+        parts = relative_parts(name, what=f"model name for {folder}")
+        for base in self.model_dirs(folder):
+            candidate = base.joinpath(*parts)
+            if candidate.is_file():
+                return candidate
+        searched = ", ".join(str(d) for d in self.model_dirs(folder))
+        raise MissingModelError(f"model file {name!r} not found in {searched}")
+
+    def folder(self, kind: str) -> Path:
+        """The input, output or temp folder."""
+        folders = {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}
+        if kind not in folders:
+            raise ValueError(f"unknown folder kind {kind!r}")
+        return folders[kind]
+
+    def list_input_images(self) -> list[str]:
+        return list_image_files(self.input_dir)
+
+    def resolve_annotated(self, name: str, default: str = "input") -> Path:
+        """A LoadImage-style name (`sub/a.png`, `a.png [output]`) inside its folder, never outside."""
+        plain, kind = split_annotation(name, default)
+        return safe_join(self.folder(kind), plain, what=f"file name {name!r}")
+
+
+@dataclass
+class NodeContext:
+    """What `Node.execute` receives: the shared context plus this node's identity and hooks."""
+
+    execution: ExecutionContext
+    node_id: str
+    prompt_id: str
+    prompt: dict[str, Any] = field(default_factory=dict)
+    extra_pnginfo: dict[str, Any] | None = None
+    on_progress: ProgressHook | None = None
+    interrupt: threading.Event | None = None
+
+    @property
+    def engine(self) -> Any:
+        return self.execution.engine
+
+    @property
+    def models_dir(self) -> Path:
+        return self.execution.models_dir
+
+    @property
+    def output_dir(self) -> Path:
+        return self.execution.output_dir
+
+    @property
+    def input_dir(self) -> Path:
+        return self.execution.input_dir
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.execution.temp_dir
+
+    @property
+    def device(self) -> str:
+        return self.execution.device
+
+    @property
+    def dtype(self) -> str:
+        return self.execution.dtype
+
+    def check_interrupt(self) -> None:
+        """Raise `Interrupted` if the user asked to stop; long loops call this between steps."""
+        if self.interrupt is not None and self.interrupt.is_set():
+            raise Interrupted("interrupted by the user")
+
+    def progress(self, value: int, max: int, preview: Image.Image | None = None) -> None:  # noqa: A002
+        """Report progress (and optionally a preview image); doubles as an interrupt point."""
+        self.check_interrupt()
+        if self.on_progress is not None:
+            self.on_progress(value, max, preview)

@@ -1,0 +1,74 @@
+"""Small shared helpers for API-format prompts: link detection, normalisation, value coercion.
+
+Validation and execution must agree on what a link is and how a literal becomes an INT or FLOAT,
+so both use these functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zturbo.nodes.schema import InputSpec
+
+
+def is_link(value: Any) -> bool:
+    """ComfyUI's rule: any list is a link (`[node_id, slot]`); literal lists come wrapped in `__value__`."""
+    return isinstance(value, list)
+
+
+def unwrap(value: Any) -> Any:
+    """Literal list values travel as `{"__value__": [...]}` so they are not taken for links."""
+    if isinstance(value, dict) and "__value__" in value:
+        return value["__value__"]
+    return value
+
+
+def normalize_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    """A copy with string node ids and `[str(id), int(slot)]` links; values are not deep-copied.
+
+    Some clients send numeric ids; accepting them costs nothing and ComfyUI's own frontend never does.
+    """
+    out: dict[str, Any] = {}
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict):
+            out[str(node_id)] = node
+            continue
+        inputs = node.get("inputs") or {}
+        fixed = (
+            {name: _normalize_link(value) for name, value in inputs.items()}
+            if isinstance(inputs, dict)
+            else {}
+        )
+        out[str(node_id)] = {**node, "inputs": fixed}
+    return out
+
+
+def _normalize_link(value: Any) -> Any:
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], (int, float, str)):
+        try:
+            return [str(value[0]), int(value[1])]
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def coerce(spec: InputSpec, value: Any) -> Any:
+    """Convert a literal as ComfyUI does (`int(v)`, `float(v)`, `str(v)`, `bool(v)`); raises on failure."""
+    value = unwrap(value)
+    converters = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+    convert = converters.get(spec.type)
+    return convert(value) if convert is not None else value
+
+
+def types_match(received: str, expected: str) -> bool:
+    """ComfyUI's `validate_node_input`: equal, a wildcard, or overlapping comma-separated type lists."""
+    if received == expected or "*" in (received, expected):
+        return True
+    got = {t.strip() for t in received.split(",")}
+    want = {t.strip() for t in expected.split(",")}
+    return "*" in got or "*" in want or bool(got & want)
+
+
+def link_type(spec: InputSpec) -> str:
+    """The type a link into this input must carry (widgets accept links of their own type)."""
+    return "COMBO" if spec.is_combo or spec.is_dynamic else spec.type

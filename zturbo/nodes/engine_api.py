@@ -1,0 +1,73 @@
+"""The protocol model nodes use to reach the engine (`ctx.engine`).
+
+Nodes stay declarative: loading, text encoding, sampling and VAE work live in the engine, which the
+lead implements against this protocol. MODEL, CLIP, VAE and CONDITIONING values are opaque to the
+graph: whatever the engine returns is cached and handed back to it unchanged.
+
+Tensors follow ComfyUI's conventions: IMAGE is [B, H, W, C] float in 0..1; latents are
+[B, 16, H/8, W/8] in raw VAE space (the engine applies any latent scaling itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import Tensor
+
+# progress(value, max, preview): value counts finished steps (1..max); raising (Interrupted) aborts.
+ProgressFn = Callable[[int, int, "Image.Image | None"], None]
+
+
+@runtime_checkable
+class EngineAPI(Protocol):
+    def load_dit(self, path: Path, weight_dtype: str) -> Any:
+        """Load a diffusion model file; `weight_dtype` is UNETLoader's choice ("default", "fp8_e4m3fn", ...)."""
+
+    def load_text_encoder(self, path: Path, device: str) -> Any:
+        """Load a text encoder file; `device` is CLIPLoader's choice ("default" or "cpu")."""
+
+    def load_vae(self, path: Path) -> Any: ...
+
+    def encode_text(self, clip: Any, text: str) -> Any:
+        """Return CONDITIONING for `text`."""
+
+    def zero_conditioning(self, cond: Any) -> Any:
+        """Return CONDITIONING of the same shape with zeroed embeddings (ConditioningZeroOut)."""
+
+    def with_shift(self, model: Any, shift: float, multiplier: float) -> Any:
+        """Return a MODEL whose flow sigma table uses `shift` (ModelSamplingAuraFlow); the input stays unchanged."""
+
+    def sample(
+        self,
+        model: Any,
+        positive: Any,
+        negative: Any,
+        latent: Tensor,
+        *,
+        seed: int,
+        steps: int,
+        cfg: float,
+        sampler_name: str,
+        scheduler: str,
+        denoise: float,
+        add_noise: bool = True,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        return_with_leftover_noise: bool = False,
+        progress: ProgressFn,
+    ) -> Tensor:
+        """Denoise `latent` (raw VAE space in and out) and return the new latents."""
+
+    def decode(self, vae: Any, latent: Tensor) -> Tensor:
+        """Latents to IMAGE [B, H, W, 3] in 0..1."""
+
+    def encode(self, vae: Any, image: Tensor) -> Tensor:
+        """IMAGE [B, H, W, 3] (sides multiples of 8) to raw latents."""
+
+    def sampler_names(self) -> list[str]: ...
+
+    def scheduler_names(self) -> list[str]: ...

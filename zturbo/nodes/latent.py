@@ -1,0 +1,146 @@
+"""Latent nodes: empty latents, latent resizing, and the VAE's way in and out of latent space.
+
+LATENT values are dicts `{"samples": Tensor[B, 16, H/8, W/8]}` in raw VAE space, as in ComfyUI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from zturbo.nodes.base import Node, require_engine
+from zturbo.nodes.resize import common_upscale
+from zturbo.nodes.schema import Combo, Float, Int, Link, NodeSchema, Output
+
+if TYPE_CHECKING:
+    from zturbo.graph.context import NodeContext
+
+MAX_RESOLUTION = 16384
+LATENT_CHANNELS = 16
+LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+
+
+def empty_latent(width: int, height: int, batch_size: int) -> dict[str, torch.Tensor]:
+    return {"samples": torch.zeros([batch_size, LATENT_CHANNELS, height // 8, width // 8])}
+
+
+class EmptySD3LatentImage(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="EmptySD3LatentImage",
+        category="latent/sd3",
+        style="v3",
+        python_module="comfy_extras.nodes_sd3",
+        inputs=(
+            Int("width", default=1024, min=16, max=MAX_RESOLUTION, step=16),
+            Int("height", default=1024, min=16, max=MAX_RESOLUTION, step=16),
+            Int("batch_size", default=1, min=1, max=4096),
+        ),
+        outputs=(Output("LATENT"),),
+    )
+
+    def execute(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict]:
+        return (empty_latent(width, height, batch_size),)
+
+
+class EmptyLatentImage(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="EmptyLatentImage",
+        display_name="Empty Latent Image",
+        category="latent",
+        description="Create a new batch of empty latent images to be denoised via sampling.",
+        inputs=(
+            Int(
+                "width",
+                default=512,
+                min=16,
+                max=MAX_RESOLUTION,
+                step=8,
+                tooltip="The width of the latent images in pixels.",
+            ),
+            Int(
+                "height",
+                default=512,
+                min=16,
+                max=MAX_RESOLUTION,
+                step=8,
+                tooltip="The height of the latent images in pixels.",
+            ),
+            Int(
+                "batch_size", default=1, min=1, max=4096, tooltip="The number of latent images in the batch."
+            ),
+        ),
+        outputs=(Output("LATENT", tooltip="The empty latent image batch."),),
+    )
+
+    def execute(self, ctx: NodeContext, width: int, height: int, batch_size: int = 1) -> tuple[dict]:
+        # ComfyUI makes 4 channels and widens empty latents to the model's 16 before sampling;
+        # zeros are zeros, so making the 16-channel latent directly gives the same result.
+        return (empty_latent(width, height, batch_size),)
+
+
+class LatentUpscaleBy(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="LatentUpscaleBy",
+        display_name="Upscale Latent By",
+        category="latent",
+        inputs=(
+            Link("samples", "LATENT"),
+            Combo("upscale_method", LATENT_UPSCALE_METHODS),
+            Float("scale_by", default=1.5, min=0.01, max=8.0, step=0.01),
+        ),
+        outputs=(Output("LATENT"),),
+    )
+
+    def execute(self, ctx: NodeContext, samples: dict, upscale_method: str, scale_by: float) -> tuple[dict]:
+        latent = samples["samples"]
+        width = round(latent.shape[-1] * scale_by)
+        height = round(latent.shape[-2] * scale_by)
+        out = dict(samples)
+        out["samples"] = common_upscale(latent, width, height, upscale_method, "disabled")
+        return (out,)
+
+
+class VAEDecode(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="VAEDecode",
+        display_name="VAE Decode",
+        category="latent",
+        description="Decodes latent images back into pixel space images.",
+        inputs=(
+            Link("samples", "LATENT", tooltip="The latent to be decoded."),
+            Link("vae", "VAE", tooltip="The VAE model used for decoding the latent."),
+        ),
+        outputs=(Output("IMAGE", tooltip="The decoded image."),),
+    )
+
+    def execute(self, ctx: NodeContext, samples: dict, vae: Any) -> tuple[torch.Tensor]:
+        return (require_engine(ctx).decode(vae, samples["samples"]),)
+
+
+def crop_to_multiple(pixels: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """Centre-crop an IMAGE so both sides are multiples of `multiple` (ComfyUI's VAEEncode crop)."""
+    height = (pixels.shape[1] // multiple) * multiple
+    width = (pixels.shape[2] // multiple) * multiple
+    if (height, width) == tuple(pixels.shape[1:3]):
+        return pixels
+    y = (pixels.shape[1] % multiple) // 2
+    x = (pixels.shape[2] % multiple) // 2
+    return pixels[:, y : y + height, x : x + width, :]
+
+
+class VAEEncode(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="VAEEncode",
+        display_name="VAE Encode",
+        category="latent",
+        inputs=(Link("pixels", "IMAGE"), Link("vae", "VAE")),
+        outputs=(Output("LATENT"),),
+    )
+
+    def execute(self, ctx: NodeContext, pixels: torch.Tensor, vae: Any) -> tuple[dict]:
+        pixels = crop_to_multiple(pixels)
+        return ({"samples": require_engine(ctx).encode(vae, pixels[:, :, :, :3])},)
+
+
+NODES = (EmptySD3LatentImage, EmptyLatentImage, LatentUpscaleBy, VAEDecode, VAEEncode)

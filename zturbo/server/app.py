@@ -1,0 +1,121 @@
+"""App factory and runner. Everything stateful is built here and hung on `app.state.zturbo`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from zturbo.server.config import ServerConfig
+from zturbo.server.errors import install_error_handlers
+from zturbo.server.ports import ExecutorLike, RegistryLike
+from zturbo.server.routes import (
+    comfy_extras,
+    creator,
+    files,
+    frontend,
+    history,
+    jobs,
+    model_files,
+    presets,
+    prompt,
+    queue,
+    system,
+    ws,
+)
+from zturbo.server.security import BodyLimitMiddleware, OriginGuardMiddleware, TokenAuthMiddleware
+from zturbo.server.state import build_state
+from zturbo.web.mount import ComfyPrefixMiddleware, mount_web
+
+log = logging.getLogger(__name__)
+ROUTERS = (
+    prompt.router,
+    queue.router,
+    history.router,
+    files.router,
+    system.router,
+    jobs.router,
+    ws.router,
+    comfy_extras.router,  # before `frontend`: its `/userdata/{a}/move/{b}` must win over `/userdata/{name}`
+    frontend.router,
+    creator.router,
+    presets.router,
+    model_files.router,
+)
+
+
+def default_executor(config: ServerConfig) -> ExecutorLike:
+    """The real graph executor; imported here so the server package loads without torch models."""
+    from zturbo.graph.executor import PromptExecutor
+    from zturbo.nodes.registry import default_registry
+    from zturbo.workflows import make_context
+
+    context = make_context(
+        models_dir=config.models_dir,
+        output_dir=config.output_dir,
+        input_dir=config.input_dir,
+        temp_dir=config.temp_dir,
+        device=config.device,
+        dtype=config.dtype,
+    )
+    return PromptExecutor(default_registry(context), context)
+
+
+def _registry_for(executor: ExecutorLike) -> RegistryLike:
+    registry = getattr(executor, "registry", None)
+    if registry is not None:
+        return registry
+    from zturbo.nodes.registry import default_registry
+
+    return default_registry()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state.zturbo
+    state.hub.bind_loop(asyncio.get_running_loop())
+    state.worker.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(state.worker.stop)
+        state.history.close()
+
+
+def create_app(
+    config: ServerConfig, *, executor: ExecutorLike | None = None, registry: RegistryLike | None = None
+) -> FastAPI:
+    """Build the app; raises `InputError` for a config that must not serve (non-loopback, no token)."""
+    config.check_serving()
+    config.ensure_dirs()
+    executor = executor if executor is not None else default_executor(config)
+    state = build_state(config, executor, registry if registry is not None else _registry_for(executor))
+    app = FastAPI(title="zturbo", lifespan=_lifespan, docs_url=None, redoc_url=None)
+    app.state.zturbo = state
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+        app.include_router(router, prefix="/api")
+    mount_web(app, config)
+    # Added innermost first: origin check runs before auth, auth before reading any body.
+    app.add_middleware(
+        BodyLimitMiddleware, request_limit=config.max_request_bytes, upload_limit=config.max_upload_bytes
+    )
+    if config.auth_token:
+        app.add_middleware(TokenAuthMiddleware, token=config.auth_token)
+    app.add_middleware(OriginGuardMiddleware)
+    app.add_middleware(ComfyPrefixMiddleware)  # outermost: every check sees the real route's path
+    return app
+
+
+def serve(config: ServerConfig, *, executor: ExecutorLike | None = None) -> None:
+    """Run until Ctrl-C. Refuses a non-loopback host without an auth token before binding."""
+    import uvicorn
+
+    app = create_app(config, executor=executor)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    log.info("zturbo serving on http://%s:%d", host, config.port)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")

@@ -1,0 +1,144 @@
+"""The prompt queue: a priority heap shared by HTTP handlers and the one worker thread.
+
+Lower `number` runs first; `front` prompts get a negative number, as in ComfyUI, so they jump ahead of
+everything queued normally. Each running prompt gets its own interrupt `Event`, so an interrupt can
+never leak onto the next prompt.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class QueueItem:
+    number: float
+    prompt_id: str
+    prompt: dict
+    extra_data: dict
+    outputs: list[str]
+    # Kept out of `/queue`, `/history` and the database (ComfyUI strips the same keys).
+    sensitive: dict = field(default_factory=dict)
+
+    def as_comfy(self) -> list[Any]:
+        """ComfyUI's queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`."""
+        return [self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs]
+
+    @property
+    def client_id(self) -> str | None:
+        return self.extra_data.get("client_id")
+
+
+@dataclass
+class RunningJob:
+    item: QueueItem
+    interrupt: threading.Event = field(default_factory=threading.Event)
+
+
+class PromptQueue:
+    """Thread-safe; `on_change` is called (under the lock, so it must not block) after every change."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._lock = threading.RLock()
+        self._not_empty = threading.Condition(self._lock)
+        self._heap: list[tuple[float, int, QueueItem]] = []
+        self._order = itertools.count()
+        self._number = itertools.count()
+        self._running: RunningJob | None = None
+        self._flags: dict[str, Any] = {}
+        self._closed = False
+        self.on_change = on_change or (lambda: None)
+
+    def next_number(self, front: bool = False) -> float:
+        """ComfyUI's numbering: a counter, negated for `front`."""
+        with self._lock:
+            number = next(self._number)
+        return float(-number if front else number)
+
+    def put(self, item: QueueItem) -> None:
+        with self._lock:
+            heapq.heappush(self._heap, (item.number, next(self._order), item))
+            self.on_change()
+            self._not_empty.notify()
+
+    def get(self, timeout: float | None = None) -> RunningJob | None:
+        """Next prompt, now marked running; None on timeout, on `set_flag` or after `close`."""
+        with self._not_empty:
+            if not self._heap and not self._closed and not self._flags:
+                self._not_empty.wait(timeout)
+            if not self._heap or self._closed:
+                return None
+            _, _, item = heapq.heappop(self._heap)
+            self._running = RunningJob(item)
+            self.on_change()
+            return self._running
+
+    def task_done(self, job: RunningJob) -> None:
+        with self._lock:
+            if self._running is job:
+                self._running = None
+            self.on_change()
+
+    def running(self) -> list[QueueItem]:
+        with self._lock:
+            return [self._running.item] if self._running else []
+
+    def pending(self) -> list[QueueItem]:
+        with self._lock:
+            return [entry[2] for entry in sorted(self._heap)]
+
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self._heap) + (1 if self._running else 0)
+
+    def contains(self, prompt_id: str) -> bool:
+        with self._lock:
+            return any(i.prompt_id == prompt_id for i in self.running() + self.pending())
+
+    def delete(self, prompt_ids: list[str]) -> list[str]:
+        """Drop pending prompts; returns the ids actually removed (running ones need `interrupt`)."""
+        wanted = set(prompt_ids)
+        with self._lock:
+            removed = [e[2].prompt_id for e in self._heap if e[2].prompt_id in wanted]
+            if removed:
+                self._heap = [e for e in self._heap if e[2].prompt_id not in wanted]
+                heapq.heapify(self._heap)
+                self.on_change()
+            return removed
+
+    def clear(self) -> None:
+        with self._lock:
+            self._heap = []
+            self.on_change()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt (only if it is `prompt_id`, when given); atomic with `task_done`."""
+        with self._lock:
+            job = self._running
+            if job is None or (prompt_id is not None and job.item.prompt_id != prompt_id):
+                return False
+            job.interrupt.set()
+            return True
+
+    def set_flag(self, name: str, value: Any) -> None:
+        with self._lock:
+            self._flags[name] = value
+            self._not_empty.notify()
+
+    def take_flags(self) -> dict[str, Any]:
+        with self._lock:
+            flags, self._flags = self._flags, {}
+            return flags
+
+    def close(self) -> None:
+        """Wake the worker so it can stop; queued prompts stay where they are."""
+        with self._lock:
+            self._closed = True
+            if self._running:
+                self._running.interrupt.set()
+            self._not_empty.notify_all()

@@ -1,0 +1,50 @@
+"""`/zturbo/...`: what the creator page asks beyond ComfyUI's API.
+
+- `POST /zturbo/graph` settings → the API graph to queue with `POST /prompt`
+- `POST /zturbo/inspect` a dropped PNG or workflow JSON → settings, prompt, workflow
+- `GET /zturbo/gallery` finished images with their settings
+- `POST /zturbo/outputs/delete` delete an output image (and its history entry once empty)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, UploadFile
+from pydantic import BaseModel, Field
+
+from zturbo.server.creator import GraphRequest, build_graph
+from zturbo.server.deps import Config, History, State
+from zturbo.server.errors import PayloadTooLargeError
+from zturbo.server.gallery import delete_output, gallery_items
+from zturbo.server.inspect import inspect_bytes
+
+router = APIRouter(prefix="/zturbo", tags=["creator"])
+
+
+class DeleteOutput(BaseModel):
+    filename: str = Field(min_length=1, max_length=500)
+    subfolder: str = Field(default="", max_length=500)
+
+
+@router.post("/graph")
+def graph(body: GraphRequest, state: State, config: Config) -> dict:
+    return {"prompt": build_graph(body, state.registry, config.models_dir)}
+
+
+@router.post("/inspect")
+def inspect(state: State, config: Config, file: Annotated[UploadFile, File()]) -> dict:
+    data = file.file.read(config.max_upload_bytes + 1)
+    if len(data) > config.max_upload_bytes:
+        raise PayloadTooLargeError(f"file over {config.max_upload_bytes} bytes")
+    return inspect_bytes(data, state.registry, config.models_dir).as_json()
+
+
+@router.get("/gallery")
+def gallery(history: History, config: Config, limit: int = Query(default=100, ge=1, le=1000)) -> dict:
+    return {"items": gallery_items(history, config.output_dir, limit)}
+
+
+@router.post("/outputs/delete")
+def delete(body: DeleteOutput, history: History, config: Config) -> dict:
+    return delete_output(history, config.output_dir, body.filename, body.subfolder)

@@ -1,0 +1,176 @@
+"""The single worker thread: takes prompts off the queue, runs the executor, records history.
+
+Whatever the executor does (raise, hang on a dead client, get interrupted), the worker records a
+result and moves on; a failing job never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+from zturbo.server.events import EventHub, preview_frame
+from zturbo.server.history import HistoryRecord, HistoryStore
+from zturbo.server.ports import ExecutorLike
+from zturbo.server.queue import PromptQueue, RunningJob
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JobChannel:
+    """Routes one job's events to its client and remembers what reconnecting clients need."""
+
+    def __init__(self, hub: EventHub, job: RunningJob) -> None:
+        self.hub = hub
+        self.prompt_id = job.item.prompt_id
+        self.client_id = job.item.client_id
+        self.last_node: str | None = None
+
+    def emit(self, event: str, data: dict) -> None:
+        if event == "executing":
+            if data.get("node") is None:
+                # Held back until history is saved: clients fetch /history/{id} when they see it.
+                return
+            self.last_node = data.get("node")
+        self.hub.send_sync(event, data, self.client_id)
+
+    def finish(self) -> None:
+        """`executing` with node None, ComfyUI's "this prompt is done" signal, sent exactly once."""
+        self.hub.send_sync("executing", {"node": None, "prompt_id": self.prompt_id}, self.client_id)
+
+    def emit_preview(self, image: bytes) -> None:
+        metadata = None
+        if self.hub.supports(self.client_id, "supports_preview_metadata") and self.last_node is not None:
+            node = self.last_node
+            metadata = {
+                "node_id": node,
+                "prompt_id": self.prompt_id,
+                "display_node_id": node,
+                "parent_node_id": None,
+                "real_node_id": node,
+            }
+        self.hub.send_frame_sync(preview_frame(image, metadata), self.client_id)
+
+
+def crash_messages(prompt_id: str, exc: BaseException, started: int) -> tuple[list, dict]:
+    """The status messages ComfyUI would record for a prompt whose executor raised."""
+    error = {
+        "prompt_id": prompt_id,
+        "node_id": None,
+        "node_type": None,
+        "executed": [],
+        "exception_message": str(exc),
+        "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "traceback": traceback.format_exception(exc),
+        "current_inputs": {},
+        "current_outputs": {},
+        "timestamp": now_ms(),
+    }
+    return [
+        ["execution_start", {"prompt_id": prompt_id, "timestamp": started}],
+        ["execution_error", error],
+    ], error
+
+
+class QueueWorker:
+    """Owns the worker thread. `state` holds `.running_channel` for `/ws` reconnects."""
+
+    def __init__(
+        self, queue: PromptQueue, executor: ExecutorLike, history: HistoryStore, hub: EventHub
+    ) -> None:
+        self.queue, self.executor, self.history, self.hub = queue, executor, history, hub
+        self.channel: JobChannel | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zturbo-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.queue.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self.queue.get(timeout=0.5)
+            try:
+                if job is not None:
+                    self._execute(job)
+                self._apply_flags()
+            except Exception:  # the loop itself must survive anything
+                log.exception("worker loop error")
+
+    def _execute(self, job: RunningJob) -> None:
+        item, channel = job.item, JobChannel(self.hub, job)
+        self.channel = channel
+        started = now_ms()
+        record = HistoryRecord(item=item.as_comfy(), start_time=started)
+        try:
+            result = self.executor.execute(
+                item.prompt,
+                item.prompt_id,
+                outputs=item.outputs,
+                extra_data={**item.extra_data, **item.sensitive},
+                emit=channel.emit,
+                emit_preview=channel.emit_preview,
+                interrupt=job.interrupt,
+            )
+            self._fill_from_result(record, result)
+        except Exception as exc:
+            log.exception("prompt %s crashed the executor", item.prompt_id)
+            messages, error = crash_messages(item.prompt_id, exc, started)
+            channel.emit("execution_error", error)
+            record.status = {"status_str": "error", "completed": False, "messages": messages}
+            record.error = error
+        record.end_time = now_ms()
+        self._finish(job, record, channel)
+
+    @staticmethod
+    def _fill_from_result(record: HistoryRecord, result: Any) -> None:
+        outputs = dict(result.outputs or {})
+        record.outputs = outputs
+        record.meta = getattr(result, "meta", None) or {
+            node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
+            for node in outputs
+        }
+        record.status = {
+            "status_str": result.status_str,
+            "completed": bool(result.completed),
+            "messages": [list(m) for m in (result.messages or [])],
+        }
+        record.interrupted = bool(result.interrupted)
+        record.error = (
+            result.error
+            if isinstance(result.error, dict)
+            else ({"exception_message": str(result.error)} if result.error else None)
+        )
+
+    def _finish(self, job: RunningJob, record: HistoryRecord, channel: JobChannel) -> None:
+        """History first, then the queue, then `executing: null`: clients that react to it by
+        fetching `/history/{id}` must find the entry."""
+        try:
+            self.history.add(record)
+        except Exception:
+            log.exception("could not save history for %s", record.prompt_id)
+        self.channel = None
+        self.queue.task_done(job)
+        channel.finish()
+
+    def _apply_flags(self) -> None:
+        flags = self.queue.take_flags()
+        free_memory = bool(flags.get("free_memory", False))
+        unload = bool(flags.get("unload_models", free_memory))
+        if free_memory or unload:
+            try:
+                self.executor.free(unload_models=unload)
+            except Exception:
+                log.exception("freeing memory failed")

@@ -1,0 +1,79 @@
+"""Glue between the workflow graph and the engine: one place builds the execution context.
+
+Both `zturbo run` and `zturbo serve` use `make_context`, so a workflow sees the same engine, folders and
+device choices whichever front end started it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from zturbo.checkpoints.layout import default_models_dir
+from zturbo.errors import GenerationError, Interrupted
+from zturbo.graph.context import ExecutionContext
+from zturbo.pipeline import Engine
+from zturbo.runtime.device import Placement
+
+
+def make_context(
+    *,
+    models_dir: Path | None,
+    output_dir: Path,
+    input_dir: Path,
+    temp_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> ExecutionContext:
+    return ExecutionContext(
+        models_dir=models_dir or default_models_dir(),
+        output_dir=output_dir,
+        input_dir=input_dir,
+        temp_dir=temp_dir or output_dir.parent / "temp",
+        device=device,
+        dtype=dtype,
+        engine=Engine(Placement.create(device, dtype)),
+    )
+
+
+def run_workflow_cli(
+    workflow: Path,
+    sets: list[str],
+    *,
+    models_dir: Path | None,
+    out: Path,
+    input_dir: Path,
+    device: str,
+    dtype: str,
+    console: Console,
+) -> list[Path]:
+    """Run a workflow with a progress line per sampling node; return the images written."""
+    from zturbo.graph.run import run_workflow
+
+    context = make_context(
+        models_dir=models_dir, output_dir=out, input_dir=input_dir, device=device, dtype=dtype
+    )
+
+    def on_event(event: str, data: dict) -> None:
+        if event == "progress":
+            console.print(
+                f"node {data['node']}: step {data['value']}/{data['max']}", end="\r", highlight=False
+            )
+        elif event == "executing" and data.get("node"):
+            console.print(f"running node {data['node']}" + " " * 20, highlight=False)
+
+    result = run_workflow(workflow, sets=sets, context=context, on_event=on_event)
+    if result.interrupted:
+        raise Interrupted("the workflow was interrupted")
+    if result.status_str != "success":
+        error = result.error or {}
+        raise GenerationError(
+            f"node {error.get('node_id')} ({error.get('node_type')}) failed: {error.get('exception_message')}"
+        )
+    return [
+        out / image.get("subfolder", "") / image["filename"]
+        for output in result.outputs.values()
+        for image in output.get("images", [])
+        if image.get("type", "output") == "output"
+    ]
