@@ -61,6 +61,7 @@ class FakeEngine:
         end_step: int | None = None,
         return_with_leftover_noise: bool = False,
         progress: Any,
+        preview: bool = False,
     ) -> torch.Tensor:
         self.calls["sample"] += 1
         if self.fail_sampling:

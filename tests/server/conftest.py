@@ -37,6 +37,7 @@ def config(tmp_path: Path) -> ServerConfig:
         user_dir=tmp_path / "user",
         max_upload_bytes=64 * 1024,
         max_request_bytes=256 * 1024,
+        preview_method="auto",  # the WebSocket tests exercise preview frames
     )
 
 

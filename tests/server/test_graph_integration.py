@@ -54,9 +54,9 @@ class FakeEngine:
     def with_shift(self, model: Any, shift: float, multiplier: float) -> Any:
         return f"{model}@{shift}"
 
-    def sample(self, model, positive, negative, latent, *, seed, steps, progress, **_: Any) -> torch.Tensor:
+    def sample(self, model, positive, negative, latent, *, seed, steps, progress, preview=False, **_: Any):
         for step in range(steps):
-            progress(step + 1, steps, Image.new("RGB", (8, 8), (step * 20, 0, 0)))
+            progress(step + 1, steps, Image.new("RGB", (8, 8), (step * 20, 0, 0)) if preview else None)
             self.gate.wait(10)
         generator = torch.Generator().manual_seed(seed)
         return torch.rand(latent.shape, generator=generator)
@@ -185,7 +185,8 @@ def test_z_image_prompt_end_to_end(real_live: LiveServer, engine: FakeEngine) ->
             assert json.loads(img.text["workflow"])["id"] == "wf"
 
         # A new seed re-runs only the sampler and what follows it; models stay loaded.
-        again = submit(real_live, z_image_prompt(seed=6), "me").json()["prompt_id"]
+        no_previews = {"preview_method": "none"}
+        again = submit(real_live, z_image_prompt(seed=6), "me", extra_data=no_previews).json()["prompt_id"]
         frames = recv_until(ws, finished(again), timeout=60)
         cached = next(
             f["data"]["nodes"] for f in frames if isinstance(f, dict) and f["type"] == "execution_cached"
@@ -193,6 +194,8 @@ def test_z_image_prompt_end_to_end(real_live: LiveServer, engine: FakeEngine) ->
         ran = [f["data"]["node"] for f in frames if isinstance(f, dict) and f["type"] == "executing"][:-1]
         assert set(ran) == {"8", "9", "10"} and set(cached) == {"1", "2", "3", "4", "5", "6", "7"}
         assert len(engine.loads) == 3
+        # A prompt that asks for no previews gets no binary frames.
+        assert not any(isinstance(f, bytes) for f in frames)
 
 
 def test_validation_error_shape(real_live: LiveServer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -156,3 +157,15 @@ def test_comfy_frontend_served_at_root(config, executor: FakeExecutor, tmp_path)
     with TestClient(create_app(config, executor=executor)) as test_client:
         assert "comfy" in test_client.get("/").text
         assert test_client.get("/prompt").json() == {"exec_info": {"queue_remaining": 0}}
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/x-www-form-urlencoded", "text/plain;charset=UTF-8"]
+)
+def test_prompt_body_is_json_whatever_its_label(client, content_type):
+    """requests.post(data=...) sends no Content-Type and urllib sends a form type; ComfyUI accepts both."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"prompt": save_prompt(1), "client_id": "x"}).encode()
+    response = client.post("/prompt", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert "prompt_id" in response.json()

@@ -110,6 +110,7 @@ class NodeContext:
     extra_pnginfo: dict[str, Any] | None = None
     on_progress: ProgressHook | None = None
     interrupt: threading.Event | None = None
+    wants_preview: bool = False  # someone listens for preview images: worth computing them
 
     @property
     def engine(self) -> Any:

@@ -257,6 +257,7 @@ class PromptRun:
             extra_pnginfo=self.extra_data.get("extra_pnginfo"),
             on_progress=on_progress,
             interrupt=self.interrupt,
+            wants_preview=self._emit_preview is not None,
         )
 
     def _check_interrupt(self) -> None:

@@ -59,6 +59,7 @@ class EngineAPI(Protocol):
         end_step: int | None = None,
         return_with_leftover_noise: bool = False,
         progress: ProgressFn,
+        preview: bool = False,
     ) -> Tensor:
         """Denoise `latent` (raw VAE space in and out) and return the new latents."""
 

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from zturbo.server.compat import JsonBodyMiddleware
 from zturbo.server.config import ServerConfig
 from zturbo.server.errors import install_error_handlers
 from zturbo.server.ports import ExecutorLike, RegistryLike
@@ -60,6 +61,7 @@ def default_executor(config: ServerConfig) -> ExecutorLike:
         temp_dir=config.temp_dir,
         device=config.device,
         dtype=config.dtype,
+        vram=config.vram,
     )
     return PromptExecutor(default_registry(context), context)
 
@@ -101,6 +103,7 @@ def create_app(
         app.include_router(router, prefix="/api")
     mount_web(app, config)
     # Added innermost first: origin check runs before auth, auth before reading any body.
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         BodyLimitMiddleware, request_limit=config.max_request_bytes, upload_limit=config.max_upload_bytes
     )

@@ -11,6 +11,7 @@ from zturbo.errors import InputError
 
 MIB = 1024 * 1024
 UiKind = Literal["creator", "comfy"]
+PREVIEW_METHODS = ("none", "auto", "latent2rgb")
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -43,6 +44,8 @@ class ServerConfig:
     user_dir: Path = field(default_factory=lambda: Path("user"))
     device: str = "auto"
     dtype: str = "auto"
+    # GPU memory to plan for (`--vram`): auto (free VRAM), a size such as 8G, or unlimited.
+    vram: str = "auto"
     # Required when `host` is not a loopback address; then every route (WebSocket too) needs it.
     auth_token: str | None = None
     max_upload_bytes: int = 100 * MIB
@@ -52,12 +55,22 @@ class ServerConfig:
     comfy_frontend_dir: Path | None = None
     # Oldest history entries are dropped past this many (ComfyUI keeps 10000).
     max_history: int = 10000
+    # Live previews over the WebSocket: ComfyUI's default is none (API clients that treat every binary
+    # frame as a result image rely on it); a prompt can ask with extra_data.preview_method.
+    preview_method: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("models_dir", "output_dir", "input_dir", "temp_dir", "user_dir"):
             setattr(self, name, Path(getattr(self, name)).expanduser().resolve())
         if self.comfy_frontend_dir is not None:
             self.comfy_frontend_dir = Path(self.comfy_frontend_dir).expanduser().resolve()
+        if self.preview_method not in PREVIEW_METHODS:
+            raise InputError(
+                f"preview_method must be one of {', '.join(PREVIEW_METHODS)}, got {self.preview_method!r}"
+            )
+        from zturbo.runtime.memory import parse_vram
+
+        parse_vram(self.vram)  # raises InputError naming the choices
         if self.ui not in ("creator", "comfy"):
             raise InputError(f"ui must be 'creator' or 'comfy', got {self.ui!r}")
         if self.max_upload_bytes <= 0 or self.max_request_bytes <= 0:
@@ -68,6 +81,11 @@ class ServerConfig:
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+    def previews_for(self, extra_data: dict) -> bool:
+        """Whether a prompt gets live previews: its own `preview_method` wins over the server's."""
+        method = extra_data.get("preview_method") or self.preview_method
+        return method in ("auto", "latent2rgb", "taesd")
 
     def check_serving(self) -> None:
         """Refuse a network-reachable server without a token: anyone could queue jobs and read outputs."""

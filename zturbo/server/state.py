@@ -47,7 +47,7 @@ def build_state(config: ServerConfig, executor: ExecutorLike, registry: Registry
     hub = EventHub()
     queue = PromptQueue()
     history = HistoryStore(db_path_for(config.output_dir), max_items=config.max_history)
-    worker = QueueWorker(queue, executor, history, hub)
+    worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for)
     state = ServerState(config, executor, registry, queue, history, hub, worker)
     queue.on_change = state.broadcast_status
     return state

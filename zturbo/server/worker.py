@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from zturbo.server.events import EventHub, preview_frame
@@ -83,9 +84,15 @@ class QueueWorker:
     """Owns the worker thread. `state` holds `.running_channel` for `/ws` reconnects."""
 
     def __init__(
-        self, queue: PromptQueue, executor: ExecutorLike, history: HistoryStore, hub: EventHub
+        self,
+        queue: PromptQueue,
+        executor: ExecutorLike,
+        history: HistoryStore,
+        hub: EventHub,
+        previews_for: Callable[[dict], bool] = lambda extra_data: True,
     ) -> None:
         self.queue, self.executor, self.history, self.hub = queue, executor, history, hub
+        self.previews_for = previews_for
         self.channel: JobChannel | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zturbo-worker", daemon=True)
@@ -121,7 +128,7 @@ class QueueWorker:
                 outputs=item.outputs,
                 extra_data={**item.extra_data, **item.sensitive},
                 emit=channel.emit,
-                emit_preview=channel.emit_preview,
+                emit_preview=channel.emit_preview if self.previews_for(item.extra_data) else None,
                 interrupt=job.interrupt,
             )
             self._fill_from_result(record, result)

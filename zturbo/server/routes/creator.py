@@ -17,7 +17,7 @@ from zturbo.server.creator import GraphRequest, build_graph
 from zturbo.server.deps import Config, History, State
 from zturbo.server.errors import PayloadTooLargeError
 from zturbo.server.gallery import delete_output, gallery_items
-from zturbo.server.inspect import inspect_bytes
+from zturbo.server.inspection import inspect_bytes
 
 router = APIRouter(prefix="/zturbo", tags=["creator"])
 

@@ -7,10 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import unquote
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from zturbo.errors import InputError
@@ -65,8 +65,20 @@ def get_settings(config: Config) -> dict:
     return _settings(config)
 
 
+async def _json_body(request: Request, what: str) -> Any:
+    """The body as JSON whatever the content type (the frontend often sends none)."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what}: the body is not JSON") from exc
+
+
 @router.post("/settings")
-def post_settings(config: Config, body: Annotated[dict, Body()]) -> Response:
+async def post_settings(config: Config, request: Request) -> Response:
+    body = await _json_body(request, "settings")
+    if not isinstance(body, dict):
+        raise InputError("settings: expected a JSON object")
     _write_atomic(user_root(config) / SETTINGS_FILE, json.dumps({**_settings(config), **body}).encode())
     return Response(status_code=200)
 
@@ -77,7 +89,8 @@ def get_setting(setting_id: str, config: Config) -> Any:
 
 
 @router.post("/settings/{setting_id}")
-def post_setting(setting_id: str, config: Config, value: Annotated[Any, Body()] = None) -> Response:
+async def post_setting(setting_id: str, config: Config, request: Request) -> Response:
+    value = await _json_body(request, f"setting {setting_id!r}")
     _write_atomic(
         user_root(config) / SETTINGS_FILE, json.dumps({**_settings(config), setting_id: value}).encode()
     )
@@ -119,12 +132,18 @@ def get_userdata(name: str, config: Config) -> FileResponse:
 
 
 @router.post("/userdata/{name:path}")
-async def post_userdata(name: str, request: Request, config: Config, overwrite: bool = True) -> Any:
+async def post_userdata(
+    name: str, request: Request, config: Config, overwrite: bool = True, full_info: bool = False
+) -> Any:
     path = user_path(config, name)
     if path.exists() and not overwrite:
         return JSONResponse({"error": "file exists"}, status_code=409)
     _write_atomic(path, await request.body())
-    return path.relative_to(user_root(config)).as_posix()
+    relative = path.relative_to(user_root(config)).as_posix()
+    if not full_info:
+        return relative
+    stat = path.stat()
+    return {"path": relative, "size": stat.st_size, "modified": int(stat.st_mtime * 1000)}
 
 
 @router.delete("/userdata/{name:path}")

@@ -100,7 +100,9 @@ def system_stats() -> dict:
             "python_version": sys.version,
             "pytorch_version": torch.__version__,
             "embedded_python": False,
-            "argv": sys.argv,
+            # zturbo has no partner (API) nodes; the ComfyUI frontend reads this flag and then also skips
+            # its release-notes call to api.comfy.org, so the editor makes no requests off this machine.
+            "argv": [*sys.argv, "--disable-api-nodes"],
             "machine": platform.machine(),
         },
         "devices": _devices(ram_total, ram_free),

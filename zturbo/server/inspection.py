@@ -66,6 +66,7 @@ def _workflow_into(found: Inspection, data: Any, registry: Any) -> None:
 def _inspect_png(data: bytes, registry: Any, models_dir: Path) -> Inspection:
     chunks = read_png_text(io.BytesIO(data))  # type: ignore[arg-type]
     found = Inspection("png")
+    request = None
     if "parameters" in chunks:
         try:
             request, _ = parse_parameters(chunks["parameters"])
@@ -78,8 +79,7 @@ def _inspect_png(data: bytes, registry: Any, models_dir: Path) -> Inspection:
                 _workflow_into(found, _json(chunks[key], f"the PNG's {key} chunk"), registry)
             except InputError as exc:
                 found.notes.append(str(exc))
-    if found.prompt is None and found.settings is not None:
-        request, _ = parse_parameters(chunks["parameters"])
+    if found.prompt is None and request is not None:
         found.prompt = api_graph(request, model_files(models_dir))
     if found.settings is None and found.prompt is None:
         found.notes.append("this PNG carries no generation settings or workflow")

@@ -1,0 +1,120 @@
+"""The server on the real engine (tiny random-weight models named like the real files).
+
+- the official Z-Image-Turbo template, converted from its UI format, queued with POST /prompt, gives the
+  pixels `zturbo generate` gives for the same settings;
+- a maintained ComfyUI client from PyPI (comfy-api-simplified), used as its README shows, submits an
+  API-format prompt, receives the WebSocket events, and downloads the image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.conftest import LiveServer, run_live
+from zturbo.checkpoints.layout import resolve_models
+from zturbo.generate import run_request
+from zturbo.graph.formats import load_workflow_file
+from zturbo.output.png import to_pil
+from zturbo.pipeline import Engine
+from zturbo.request import GenerationRequest
+from zturbo.runtime.device import Placement
+from zturbo.server import ServerConfig, create_app
+
+
+def template() -> Path:
+    spec = importlib.util.find_spec("comfyui_workflow_templates_json")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("comfyui-workflow-templates-json is not installed (pip install -e '.[test]')")
+    return Path(next(iter(spec.submodule_search_locations))) / "templates" / "image_z_image_turbo.json"
+
+
+@pytest.fixture(scope="module")
+def real_server(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("real_server")
+    config = ServerConfig(
+        models_dir=tiny_models,
+        output_dir=root / "output",
+        input_dir=root / "input",
+        temp_dir=root / "temp",
+        user_dir=root / "user",
+        device="cpu",
+    )
+    yield from run_live(create_app(config))
+
+
+def wait_for_history(live: LiveServer, prompt_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = httpx.get(f"{live.http}/history/{prompt_id}", timeout=30).json()
+        if prompt_id in entry:
+            return entry[prompt_id]
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s")
+
+
+def test_converted_template_over_http_equals_generate(real_server: LiveServer, tiny_models: Path):
+    prompt, workflow = load_workflow_file(template())
+    prompt["57:13"]["inputs"].update(width=256, height=192)  # keep the CPU run short
+    response = httpx.post(
+        f"{real_server.http}/prompt",
+        timeout=30,
+        json={"prompt": prompt, "client_id": "t", "extra_data": {"extra_pnginfo": {"workflow": workflow}}},
+    )
+    assert response.status_code == 200, response.text
+    entry = wait_for_history(real_server, response.json()["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (image,) = entry["outputs"]["9"]["images"]
+    png = httpx.get(f"{real_server.http}/view", params=image, timeout=30)
+    with Image.open(io.BytesIO(png.content)) as img:
+        served = np.asarray(img.convert("RGB"))
+        assert json.loads(img.text["workflow"])["definitions"]["subgraphs"]
+        assert json.loads(img.text["prompt"])["57:3"]["class_type"] == "KSampler"
+
+    ks = prompt["57:3"]["inputs"]
+    request = GenerationRequest(
+        prompt["57:27"]["inputs"]["text"],
+        width=256,
+        height=192,
+        steps=ks["steps"],
+        cfg=ks["cfg"],
+        sampler=ks["sampler_name"],
+        scheduler=ks["scheduler"],
+        seed=ks["seed"],
+        shift=prompt["57:11"]["inputs"]["shift"],
+    )
+    ours = run_request(Engine(Placement.create("cpu", "auto")), resolve_models(tiny_models), request)
+    assert np.array_equal(np.asarray(to_pil(ours.images[0])), served)
+
+
+def test_comfy_api_simplified_client(real_server: LiveServer, tmp_path: Path, caplog):
+    comfy_api_simplified = pytest.importorskip("comfy_api_simplified")
+    prompt, _ = load_workflow_file(template())
+    api_json = tmp_path / "workflow_api.json"
+    api_json.write_text(json.dumps(prompt), encoding="utf-8")
+
+    # As the package's README shows: wrap the server URL and an API-format workflow, edit by node title, queue.
+    api = comfy_api_simplified.ComfyApiWrapper(real_server.http + "/")
+    wf = comfy_api_simplified.ComfyWorkflowWrapper(str(api_json))
+    wf.set_node_param("EmptySD3LatentImage", "width", 128)
+    wf.set_node_param("EmptySD3LatentImage", "height", 128)
+    wf.set_node_param("KSampler", "seed", 42)
+    with caplog.at_level(logging.DEBUG, logger="comfy_api_simplified"):
+        results = api.queue_and_wait_images(wf, "Save Image")
+
+    (data,) = results.values()
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "PNG" and img.size == (128, 128)
+        assert json.loads(img.text["prompt"])["57:3"]["inputs"]["seed"] == 42
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "'type': 'progress'" in logged and "'type': 'executed'" in logged
