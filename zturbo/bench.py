@@ -10,6 +10,7 @@ decode, PNG encode and write).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import platform
 import statistics
@@ -20,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from zturbo.bench_speed import graph_facts, guard_reference, print_quality, quality, set_speed, zturbo_modes
 from zturbo.checkpoints.layout import ModelPaths, resolve_models, tokenizer_dir
 from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
 from zturbo.generate import ModelFiles, run_request, save_generated
 from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
+from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
 
 PROMPT = (
@@ -86,7 +89,7 @@ def bench_zturbo(
     out_dir: Path,
     mode: str = "eager",
 ) -> Row:
-    request = GenerationRequest(PROMPT, width=width, height=height, steps=steps, batch=batch, seed=1)
+    request = bench_request(width, height, batch, steps)
     files = _files(paths)
 
     def end_to_end() -> None:
@@ -107,7 +110,8 @@ def bench_zturbo(
     den = ZImageDenoiser(model.transformer, cond.embeds, None, 1.0)
     x = torch.randn(batch, 16, height // 8, width // 8, device="cuda")
     sigma = torch.full((batch,), 0.5, device="cuda")
-    step = cuda_time(lambda: den(x, sigma), repeats=10)
+    with torch.no_grad():  # as in sampling: compiled code is specialised on grad mode
+        step = cuda_time(lambda: den(x, sigma), repeats=10)
     encode = cuda_time(lambda: engine.encode_text(clip, PROMPT), repeats=10)
     decode = cuda_time(lambda: engine.decode(vae, x), repeats=5)
     return Row(
@@ -170,7 +174,8 @@ def bench_diffusers(pipe, width: int, height: int, batch: int, steps: int, out_d
     latents = [torch.randn(16, 1, height // 8, width // 8, device="cuda", dtype=dtype) for _ in range(batch)]
     caps = pipe.encode_prompt(PROMPT, device="cuda", do_classifier_free_guidance=False)[0] * batch
     t = torch.full((batch,), 0.5, device="cuda", dtype=dtype)
-    step = cuda_time(lambda: pipe.transformer(latents, t, caps, return_dict=False), repeats=10)
+    with torch.no_grad():
+        step = cuda_time(lambda: pipe.transformer(latents, t, caps, return_dict=False), repeats=10)
     return Row(
         "diffusers-" + mode,
         mode,
@@ -196,15 +201,63 @@ def save_results(rows: list[Row], out_dir: Path) -> Path:
 
 
 def print_table(rows: list[Row]) -> None:
-    head = f"{'system':<20}{'res':>11}{'batch':>6}{'e2e s':>8}{'step ms':>9}{'enc ms':>8}{'vae ms':>8}{'VRAM GiB':>9}{'img/s':>7}{'warm s':>8}"
+    head = f"{'system:mode':<28}{'res':>11}{'batch':>6}{'e2e s':>8}{'step ms':>9}{'enc ms':>8}{'vae ms':>8}{'VRAM GiB':>9}{'img/s':>7}{'warm s':>8}"
     print(head)
     for r in rows:
         enc = f"{r.text_encode_ms:.0f}" if r.text_encode_ms else "-"
         vae = f"{r.vae_decode_ms:.0f}" if r.vae_decode_ms else "-"
         print(
-            f"{r.system:<20}{r.resolution:>11}{r.batch:>6}{r.end_to_end_s:>8.3f}{r.step_ms:>9.1f}{enc:>8}{vae:>8}"
+            f"{r.system + ':' + r.mode:<28}{r.resolution:>11}{r.batch:>6}{r.end_to_end_s:>8.3f}{r.step_ms:>9.1f}{enc:>8}{vae:>8}"
             f"{r.peak_vram_gib:>9.1f}{r.images_per_s:>7.2f}{r.warmup_s or 0:>8.1f}"
         )
+
+
+def _release(engine: Engine) -> None:
+    """Free the engine's models (and compiled code holding them) so the next rows start from empty VRAM."""
+    engine.free()
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bench_request(width: int, height: int, batch: int, steps: int) -> GenerationRequest:
+    return GenerationRequest(PROMPT, width=width, height=height, steps=steps, batch=batch, seed=1)
+
+
+@dataclass
+class _Session:
+    """One benchmark run: where results go, the buckets measured, and the quality guards per bucket."""
+
+    paths: ModelPaths
+    buckets: list[tuple[int, int, int]]
+    steps: int
+    out_dir: Path
+    results_dir: Path
+    mode_system: dict[str, str]  # zturbo speed mode → system name it is reported under
+    guards: dict = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+
+    def record(self, row: Row) -> None:
+        self.rows.append(row)
+        print_table([row])
+        save_results(self.rows, self.results_dir)
+
+    def zturbo_rows(self, engine: Engine, mode: str, extra: dict) -> None:
+        for bucket in self.buckets:
+            row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode=mode)
+            row.system = self.mode_system[mode]
+            guard = quality(engine, self.paths, bench_request(*bucket, self.steps), self.guards[bucket])
+            row.extra.update(extra, **guard, **graph_facts(engine, self.paths))
+            self.record(row)
+
+    def diffusers_rows(self, engine: Engine, systems: list[str]) -> None:
+        pipe = diffusers_pipeline(engine, self.paths)
+        for system in systems:
+            if system == "diffusers-compiled":
+                pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            for width, height, batch in self.buckets:
+                mode = system.split("-", 1)[1]
+                self.record(bench_diffusers(pipe, width, height, batch, self.steps, self.out_dir, mode))
 
 
 def run(
@@ -215,26 +268,33 @@ def run(
     systems: list[str],
     out_dir: Path,
     results_dir: Path,
+    compile_cache: Path | None = None,
 ) -> list[Row]:
+    """Rows on the diffusers modules first (zturbo `reference`, diffusers eager/compiled), then zturbo's
+    own DiT on freshly loaded weights (the first engine freed, so peak VRAM compares), mode by mode."""
     paths = write_full_size_models(models_dir)
-    engine = Engine(Placement.create("cuda", "bf16"))
+    placement = Placement.create("cuda", "bf16")
+    engine = Engine(placement, speed=SpeedOptions("reference"))
     started = time.perf_counter()
     engine.load_all(paths)
     print(f"loaded in {time.perf_counter() - started:.1f}s", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[Row] = []
-    pipe = diffusers_pipeline(engine, paths) if any(s.startswith("diffusers") for s in systems) else None
-    for system in systems:
-        if system == "diffusers-compiled":
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        for width, height in sizes:
-            for batch in batches:
-                if system == "zturbo":
-                    row = bench_zturbo(engine, paths, width, height, batch, steps, out_dir)
-                else:
-                    row = bench_diffusers(pipe, width, height, batch, steps, out_dir, system.split("-", 1)[1])
-                rows.append(row)
-                print_table([row])
-                save_results(rows, results_dir)
-    print_table(rows)
-    return rows
+    buckets = [(width, height, batch) for width, height in sizes for batch in batches]
+    mode_system = {m: s for s in systems if s.startswith("zturbo") for m in zturbo_modes(s)}
+    session = _Session(paths, buckets, steps, out_dir, results_dir, mode_system)
+    if mode_system:
+        session.guards = {b: guard_reference(engine, paths, bench_request(*b, steps)) for b in buckets}
+    if "reference" in mode_system:
+        session.zturbo_rows(engine, "reference", {"speed": "reference"})
+    if diffusers_systems := [s for s in systems if s.startswith("diffusers")]:
+        session.diffusers_rows(engine, diffusers_systems)
+    if fast_modes := [m for m in mode_system if m != "reference"]:
+        _release(engine)
+        fast = Engine(placement, speed=SpeedOptions("eager"))
+        fast.load_all(paths)
+        resident = {"resident_gib_before": round(torch.cuda.memory_allocated() / 2**30, 2)}
+        for mode in fast_modes:
+            session.zturbo_rows(fast, mode, {**set_speed(fast, paths, mode, compile_cache), **resident})
+    print_table(session.rows)
+    print_quality(session.rows)
+    return session.rows

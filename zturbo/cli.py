@@ -28,6 +28,13 @@ ModelsDir = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")]
+VramOpt = Annotated[
+    str,
+    typer.Option(
+        help="GPU memory to plan for: auto (free VRAM) | 4G | 6G | 8G | 12G | 16G | 24G | unlimited. "
+        "Smaller budgets stream the text encoder and DiT blocks from RAM and tile the VAE."
+    ),
+]
 
 
 def main() -> None:
@@ -83,6 +90,22 @@ def generate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    speed: Annotated[
+        str,
+        typer.Option(
+            help="reference | eager | compile | max. eager: zturbo's DiT; compile: + torch.compile "
+            "(first image at a new size compiles; cache in env ZTURBO_COMPILE_CACHE); max: + CUDA graphs."
+        ),
+    ] = "eager",
+    vram: VramOpt = "auto",
+    weight_dtype: Annotated[
+        str,
+        typer.Option(
+            "--weight-dtype",
+            help="default | fp8 (= fp8_e4m3fn) | fp8_e4m3fn_fast | fp8_e5m2: quantize a bf16 DiT on load "
+            "(half the VRAM; the main blocks only, like published GGUF files).",
+        ),
+    ] = "default",
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     import secrets
@@ -91,8 +114,12 @@ def generate(
     from zturbo.generate import model_files, run_request, save_generated
     from zturbo.pipeline import Engine
     from zturbo.request import GenerationRequest, size_for_aspect
+    from zturbo.runtime.compile import SpeedOptions
     from zturbo.runtime.device import Placement
+    from zturbo.runtime.memory import Workload, parse_vram
+    from zturbo.runtime.memory_manager import MemoryManager
 
+    parse_vram(vram)  # a typo fails here, before any model is read
     if from_png is not None:
         request, position = request_from_png(from_png)
     else:
@@ -118,10 +145,15 @@ def generate(
         )
         position = None
     paths = resolve_models(models_dir, model)
-    engine = Engine(Placement.create(device, dtype))
+    placement = Placement.create(device, dtype)
+    memory = MemoryManager(placement, vram=vram)
+    engine = Engine(placement, speed=SpeedOptions(speed), memory=memory)
+    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
+    if memory.plan is not None and memory.plan.level != "resident":
+        console.print(str(memory.plan), highlight=False)
     bar, update = _step_progress("sampling")
     with bar:
-        result = run_request(engine, paths, request, progress=update)
+        result = run_request(engine, paths, request, progress=update, weight_dtype=weight_dtype)
     if position is not None:  # --from: keep only the image that PNG held
         result = replace(result, images=result.images[position : position + 1])
     files = model_files(paths, None if model else (models_dir or paths.dit.parent.parent))
@@ -178,6 +210,7 @@ def run(
     ),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    vram: VramOpt = "auto",
 ) -> None:
     """Run a ComfyUI workflow without a server; prints the images written."""
     from zturbo.workflows import run_workflow_cli
@@ -191,6 +224,7 @@ def run(
         device=device,
         dtype=dtype,
         console=console,
+        vram=vram,
     ):
         typer.echo(str(path))
 
@@ -205,8 +239,18 @@ def serve(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     auth_token: Annotated[str | None, typer.Option("--auth-token", help="Required off loopback.")] = None,
+    vram: VramOpt = "auto",
+    ui: Annotated[
+        str, typer.Option("--ui", help="Page at /: 'creator' (simple page) or 'comfy' (the ComfyUI editor).")
+    ] = "creator",
+    preview_method: Annotated[
+        str,
+        typer.Option(
+            "--preview-method", help="Live previews for API clients: none (ComfyUI's default) | auto."
+        ),
+    ] = "none",
 ) -> None:
-    """Serve the ComfyUI-compatible API and the web UI."""
+    """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
     from zturbo.server.app import serve as run_server
     from zturbo.server.config import ServerConfig
@@ -220,5 +264,8 @@ def serve(
         device=device,
         dtype=dtype,
         auth_token=auth_token,
+        vram=vram,
+        preview_method=preview_method,
+        ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
     )
     run_server(config)

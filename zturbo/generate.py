@@ -14,6 +14,7 @@ from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.output.png import next_counter_path, save_png
 from zturbo.pipeline import Engine, Progress
 from zturbo.request import GenerationRequest
+from zturbo.runtime.memory import Workload
 
 LATENT_CHANNELS = 16
 
@@ -26,10 +27,17 @@ class Generated:
 
 
 def run_request(
-    engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: Progress | None = None
+    engine: Engine,
+    paths: ModelPaths,
+    request: GenerationRequest,
+    progress: Progress | None = None,
+    *,
+    weight_dtype: str = "default",
 ) -> Generated:
+    """`weight_dtype` is UNETLoader's choice ("default" or an fp8 type that quantizes on load)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
-    model, clip, vae = engine.load_all(paths)
+    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
+    model, clip, vae = engine.load_all(paths, weight_dtype)
     model = engine.with_shift(model, request.shift)
     positive = engine.encode_text(clip, request.prompt)
     negative = engine.encode_text(clip, request.negative) if request.cfg != 1.0 else None

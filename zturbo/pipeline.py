@@ -13,22 +13,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 from zturbo import sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.models import vae as vae_ops
 from zturbo.models.dit import ZImageDenoiser
+from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
+from zturbo.runtime import residency
+from zturbo.runtime.compile import SpeedOptions, accelerate
 from zturbo.runtime.device import Placement
+from zturbo.runtime.memory import Workload
+from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.sampling.noise import seeded_noise
 from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-Progress = Callable[[int, int, torch.Tensor | None], None]  # (step, total, preview latent or None)
+Progress = Callable[[int, int, "Image.Image | None"], None]  # (step, total, preview image or None)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,9 @@ class Engine:
 
     placement: Placement = field(default_factory=Placement.auto)
     tokenizer: Path | None = None
+    speed: SpeedOptions = field(default_factory=SpeedOptions)  # which DiT runs, compiled or not
+    # VRAM plan, streaming and the out-of-memory retry; None: every component resident (no planning).
+    memory: MemoryManager | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
 
     # --- loading (cached by path and options) ---
@@ -89,20 +102,56 @@ class Engine:
         dtype = self.placement.dit_dtype(weight_dtype)
 
         def build() -> ZImageModel:
-            return ZImageModel(load.load_dit(path, dtype=dtype, device=self.placement.device))
+            streamed = self._home("dit", path, weight_dtype)
+            home = torch.device("cpu") if streamed else self.placement.device
+            component = load.load_dit(
+                path, dtype=dtype, device=home, weight_dtype=weight_dtype, work_device=self.placement.device
+            )
+            # Streamed blocks change addresses every step: compiled graphs and CUDA graphs need fixed ones.
+            speed = (
+                dataclasses.replace(self.speed, mode="eager")
+                if streamed and self.speed.compiles
+                else self.speed
+            )
+            module = accelerate(component.module, speed)
+            if self.memory is not None:
+                self.memory.register("dit", module)
+            return ZImageModel(dataclasses.replace(component, module=module))
 
-        return self._cached(("dit", path, weight_dtype), build)  # type: ignore[return-value]
+        key = ("dit", path, weight_dtype)
+        return self._guarded(lambda: self._cached(key, build), "loading the diffusion model")  # type: ignore[return-value]
 
     def load_text_encoder(self, path: Path, device: str = "default") -> TextEncoder:
         target = torch.device("cpu") if device == "cpu" else self.placement.device
         dtype = self.placement.text_encoder_dtype(target)
 
         def build() -> TextEncoder:
-            component = load.load_text_encoder(path, dtype=dtype, device=target)
+            planned = device != "cpu" and self.memory is not None
+            home = torch.device("cpu") if planned and self._home("text_encoder", path) else target
+            component = load.load_text_encoder(path, dtype=dtype, device=home)
+            if planned:
+                self.memory.register("text_encoder", component.module)  # type: ignore[union-attr]
             tok = self.tokenizer or tokenizer_dir(path.parent if path.name == "text_encoder" else None)
             return TextEncoder(component, PromptEncoder(component.module, tok))
 
-        return self._cached(("text_encoder", path, device), build)  # type: ignore[return-value]
+        key = ("text_encoder", path, device)
+        return self._guarded(lambda: self._cached(key, build), "loading the text encoder")  # type: ignore[return-value]
+
+    def _home(self, kind: str, path: Path, weight_dtype: str = "default") -> bool:
+        """Plan with this file's real size; True when the component should load into RAM (streamed)."""
+        if self.memory is None:
+            return False
+        self.memory.measure(kind, path, weight_dtype)  # header read once per file (cached)
+        self.memory.replan()
+        return self.memory.streams(kind)
+
+    def prepare(self, paths: ModelPaths, workload: Workload, weight_dtype: str = "default") -> None:
+        """Plan memory for these files and this job before loading anything (no-op without a manager)."""
+        if self.memory is not None:
+            self.memory.prepare(paths, workload, weight_dtype)
+
+    def _guarded(self, op: Callable[[], T], what: str) -> T:
+        return op() if self.memory is None else self.memory.guard(op, what)
 
     def load_vae(self, path: Path) -> VAE:
         dtype = self.placement.vae_dtype()
@@ -110,9 +159,15 @@ class Engine:
             ("vae", path), lambda: VAE(load.load_vae(path, dtype=dtype, device=self.placement.device))
         )
 
-    def load_all(self, paths: ModelPaths) -> tuple[ZImageModel, TextEncoder, VAE]:
+    def load_all(
+        self, paths: ModelPaths, weight_dtype: str = "default"
+    ) -> tuple[ZImageModel, TextEncoder, VAE]:
         self.tokenizer = self.tokenizer or paths.tokenizer
-        return self.load_dit(paths.dit), self.load_text_encoder(paths.text_encoder), self.load_vae(paths.vae)
+        return (
+            self.load_dit(paths.dit, weight_dtype),
+            self.load_text_encoder(paths.text_encoder),
+            self.load_vae(paths.vae),
+        )
 
     def free(self) -> None:
         self._cache.clear()
@@ -121,7 +176,11 @@ class Engine:
     # --- operations (the workflow nodes call exactly these) ---
 
     def encode_text(self, clip: TextEncoder, text: str) -> Conditioning:
-        return Conditioning(clip.encoder.encode([text]))
+        def encode() -> Conditioning:
+            with residency.text_encoder_ready(clip.component.module, self.placement.device):
+                return Conditioning(clip.encoder.encode([text]))
+
+        return self._guarded(encode, "encoding the prompt")
 
     def zero_conditioning(self, cond: Conditioning) -> Conditioning:
         return Conditioning([torch.zeros_like(e) for e in cond.embeds])
@@ -153,8 +212,13 @@ class Engine:
         end_step: int | None = None,
         return_with_leftover_noise: bool = False,
         progress: Progress | None = None,
+        preview: bool = False,
     ) -> torch.Tensor:
-        """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention)."""
+        """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention).
+
+        `progress(step, total, image)` is called after each step; `image` is a latent preview when
+        `preview` is set (a cheap projection, see models/preview.py), else None.
+        """
         sigmas = get_sigmas(scheduler, steps, shift=model.shift, denoise=denoise, multiplier=model.multiplier)
         sigmas = _slice_sigmas(
             sigmas, start_step, end_step, force_full_denoise=not return_with_leftover_noise
@@ -172,25 +236,39 @@ class Engine:
 
         def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if progress is not None:
-                progress(step + 1, total, denoised)
+                progress(step + 1, total, latent_preview(denoised) if preview else None)
 
-        out = sampling.sample(
-            sampler_name,
-            denoiser,
-            noise.to(device),
-            x0.to(device),
-            sigmas,
-            seed=seed,
-            callback=callback,
-            shift=model.shift,
+        if self.memory is not None:
+            batch, _, h, w = latent.shape
+            self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg))
+        out = self._guarded(
+            lambda: sampling.sample(
+                sampler_name,
+                denoiser,
+                noise.to(device),
+                x0.to(device),
+                sigmas,
+                seed=seed,
+                callback=callback,
+                shift=model.shift,
+            ),
+            "sampling",
         )
         return vae_ops.process_out(out.float()).cpu()
 
     def decode(self, vae: VAE, latent: torch.Tensor) -> torch.Tensor:
-        return vae_ops.decode(vae.module, latent).cpu()
+        def run() -> torch.Tensor:
+            with residency.vae_tiling(vae.module, self.memory is not None and self.memory.vae_tiled()):
+                return vae_ops.decode(vae.module, latent).cpu()
+
+        return self._guarded(run, "decoding the image")
 
     def encode(self, vae: VAE, image: torch.Tensor) -> torch.Tensor:
-        return vae_ops.encode(vae.module, image).cpu()
+        def run() -> torch.Tensor:
+            with residency.vae_tiling(vae.module, self.memory is not None and self.memory.vae_tiled()):
+                return vae_ops.encode(vae.module, image).cpu()
+
+        return self._guarded(run, "encoding the image")
 
 
 def _slice_sigmas(

@@ -15,6 +15,7 @@ from zturbo.errors import GenerationError, Interrupted
 from zturbo.graph.context import ExecutionContext
 from zturbo.pipeline import Engine
 from zturbo.runtime.device import Placement
+from zturbo.runtime.memory_manager import MemoryManager
 
 
 def make_context(
@@ -25,7 +26,11 @@ def make_context(
     temp_dir: Path | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    vram: str | None = None,
 ) -> ExecutionContext:
+    """`vram` ("auto", "8G", ...) gives the engine a memory plan; None keeps every model resident."""
+    placement = Placement.create(device, dtype)
+    memory = MemoryManager(placement, vram=vram) if vram is not None else None
     return ExecutionContext(
         models_dir=models_dir or default_models_dir(),
         output_dir=output_dir,
@@ -33,7 +38,7 @@ def make_context(
         temp_dir=temp_dir or output_dir.parent / "temp",
         device=device,
         dtype=dtype,
-        engine=Engine(Placement.create(device, dtype)),
+        engine=Engine(placement, memory=memory),
     )
 
 
@@ -47,12 +52,13 @@ def run_workflow_cli(
     device: str,
     dtype: str,
     console: Console,
+    vram: str | None = None,
 ) -> list[Path]:
     """Run a workflow with a progress line per sampling node; return the images written."""
     from zturbo.graph.run import run_workflow
 
     context = make_context(
-        models_dir=models_dir, output_dir=out, input_dir=input_dir, device=device, dtype=dtype
+        models_dir=models_dir, output_dir=out, input_dir=input_dir, device=device, dtype=dtype, vram=vram
     )
 
     def on_event(event: str, data: dict) -> None:

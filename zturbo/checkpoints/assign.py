@@ -76,21 +76,28 @@ def assign_state_dict(
     dtype: torch.dtype | None,
     device: torch.device | str,
     source: Path | str,
+    use_scaled_mm: bool = False,
 ) -> None:
     """Assign `state_dict` into a meta-built model, converting dtype/device one tensor at a time.
 
-    Quantized weights (GGUF blocks, fp8 with scales) are handed to the quantization runtime, which
-    swaps the affected Linear layers; plain tensors are assigned. Buffers are moved to `device`.
+    Quantized weights (GGUF blocks, fp8 with scales) move to `device` in their small form and are
+    handed to the quantization runtime, which swaps the affected Linear layers (and expands the few
+    quantized tensors no Linear takes, such as a GGUF token embedding, on `device`, never on the host);
+    plain tensors are assigned. Buffers are moved to `device`. `use_scaled_mm` lets fp8 Linears use the
+    fp8 matmul (UNETLoader's `fp8_e4m3fn_fast`).
     """
     check_keys(model, state_dict, source)
     device = torch.device(device)
     if any(not isinstance(v, torch.Tensor) for v in state_dict.values()):
         from zturbo.runtime.quant import load_state_dict_with_quant
 
-        plain = {
-            k: _cast(v, dtype, device) if isinstance(v, torch.Tensor) else v for k, v in state_dict.items()
+        moved = {
+            k: _cast(v, dtype, device) if isinstance(v, torch.Tensor) else v.to(device)  # type: ignore[attr-defined]
+            for k, v in state_dict.items()
         }
-        load_state_dict_with_quant(model, plain, compute_dtype=dtype or torch.bfloat16)
+        load_state_dict_with_quant(
+            model, moved, compute_dtype=dtype or torch.bfloat16, use_scaled_mm=use_scaled_mm, source=source
+        )
     else:
         plain = {k: _cast(v, dtype, device) for k, v in state_dict.items()}  # type: ignore[arg-type]
         model.load_state_dict(plain, strict=True, assign=True)

@@ -35,31 +35,48 @@ def _has(keys: set[str], *names: str) -> bool:
     return all(n in keys for n in names)
 
 
+# Top-level marker tensors some files carry next to prefixed weights (legacy ComfyUI fp8 files).
+_UNPREFIXED_MARKERS = frozenset({"scaled_fp8"})
+
+
 def _strip_common_prefix(keys: set[str]) -> tuple[str, set[str]]:
+    named = keys - _UNPREFIXED_MARKERS
     for prefix in (_DIT_PREFIX, "diffusion_model.", "model."):
-        if keys and all(k.startswith(prefix) for k in keys):
-            return prefix, {k[len(prefix) :] for k in keys}
+        if named and all(k.startswith(prefix) for k in named):
+            return prefix, {k[len(prefix) :] for k in named}
     return "", keys
 
 
 def detect(ckpt: Checkpoint) -> Detection:
     """Classify a checkpoint. Order matters: the most specific signatures are tried first."""
     keys = set(ckpt.tensors)
-    found = _detect_dit(keys) or _detect_text_encoder(ckpt, keys) or _detect_vae(ckpt, keys)
+    found = _detect_dit(ckpt, keys) or _detect_text_encoder(ckpt, keys) or _detect_vae(ckpt, keys)
     return found or _detect_foreign(keys)
 
 
-def _detect_dit(keys: set[str]) -> Detection | None:
+def _detect_dit(ckpt: Checkpoint, keys: set[str]) -> Detection | None:
     prefix, bare = _strip_common_prefix(keys)
     if prefix == "model.":  # a text encoder's prefix, not a DiT's
         prefix, bare = "", keys
     if not _has(bare, "cap_embedder.1.weight") or not any(k.startswith("noise_refiner.") for k in bare):
         return None
+    storage = _storage_label(ckpt)
     if "layers.0.attention.qkv.weight" in bare:
-        return Detection(DIT, "comfyui", "Z-Image DiT (ComfyUI/original layout)", prefix)
+        return Detection(DIT, "comfyui", f"Z-Image DiT ({storage}ComfyUI/original layout)", prefix)
     if "layers.0.attention.to_q.weight" in bare:
-        return Detection(DIT, "diffusers", "Z-Image DiT (diffusers layout)", prefix)
+        return Detection(DIT, "diffusers", f"Z-Image DiT ({storage}diffusers layout)", prefix)
     return None
+
+
+def _storage_label(ckpt: Checkpoint) -> str:
+    """ "GGUF, " / "fp8 scaled, " / "": what `zturbo models` shows before the layout."""
+    if ckpt.format == "gguf":
+        return "GGUF, "
+    if any(
+        k.endswith(("scaled_fp8", ".scale_weight", ".comfy_quant", ".weight_scale")) for k in ckpt.tensors
+    ):
+        return "fp8 scaled, "
+    return ""
 
 
 def _detect_text_encoder(ckpt: Checkpoint, keys: set[str]) -> Detection | None:
@@ -67,8 +84,16 @@ def _detect_text_encoder(ckpt: Checkpoint, keys: set[str]) -> Detection | None:
         return Detection(TEXT_ENCODER, "comfyui", "Qwen3 text encoder (Hugging Face layout)", "model.")
     if _has(keys, "layers.0.self_attn.q_norm.weight", "embed_tokens.weight"):
         return Detection(TEXT_ENCODER, "diffusers", "Qwen3 text encoder (Hugging Face layout)", "")
-    if _has(keys, "token_embd.weight", "blk.0.attn_q_norm.weight"):
-        return Detection(TEXT_ENCODER, "llama.cpp", "Qwen3 text encoder (llama.cpp GGUF layout)", "")
+    if _has(keys, "token_embd.weight") and any(k.startswith("blk.0.") for k in keys):
+        arch = ckpt.metadata.get("general.architecture", "unknown")
+        if arch != "qwen3" or "blk.0.attn_q_norm.weight" not in keys:
+            return Detection(
+                None,
+                "foreign",
+                f"a llama.cpp GGUF language model of architecture {arch!r}; Z-Image's text encoder is "
+                "Qwen3-4B (general.architecture 'qwen3')",
+            )
+        return Detection(TEXT_ENCODER, "llama.cpp", "Qwen3 text encoder (GGUF, llama.cpp layout)", "")
     return None
 
 

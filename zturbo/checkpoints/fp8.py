@@ -77,6 +77,16 @@ class Fp8Weight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return dequantize_fp8(self.data, self.scale, dtype)
 
+    def chunk(self, parts: int, dim: int = 0) -> list[Fp8Weight]:
+        """Split rows into `parts` views (a fused qkv into q, k, v); per-row scales split with them."""
+        if dim != 0 or self.data.shape[0] % parts:
+            raise ValueError(f"cannot split fp8 {tuple(self.data.shape)} into {parts} along dim {dim}")
+        scales = self.scale.chunk(parts, dim=0) if self.scale.ndim else [self.scale] * parts
+        return [
+            Fp8Weight(data, scale, self.input_scale, self.full_precision_mm)
+            for data, scale in zip(self.data.chunk(parts, dim=0), scales, strict=True)
+        ]
+
 
 def dequantize_fp8(data: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """`w.float() * scale`, rounded once to `dtype` (ComfyUI multiplies in the compute dtype instead)."""

@@ -60,6 +60,20 @@ class GGUFWeight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return dequantize(self, dtype)
 
+    def chunk(self, parts: int, dim: int = 0) -> list[GGUFWeight]:
+        """Split whole rows into `parts` views (a fused qkv into q, k, v) without touching the bytes.
+
+        Blocks run along a row, so a row split is a byte-row split, as long as every row is whole blocks.
+        """
+        rows, row_elements = self.shape[0], self.shape[1:].numel()
+        block_size = GGML_QUANT_SIZES[self.qtype][0]
+        if dim != 0 or rows % parts or row_elements % block_size:
+            raise ValueError(
+                f"cannot split {self.qtype.name} {tuple(self.shape)} into {parts} along dim {dim}"
+            )
+        shape = torch.Size((rows // parts, *self.shape[1:]))
+        return [GGUFWeight(d, self.qtype, shape) for d in self.data.reshape(rows, -1).chunk(parts, dim=0)]
+
 
 @dataclass
 class GGUFFile:

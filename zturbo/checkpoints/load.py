@@ -16,9 +16,19 @@ from torch import nn
 from zturbo.checkpoints import keymaps
 from zturbo.checkpoints.assign import assign_state_dict, build_empty
 from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, Detection, detect
+from zturbo.checkpoints.fp8 import split_fp8_state_dict
 from zturbo.checkpoints.reader import Checkpoint, open_checkpoint
-from zturbo.errors import ModelFileError
+from zturbo.errors import InputError, ModelFileError
 from zturbo.models.configs import ConfigError, DiTConfig, TextEncoderConfig, VAEConfig
+
+# UNETLoader's `weight_dtype` choices (plus the CLI's short "fp8"): quantize a bf16/fp32 DiT on load.
+FP8_WEIGHT_DTYPES = {
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,  # same storage; the fp8 matmul where the GPU has one
+    "fp8_e5m2": torch.float8_e5m2,
+}
+WEIGHT_DTYPES = ("default", *FP8_WEIGHT_DTYPES)
 
 # Tensors a text-encoder file may carry that the encoder does not use (the LM head is tied to the
 # embedding, and Z-Image reads hidden states, not logits).
@@ -51,15 +61,20 @@ def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object],
     return state_dict, detection, source
 
 
+def _read(ckpt: Checkpoint) -> dict[str, object]:
+    """All tensors; ComfyUI fp8 files come back as `Fp8Weight`s with their marker and scale keys consumed."""
+    tensors = ckpt.load()
+    if ckpt.format != "safetensors":
+        return tensors
+    plain, fp8 = split_fp8_state_dict(tensors, metadata=ckpt.metadata, source=ckpt.path)  # type: ignore[arg-type]
+    return {**plain, **fp8}
+
+
 def wrong_kind_error(path: Path, expected_kind: str, found: Detection) -> ModelFileError:
     what = KIND_LABELS.get(found.kind or "", None) or found.description
     return ModelFileError(
         path, f"is {what}, not a {KIND_LABELS[expected_kind]}. Check which folder it belongs in."
     )
-
-
-def _read(ckpt: Checkpoint) -> dict[str, object]:
-    return ckpt.load()
 
 
 def _component_files(source: Path) -> list[Path]:
@@ -97,10 +112,24 @@ def _shapes(state_dict: dict[str, object]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state_dict.items()}  # type: ignore[attr-defined]
 
 
-def load_dit(source: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> LoadedComponent:
-    """The Z-Image diffusion transformer as diffusers' ZImageTransformer2DModel."""
+def load_dit(
+    source: Path,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    weight_dtype: str = "default",
+    work_device: torch.device | str | None = None,
+) -> LoadedComponent:
+    """The Z-Image diffusion transformer as diffusers' ZImageTransformer2DModel.
+
+    `weight_dtype` other than "default" quantizes the file's plain weights to fp8 on load (see
+    `quantize_dit_on_load`); `work_device` is where that arithmetic runs (the GPU, even when the result
+    is kept on the host for streaming), default `device`.
+    """
     from diffusers import ZImageTransformer2DModel
 
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise InputError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)} (got {weight_dtype!r})")
     state_dict, detection, _ = read_component(source, DIT)
     if detection.layout == "comfyui":
         state_dict = keymaps.comfy_dit_to_diffusers(state_dict)
@@ -108,9 +137,43 @@ def load_dit(source: Path, *, dtype: torch.dtype, device: torch.device | str = "
         config = _dit_config(source, _shapes(state_dict))
     except ConfigError as exc:
         raise ModelFileError(source, f"does not look like a Z-Image model: {exc}") from exc
+    if weight_dtype in FP8_WEIGHT_DTYPES:
+        state_dict = quantize_dit_on_load(
+            state_dict, FP8_WEIGHT_DTYPES[weight_dtype], device=device, work_device=work_device or device
+        )
     model = build_empty(lambda: ZImageTransformer2DModel(**config.kwargs()))
-    assign_state_dict(model, state_dict, dtype=dtype, device=device, source=source)
+    fast = weight_dtype == "fp8_e4m3fn_fast"
+    assign_state_dict(model, state_dict, dtype=dtype, device=device, source=source, use_scaled_mm=fast)
     return LoadedComponent(model, source, detection, dtype)
+
+
+def quantize_dit_on_load(
+    state_dict: dict[str, object],
+    fp8_dtype: torch.dtype,
+    *,
+    device: torch.device | str,
+    work_device: torch.device | str,
+) -> dict[str, object]:
+    """Quantize the main blocks' 2-D weights to fp8 with per-row scales, one tensor at a time.
+
+    The same tensors the published GGUF files quantize (`dit_tensor_is_quantized`): embedders,
+    refiners, final layer, pad tokens and norms stay in the compute dtype, because they are small and
+    the first and last layers are the most sensitive to rounding. Weights already quantized in the file
+    are left as they are. Each result goes to `device` at once, so at most one expanded weight exists.
+    """
+    from zturbo.checkpoints.gguf_write import dit_tensor_is_quantized
+    from zturbo.runtime.quant import quantize_to_fp8
+
+    out: dict[str, object] = {}
+    for name, value in state_dict.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and dit_tensor_is_quantized(name, tuple(value.shape))
+        ):
+            value = quantize_to_fp8(value.to(work_device), dtype=fp8_dtype).to(device)
+        out[name] = value
+    return out
 
 
 def load_text_encoder(

@@ -21,11 +21,18 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def transformer_forward(
     model: nn.Module, x: torch.Tensor, t: torch.Tensor, captions: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Run the diffusers transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample."""
+    """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
+
+    zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of
+    (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it.
+    """
     param = next(model.parameters())
-    latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
     caps = [c.to(param.device, param.dtype) for c in captions]
-    out = model(latents, t.to(param.device, param.dtype), caps, return_dict=False)[0]
+    t = t.to(param.device, param.dtype)
+    if getattr(model, "batched_api", False):
+        return model(x.to(param.device, param.dtype), t, caps).float()
+    latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
+    out = model(latents, t, caps, return_dict=False)[0]
     return torch.stack([o.float() for o in out]).squeeze(2)
 
 

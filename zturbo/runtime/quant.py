@@ -123,12 +123,19 @@ def fp8_scaled_linear(
     return out.reshape(*shape[:-1], weight.shape[0])
 
 
-def quantize_to_fp8(weight: Tensor, *, per_row: bool = True) -> Fp8Weight:
-    """e4m3 with amax scaling; per-row scales (the default) keep small rows precise and suit `_scaled_mm`."""
+def quantize_to_fp8(
+    weight: Tensor, *, per_row: bool = True, dtype: torch.dtype = torch.float8_e4m3fn
+) -> Fp8Weight:
+    """fp8 with amax scaling; per-row scales (the default) keep small rows precise and suit `_scaled_mm`.
+
+    `dtype` is e4m3 (3 mantissa bits, the default) or e5m2 (UNETLoader's `fp8_e5m2`: more range, less
+    precision); either way the scale maps each row's largest magnitude onto the format's maximum.
+    """
+    fp8_max = torch.finfo(dtype).max
     w = weight.detach().float()
     amax = w.abs().amax(dim=1, keepdim=True) if per_row else w.abs().amax()
-    scale = amax.clamp(min=1e-12) / FP8_MAX
-    data = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    scale = amax.clamp(min=1e-12) / fp8_max
+    data = (w / scale).clamp(-fp8_max, fp8_max).to(dtype)
     return Fp8Weight(data, scale)
 
 

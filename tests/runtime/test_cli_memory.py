@@ -1,0 +1,47 @@
+"""`zturbo generate --vram ... --weight-dtype ...` on a tiny models folder (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from zturbo.cli import app
+from zturbo.errors import InputError
+from zturbo.server.config import ServerConfig
+
+runner = CliRunner()
+
+
+def generate(models: Path, out: Path, *extra: str):
+    args = ["generate", "a hat", "--width", "32", "--height", "32", "--steps", "2", "--seed", "1"]
+    args += ["--models-dir", str(models), "--out", str(out), "--device", "cpu", *extra]
+    return runner.invoke(app, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--vram", "4G", "--weight-dtype", "fp8"),
+        ("--vram", "0.01G", "--weight-dtype", "fp8_e5m2"),  # nothing fits: the leanest plan, streamed
+        ("--vram", "unlimited"),
+    ],
+    ids=["4G-fp8", "tiny-budget-e5m2", "unlimited"],
+)
+def test_generate_with_memory_options(tiny_models: Path, tmp_path: Path, extra: tuple[str, ...]) -> None:
+    result = generate(tiny_models, tmp_path, *extra)
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.split() if line.endswith(".png")]
+
+
+def test_bad_vram_is_refused_before_loading(tiny_models: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--vram must be one of auto, 4G"):
+        generate(tiny_models, tmp_path, "--vram", "lots")
+
+
+def test_server_config_carries_vram(tmp_path: Path) -> None:
+    assert ServerConfig(models_dir=tmp_path, vram="8G").vram == "8G"
+    assert ServerConfig(models_dir=tmp_path).vram == "auto"
+    with pytest.raises(InputError, match="--vram"):
+        ServerConfig(models_dir=tmp_path, vram="8 bananas")

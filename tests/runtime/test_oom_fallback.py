@@ -1,0 +1,109 @@
+"""A CUDA out-of-memory error mid-job: the engine retries once with the next lower plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zturbo import pipeline
+from zturbo.checkpoints.layout import resolve_models
+from zturbo.errors import GenerationError
+from zturbo.generate import run_request
+from zturbo.pipeline import Engine
+from zturbo.request import GenerationRequest
+from zturbo.runtime import residency
+from zturbo.runtime.device import Placement
+from zturbo.runtime.memory import plan_memory
+from zturbo.runtime.memory_manager import MemoryManager, released_size
+
+REQUEST = GenerationRequest("a boat", width=64, height=48, steps=2, seed=11, sampler="euler")
+PLACEMENT = Placement.create("cpu", "fp32")
+
+
+def ladder():
+    """The unconstrained plan of the released model, with its whole fallback chain."""
+    sizes = {kind: released_size(kind, 2) for kind in ("dit", "text_encoder", "vae")}
+    return plan_memory(sizes, budget=None)
+
+
+def fail_first(monkeypatch: pytest.MonkeyPatch, target, name: str, times: int = 1) -> list[int]:
+    real, calls = getattr(target, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, flaky)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_models_fp32):
+    return run_request(Engine(PLACEMENT), resolve_models(tiny_models_fp32), REQUEST)
+
+
+def test_oom_while_sampling_retries_with_the_next_plan(monkeypatch, tiny_models_fp32, expected) -> None:
+    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    calls = fail_first(monkeypatch, pipeline.sampling, "sample")
+    result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
+    assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"
+    _, clip, _ = engine.load_all(resolve_models(tiny_models_fp32))
+    assert residency.streamer_of(clip.component.module) is not None  # re-placed in place
+    assert torch.equal(result.latents, expected.latents)
+
+
+def test_oom_while_decoding_moves_down_the_chain(monkeypatch, tiny_models_fp32, expected) -> None:
+    plan = ladder().fallback  # te-streamed, untiled; next: tiled VAE
+    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=plan))
+    fail_first(monkeypatch, pipeline.vae_ops, "decode")
+    result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
+    assert engine.memory.plan.level == "te-streamed+tiled-vae" and engine.memory.vae_tiled()
+    assert torch.equal(result.latents, expected.latents)
+
+
+def test_a_second_oom_fails_with_a_clear_message(monkeypatch, tiny_models_fp32) -> None:
+    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    fail_first(monkeypatch, pipeline.sampling, "sample", times=2)
+    with pytest.raises(
+        GenerationError, match=r"out of GPU memory while sampling with memory plan.*--vram 4G"
+    ):
+        run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
+
+
+def test_the_last_plan_has_no_fallback(monkeypatch, tiny_models_fp32) -> None:
+    last = ladder()
+    while last.fallback is not None:
+        last = last.fallback
+    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=last))
+    fail_first(monkeypatch, pipeline.sampling, "sample")
+    with pytest.raises(GenerationError, match="out of GPU memory while sampling"):
+        run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
+
+
+def test_without_a_memory_manager_the_error_is_not_hidden(monkeypatch, tiny_models_fp32) -> None:
+    fail_first(monkeypatch, pipeline.sampling, "sample")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_request(Engine(PLACEMENT), resolve_models(tiny_models_fp32), REQUEST)
+
+
+def test_replanning_never_climbs_back_above_the_fallback(monkeypatch, tiny_models_fp32) -> None:
+    memory = MemoryManager(PLACEMENT, vram="48G", ram=64 * 2**30)
+    engine = Engine(PLACEMENT, memory=memory)
+    paths = resolve_models(tiny_models_fp32)
+    run_request(engine, paths, REQUEST)
+    assert memory.plan.level == "resident" and memory.plan.name == "48G"
+    fail_first(monkeypatch, pipeline.sampling, "sample")
+    run_request(engine, paths, REQUEST)
+    assert memory.plan.level == "te-streamed"
+    run_request(engine, paths, GenerationRequest("a boat", width=32, height=32, steps=1, sampler="euler"))
+    assert memory.plan.level == "te-streamed"
+
+
+def test_oom_while_loading_retries_the_load(monkeypatch, tiny_models_fp32, expected) -> None:
+    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    calls = fail_first(monkeypatch, pipeline.load, "load_dit")
+    result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
+    assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"
+    assert torch.equal(result.latents, expected.latents)

@@ -1,0 +1,113 @@
+"""Benchmark rows for zturbo's speed modes, each with a quality guard against the bf16 reference.
+
+The guard runs the benchmark's own request (same prompt, seed and noise) through the bf16 eager
+diffusers-class path once, and through each mode; a row records the relative error of the final
+latents and the PSNR of the decoded images. For scale, the noise floor is the reference path run
+again with attention forced to SDPA's math kernel: a second, equally valid bf16 computation of the
+same function. A mode whose deviation is of the floor's order is within bf16 noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from zturbo.checkpoints.layout import ModelPaths
+from zturbo.generate import run_request
+from zturbo.pipeline import Engine
+from zturbo.request import GenerationRequest
+from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accelerate
+
+# Benchmark system names → the speed modes they measure.
+ZTURBO_SYSTEMS = {"zturbo": ("reference", "eager"), "zturbo-compiled": ("compile", "max")}
+
+
+def zturbo_modes(system: str) -> tuple[str, ...]:
+    """Modes of a system name: the groups above, or `zturbo-<mode>` for one mode."""
+    if system in ZTURBO_SYSTEMS:
+        return ZTURBO_SYSTEMS[system]
+    mode = system.removeprefix("zturbo-")
+    if mode not in SPEED_MODES:
+        raise ValueError(
+            f"unknown system {system!r}: use {', '.join(ZTURBO_SYSTEMS)} or zturbo-<{'|'.join(SPEED_MODES)}>"
+        )
+    return (mode,)
+
+
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """PSNR of images in [0, 1]; None when identical."""
+    mse = float((a.float() - b.float()).pow(2).mean())
+    return None if mse == 0 else round(10 * math.log10(1.0 / mse), 2)
+
+
+@dataclass(frozen=True)
+class GuardReference:
+    latents: torch.Tensor
+    images: torch.Tensor
+    floor_rel_err: float
+    floor_psnr_db: float | None
+
+
+def guard_reference(engine: Engine, paths: ModelPaths, request: GenerationRequest) -> GuardReference:
+    """The reference result for `request` and the noise floor (must run on the reference-mode engine)."""
+    reference = run_request(engine, paths, request)
+    with sdpa_kernel([SDPBackend.MATH]):
+        other = run_request(engine, paths, request)
+    return GuardReference(
+        reference.latents,
+        reference.images,
+        rel_error(other.latents, reference.latents),
+        psnr_db(other.images, reference.images),
+    )
+
+
+def quality(engine: Engine, paths: ModelPaths, request: GenerationRequest, ref: GuardReference) -> dict:
+    result = run_request(engine, paths, request)
+    return {
+        "latent_rel_err_vs_bf16_reference": rel_error(result.latents, ref.latents),
+        "psnr_db_vs_bf16_reference": psnr_db(result.images, ref.images),
+        "noise_floor_latent_rel_err": ref.floor_rel_err,
+        "noise_floor_psnr_db": ref.floor_psnr_db,
+    }
+
+
+def set_speed(engine: Engine, paths: ModelPaths, mode: str, cache_dir: Path | None) -> dict:
+    """Switch the engine's loaded DiT to `mode` (same weights); returns facts for the row's `extra`."""
+    model = engine.load_dit(paths.dit)
+    options = SpeedOptions(mode, cache_dir=cache_dir)
+    model.component.module = accelerate(model.component.module, options)
+    return {"speed": mode, "compile_mode": options.compile_mode if options.compiles else None}
+
+
+def graph_facts(engine: Engine, paths: ModelPaths) -> dict:
+    """Whether the CUDA graphs were captured (a failed capture runs uncaptured and says so here)."""
+    module = engine.load_dit(paths.dit).component.module
+    if not isinstance(module, GraphedDiT):
+        return {}
+    captured = module.captured_buckets()
+    return {"cuda_graph_buckets": captured[0], "cuda_graph_failed_buckets": captured[1]}
+
+
+def print_quality(rows: list) -> None:
+    print(f"{'system':<20}{'mode':>10}{'latent rel err':>16}{'PSNR dB':>9}{'floor rel':>11}{'floor dB':>9}")
+    for r in rows:
+        q = r.extra
+        if "latent_rel_err_vs_bf16_reference" not in q:
+            continue
+        print(
+            f"{r.system:<20}{r.mode:>10}{q['latent_rel_err_vs_bf16_reference']:>16.2e}"
+            f"{_db(q['psnr_db_vs_bf16_reference']):>9}{q['noise_floor_latent_rel_err']:>11.2e}"
+            f"{_db(q['noise_floor_psnr_db']):>9}"
+        )
+
+
+def _db(value: float | None) -> str:
+    return "same" if value is None else f"{value:.1f}"

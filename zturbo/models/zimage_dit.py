@@ -1,0 +1,239 @@
+"""zturbo's own Z-Image transformer: the reference math, laid out for speed.
+
+Same function as diffusers' `ZImageTransformer2DModel` for text-to-image (no omni/SigLIP, no
+ControlNet), with what makes the reference slow removed: one GEMM for Q‖K‖V and one for W1‖W3
+(when the layers are plain `nn.Linear`; `QuantLinear`s stay separate and are just called), RoPE as
+real cos/sin arithmetic on fp32 tables cached per sequence layout (the compiler cannot fuse complex
+numbers), no attention mask unless the batch really needs one, and elementwise code (RMSNorm in fp32,
+modulation, tanh gates, SiLU·up) written so `torch.compile` fuses each run into one kernel. Tensors
+are batched `(B, C, h, w)` in and out. Built from a loaded diffusers module by
+`zturbo.models.zimage_convert.from_diffusers`, which reuses its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from zturbo.models.zimage_layout import SequencePlan, SequencePlans, apply_rope, padded_length
+
+# cuDNN attention is ~2x FlashAttention-2 on Hopper at these shapes (issue 5); the rest are fallbacks.
+DEFAULT_SDPA_BACKENDS = (
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+)
+PATCH = 2
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm with fp32 statistics, as diffusers' RMSNorm, but rounded once (after the weight) not twice.
+
+    `F.rms_norm` is one fused kernel in eager CUDA (the reference's eight elementwise passes cost ~1 ms
+    a layer at 1024²) and decomposes into fusable ops under `torch.compile`. For bf16 the single rounding
+    differs from the reference by at most one bf16 ulp per element (more accurate, not less).
+    """
+    return F.rms_norm(x, weight.shape, weight, eps)
+
+
+def timestep_features(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features [cos, sin] of t (B,), in fp32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+NORM_NAMES = ("attn_norm1", "attn_norm2", "ffn_norm1", "ffn_norm2", "q_norm", "k_norm")
+
+
+class ZImageBlock(nn.Module):
+    """One transformer block; `modulation` is None for the context refiner (no adaLN, no gates).
+
+    Post-norms on both branches, adaLN as `1 + scale` on the pre-norm and `tanh(gate)` on the branch
+    output, no shift terms; QK-norm per head before RoPE.
+    """
+
+    attn_norm1: nn.Parameter
+    attn_norm2: nn.Parameter
+    ffn_norm1: nn.Parameter
+    ffn_norm2: nn.Parameter
+    q_norm: nn.Parameter
+    k_norm: nn.Parameter
+
+    def __init__(
+        self,
+        linears: dict[str, nn.Module],
+        norms: dict[str, nn.Parameter],
+        modulation: nn.Module | None,
+        *,
+        heads: int,
+        eps: float,
+        qk_eps: float,
+    ) -> None:
+        super().__init__()
+        self.qkv, self.out, self.w13, self.w2 = (linears[k] for k in ("qkv", "out", "w13", "w2"))
+        self.modulation = modulation
+        for name in NORM_NAMES:
+            self.register_parameter(name, norms[name])
+        self.heads, self.eps, self.qk_eps = heads, eps, qk_eps
+        self.sdpa_backends: tuple[SDPBackend, ...] = DEFAULT_SDPA_BACKENDS
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, adaln: Tensor | None
+    ) -> Tensor:
+        if self.modulation is None:
+            h = self.attention(rms_norm(x, self.attn_norm1, self.eps), cos, sin, mask)
+            x = x + rms_norm(h, self.attn_norm2, self.eps)
+            h = self.feed_forward(rms_norm(x, self.ffn_norm1, self.eps))
+            return x + rms_norm(h, self.ffn_norm2, self.eps)
+        scale_msa, gate_msa, scale_mlp, gate_mlp = self.modulation(adaln).unsqueeze(1).chunk(4, dim=-1)
+        h = self.attention(rms_norm(x, self.attn_norm1, self.eps) * (1.0 + scale_msa), cos, sin, mask)
+        x = torch.addcmul(x, gate_msa.tanh(), rms_norm(h, self.attn_norm2, self.eps))
+        h = self.feed_forward(rms_norm(x, self.ffn_norm1, self.eps) * (1.0 + scale_mlp))
+        return torch.addcmul(x, gate_mlp.tanh(), rms_norm(h, self.ffn_norm2, self.eps))
+
+    def attention(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
+        batch, seq, _ = h.shape
+        q, k, v = self.qkv(h).view(batch, seq, 3, self.heads, -1).unbind(2)
+        q = apply_rope(rms_norm(q, self.q_norm, self.qk_eps), cos, sin)
+        k = apply_rope(rms_norm(k, self.k_norm, self.qk_eps), cos, sin)
+        q, k, v = (a.transpose(1, 2) for a in (q, k, v))
+        if q.is_cuda:
+            with sdpa_kernel(list(self.sdpa_backends), set_priority=True):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def feed_forward(self, h: Tensor) -> Tensor:
+        gate, up = self.w13(h).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+def call_block(
+    block: ZImageBlock, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, adaln: Tensor | None
+) -> Tensor:
+    """The unit `torch.compile` sees (see zturbo.runtime.compile): one block, passed as an argument."""
+    return block(x, cos, sin, mask, adaln)
+
+
+BlockRunner = Callable[[ZImageBlock, Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], Tensor]
+
+
+@dataclass(frozen=True)
+class DiTSettings:
+    """The few numbers the forward pass needs besides the weights (read off the diffusers config)."""
+
+    in_channels: int
+    norm_eps: float
+    t_scale: float
+    t_dtype: torch.dtype  # dtype the timestep MLP computes in (the weight's, or QuantLinear's compute dtype)
+    axes_dims: tuple[int, ...]
+    axes_lens: tuple[int, ...]
+    rope_theta: float
+
+
+class ZImageDiT(nn.Module):
+    """The whole transformer: `forward(x (B,C,h,w), t (B,), captions [(L_i, cap_dim)]) -> (B,C,h,w)`."""
+
+    batched_api: ClassVar[bool] = True  # transformer_forward passes tensors, not lists
+
+    def __init__(
+        self,
+        settings: DiTSettings,
+        *,
+        embedders: dict[str, nn.Module],
+        pad_tokens: dict[str, nn.Parameter],
+        cap_norm: nn.Parameter,
+        noise_refiner: list[ZImageBlock],
+        context_refiner: list[ZImageBlock],
+        layers: list[ZImageBlock],
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.x_embedder, self.cap_linear, self.t_mlp = (embedders[k] for k in ("x", "cap", "t"))
+        self.final_modulation, self.final_linear = embedders["final_modulation"], embedders["final"]
+        self.x_pad_token, self.cap_pad_token = pad_tokens["x"], pad_tokens["cap"]
+        self.cap_norm = cap_norm
+        self.noise_refiner = nn.ModuleList(noise_refiner)
+        self.context_refiner = nn.ModuleList(context_refiner)
+        self.layers = nn.ModuleList(layers)
+        self.plans = SequencePlans(list(settings.axes_dims), list(settings.axes_lens), settings.rope_theta)
+        self.run_block: BlockRunner = call_block  # replaced by a compiled version in compile modes
+
+    def blocks(self) -> list[ZImageBlock]:
+        return [*self.noise_refiner, *self.context_refiner, *self.layers]
+
+    def set_sdpa_backends(self, backends: tuple[SDPBackend, ...]) -> None:
+        """Attention kernels to try, in priority order (CUDA only)."""
+        for block in self.blocks():
+            block.sdpa_backends = tuple(backends)
+
+    def forward(self, x: Tensor, t: Tensor, captions: list[Tensor]) -> Tensor:
+        batch, _, height, width = x.shape
+        if len(captions) != batch:
+            raise ValueError(f"{len(captions)} captions for a batch of {batch}")
+        if height % PATCH or width % PATCH:
+            raise ValueError(f"latent size {height}x{width} is not a multiple of {PATCH}")
+        plan = self.plans.get(height // PATCH, width // PATCH, [len(c) for c in captions], x.device)
+        config = self.settings
+        adaln = self.t_mlp(timestep_features(t * config.t_scale).to(config.t_dtype)).to(x.dtype)
+        image = self.embed_image(x, plan)
+        cos, sin = plan.image_rope
+        for block in self.noise_refiner:
+            image = self.run_block(block, image, cos, sin, None, adaln)
+        caption = self.embed_captions(captions, plan)
+        cos, sin = plan.caption_rope
+        for block in self.context_refiner:
+            caption = self.run_block(block, caption, cos, sin, plan.caption_mask, None)
+        unified = torch.cat([image, caption], dim=1)
+        cos, sin = plan.rope
+        for block in self.layers:
+            unified = self.run_block(block, unified, cos, sin, plan.mask, adaln)
+        return self.unpatchify(self.final_layer(unified[:, : plan.image_len], adaln), height, width)
+
+    def embed_image(self, x: Tensor, plan: SequencePlan) -> Tensor:
+        """Patchify 2×2 (features ordered ph, pw, c), embed, append learned pad tokens to a multiple of 32."""
+        batch, channels, height, width = x.shape
+        patches = x.view(batch, channels, height // PATCH, PATCH, width // PATCH, PATCH)
+        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, plan.image_len, PATCH * PATCH * channels)
+        tokens = self.x_embedder(patches)
+        pads = self.x_pad_token.expand(batch, plan.image_padded - plan.image_len, -1)
+        return torch.cat([tokens, pads], dim=1)
+
+    def embed_captions(self, captions: list[Tensor], plan: SequencePlan) -> Tensor:
+        """Embed each caption's real rows; pad rows (to 32, and to the batch's widest) get the pad token."""
+        lengths = [len(c) for c in captions]
+        tokens = self.cap_linear(rms_norm(torch.cat(captions), self.cap_norm, self.settings.norm_eps))
+        if len(set(lengths)) == 1:
+            tokens = tokens.view(len(captions), lengths[0], -1)
+            return torch.cat([tokens, self._cap_pads(len(captions), plan.caption_width - lengths[0])], dim=1)
+        rows = [
+            torch.cat([part, self._cap_pads(1, plan.caption_width - len(part))[0]])
+            for part in tokens.split(lengths)
+        ]
+        return torch.stack(rows)
+
+    def _cap_pads(self, batch: int, count: int) -> Tensor:
+        return self.cap_pad_token.expand(batch, count, -1)
+
+    def final_layer(self, x: Tensor, adaln: Tensor) -> Tensor:
+        scale = 1.0 + self.final_modulation(F.silu(adaln))
+        return self.final_linear(F.layer_norm(x, x.shape[-1:], eps=1e-6) * scale.unsqueeze(1))
+
+    def unpatchify(self, tokens: Tensor, height: int, width: int) -> Tensor:
+        batch, channels = tokens.shape[0], self.settings.in_channels
+        grid = tokens.view(batch, height // PATCH, width // PATCH, PATCH, PATCH, channels)
+        return grid.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
+
+
+__all__ = ["DEFAULT_SDPA_BACKENDS", "ZImageBlock", "ZImageDiT", "call_block", "padded_length", "rms_norm"]

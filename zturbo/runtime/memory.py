@@ -1,0 +1,250 @@
+"""VRAM and RAM planning: where each component's weights live, for a budget, the files and the image.
+
+A plan is one rung of a ladder, fastest first; each rung trades speed for VRAM:
+
+1. everything resident on the GPU;
+2. text encoder streamed layer by layer for each prompt, then nothing of it kept;
+3. VAE decoding in 512-pixel tiles (diffusers' tiled decode; seams are blended, so pixels differ
+   slightly from a full decode, which is why this rung comes after the exact ones);
+4. DiT blocks streamed from (pinned) RAM, as many blocks kept resident as the budget allows;
+5. DiT fully streamed.
+
+The first rung whose estimated peak fits the usable budget is chosen; the rungs below it are its
+`fallback` chain, which the engine takes once when CUDA runs out of memory anyway. Peaks are computed
+per phase (encode, sample, decode) from the files' real sizes (`sizes.py`) and activation estimates
+for the resolution and batch, calibrated on the H100 smoke run (1024², bf16: DiT ≈ 0.9 GB, VAE decode
+≈ 3.9 GiB untiled). The plan never changes the weights: quantizing is the user's choice
+(`--weight-dtype fp8` or a GGUF file), and the planner sizes whatever was chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
+from zturbo.errors import InputError
+from zturbo.runtime.sizes import ComponentSize
+
+GIB = 1 << 30
+MIB = 1 << 20
+VRAM_CHOICES = ("auto", "4G", "6G", "8G", "12G", "16G", "24G", "unlimited")
+CONTEXT_RESERVE = GIB // 2  # CUDA context and cuBLAS workspaces on a card of the stated size
+FRAGMENTATION = 0.95  # share of the rest the caching allocator can really hand out
+RAM_RESERVE = 6 * GIB  # the OS, Python, torch, load-time temporaries
+PIN_SHARE = 0.6  # never page-lock more than this share of RAM: the rest must stay reclaimable
+VAE_TILE = 512  # pixels; 64-latent tiles with a quarter overlap
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(g|gb|gib)?$", re.IGNORECASE)
+
+
+def parse_vram(text: str) -> float | None:
+    """`--vram` → GiB, `None` for "auto"; "unlimited" → infinity (plan as if VRAM were unbounded)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return None
+    if value in ("unlimited", "none", "unconstrained"):
+        return float("inf")
+    match = _SIZE.match(value)
+    if not match or float(match[1]) <= 0:
+        raise InputError(f"--vram must be one of {', '.join(VRAM_CHOICES)} or a size like 10G (got {text!r})")
+    return float(match[1])
+
+
+def usable_vram(text: str, device: torch.device) -> tuple[int | None, str]:
+    """(bytes our allocations may use or None for unbounded, label) for a `--vram` setting.
+
+    "auto" reads the free memory of a CUDA device (plus what this process already holds, so re-planning
+    sees its own models as available); elsewhere "auto" means unbounded. A stated size is a card of
+    that size: the CUDA context is taken off first.
+    """
+    gib = parse_vram(text)
+    if gib == float("inf") or (gib is None and device.type != "cuda"):
+        return None, "unconstrained"
+    if gib is None:
+        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+        return int(free * FRAGMENTATION), f"auto ({free / GIB:.1f}G free)"
+    return int((gib * GIB - CONTEXT_RESERVE) * FRAGMENTATION), f"{gib:g}G"
+
+
+def system_ram() -> int | None:
+    """Physical RAM in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one job computes: image size, batch, whether CFG doubles the DiT batch."""
+
+    width: int = 1024
+    height: int = 1024
+    batch: int = 1
+    cfg: float = 1.0
+    caption_tokens: int = 512  # the encoder's maximum: prompt length is unknown when planning
+
+
+def dit_activation_bytes(w: Workload, hidden: int, dtype_bytes: int) -> int:
+    """Peak activations of one DiT block: sequence × (~14 hidden-wide + 4 FFN-wide tensors)."""
+    tokens = (w.width // 16) * (w.height // 16) + w.caption_tokens
+    batch = w.batch * (1 if w.cfg == 1.0 else 2)
+    return batch * tokens * (14 * hidden + 4 * int(hidden / 3 * 8)) * dtype_bytes + 64 * MIB
+
+
+def te_activation_bytes(w: Workload, size: ComponentSize, dtype_bytes: int) -> int:
+    """All hidden states are kept (the second-to-last is used), plus one layer's working set."""
+    layers = len(size.blocks) + 1
+    return w.caption_tokens * size.hidden * dtype_bytes * (layers + 12) + 64 * MIB
+
+
+def vae_decode_bytes(width: int, height: int, batch: int, dtype_bytes: int) -> int:
+    """Flux VAE decode: ~1200 values a pixel in the upsampling path, plus the mid-block attention's
+    (latent tokens)² scores (PyTorch has no fused kernel for its 512-wide head)."""
+    pixels = width * height
+    return batch * dtype_bytes * (1200 * pixels + 3 * (pixels // 64) ** 2) + 64 * MIB
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Where each component lives. `str(plan)` is the one-paragraph summary the CLI and log print."""
+
+    name: str = "unconstrained"
+    level: str = "resident"
+    text_encoder: str = "resident"  # resident | streamed (layer by layer for each prompt, nothing kept)
+    dit: str = "resident"  # resident | streamed
+    dit_resident_blocks: int = 0  # streamed DiT: blocks kept on the GPU anyway
+    vae_tiled: bool = False
+    pin_dit: bool = False  # streamed DiT blocks in page-locked RAM (asynchronous copies)
+    pin_text_encoder: bool = False
+    budget: int | None = None  # usable bytes; None = unbounded
+    peak: int = 0  # estimated peak bytes over the phases below
+    phases: tuple[tuple[str, int], ...] = ()
+    ram: int = 0  # estimated RAM held (pinned copies + baseline)
+    fallback: MemoryPlan | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.budget is None or self.peak <= self.budget
+
+    def __str__(self) -> str:
+        pin = " from pinned RAM"
+        te = "on the GPU" if self.text_encoder == "resident" else "streamed per prompt"
+        if self.text_encoder == "streamed" and self.pin_text_encoder:
+            te += pin
+        dit = "resident"
+        if self.dit == "streamed":
+            dit = (
+                f"streamed{pin if self.pin_dit else ' from RAM'}, {self.dit_resident_blocks} blocks resident"
+            )
+        budget = "unbounded" if self.budget is None else f"{self.budget / GIB:.1f} GiB usable"
+        over = "" if self.fits else " — OVER BUDGET, expect out-of-memory errors"
+        return (
+            f"memory plan {self.name} [{self.level}]: text encoder {te}; DiT {dit}; "
+            f"VAE {'tiled' if self.vae_tiled else 'full'} decode; peak ≈ {self.peak / GIB:.1f} GiB VRAM "
+            f"({budget}){over}; RAM ≈ {self.ram / GIB:.1f} GiB"
+        )
+
+
+def _peaks(plan: MemoryPlan, sizes: dict[str, ComponentSize], w: Workload, dtype_bytes: int) -> MemoryPlan:
+    """Fill in the per-phase peaks of a plan's placements."""
+    dit, te, vae = sizes[DIT], sizes[TEXT_ENCODER], sizes[VAE]
+    if plan.dit == "resident":
+        dit_bytes = dit.total
+    else:
+        kept = sorted(dit.blocks, reverse=True)[: plan.dit_resident_blocks]
+        dit_bytes = dit.other + 2 * dit.max_block + sum(kept)
+    te_kept = te.total if plan.text_encoder == "resident" else 0
+    te_encoding = te.total if plan.text_encoder == "resident" else te.other + 2 * te.max_block
+    expand = 10 * dit.largest_quantized  # one quantized matrix expanded in fp32 then the compute dtype
+    if plan.vae_tiled:
+        decode = vae_decode_bytes(min(w.width, VAE_TILE), min(w.height, VAE_TILE), w.batch, dtype_bytes)
+        decode += w.batch * 3 * w.width * w.height * 4 * 2  # tiles and the blended image
+    else:
+        decode = vae_decode_bytes(w.width, w.height, w.batch, dtype_bytes)
+    phases = (
+        ("encode", dit_bytes + vae.total + te_encoding + te_activation_bytes(w, te, dtype_bytes)),
+        (
+            "sample",
+            dit_bytes + vae.total + te_kept + dit_activation_bytes(w, dit.hidden, dtype_bytes) + expand,
+        ),
+        ("decode", dit_bytes + vae.total + te_kept + decode),
+    )
+    return dataclasses.replace(plan, phases=phases, peak=max(p for _, p in phases))
+
+
+def _with_ram(plan: MemoryPlan, sizes: dict[str, ComponentSize], ram: int | None) -> MemoryPlan:
+    """Pin streamed weights while RAM allows; unpinned streaming reads the memory-mapped file."""
+    ram = ram if ram is not None else 16 * GIB
+    available = min(ram - RAM_RESERVE, int(ram * PIN_SHARE))
+    streamed_dit = 0
+    if plan.dit == "streamed":
+        streamed_dit = sum(sorted(sizes[DIT].blocks)[: len(sizes[DIT].blocks) - plan.dit_resident_blocks])
+    pin_dit = plan.dit == "streamed" and streamed_dit <= available
+    pinned = streamed_dit if pin_dit else 0
+    te = sizes[TEXT_ENCODER].total
+    pin_te = plan.text_encoder == "streamed" and pinned + te <= available
+    pinned += te if pin_te else 0
+    return dataclasses.replace(plan, pin_dit=pin_dit, pin_text_encoder=pin_te, ram=pinned + 2 * GIB)
+
+
+def _ladder(sizes: dict[str, ComponentSize], budget: int | None, probe) -> list[MemoryPlan]:
+    rungs = [
+        MemoryPlan(level="resident"),
+        MemoryPlan(level="te-streamed", text_encoder="streamed"),
+        MemoryPlan(level="te-streamed+tiled-vae", text_encoder="streamed", vae_tiled=True),
+    ]
+    streamed = MemoryPlan(level="dit-streamed", text_encoder="streamed", dit="streamed", vae_tiled=True)
+    keep = _blocks_that_fit(streamed, sizes, budget, probe)
+    if keep:
+        rungs.append(dataclasses.replace(streamed, dit_resident_blocks=keep))
+    rungs.append(dataclasses.replace(streamed, level="dit-streamed-all"))
+    return [probe(r) for r in rungs]
+
+
+def _blocks_that_fit(streamed: MemoryPlan, sizes: dict[str, ComponentSize], budget: int | None, probe) -> int:
+    blocks = sizes[DIT].blocks
+    if budget is None or not blocks:
+        return max(0, len(blocks) - 2)
+    spare = budget - probe(streamed).peak
+    keep = 0
+    for size in sorted(blocks, reverse=True):  # the estimate keeps the biggest; conservative
+        if spare < size or keep >= len(blocks) - 2:
+            break
+        spare, keep = spare - size, keep + 1
+    return keep
+
+
+def plan_memory(
+    sizes: dict[str, ComponentSize],
+    workload: Workload = Workload(),
+    *,
+    budget: int | None,
+    name: str = "unconstrained",
+    ram: int | None = None,
+    dtype_bytes: int = 2,
+) -> MemoryPlan:
+    """The fastest plan whose estimated peak fits `budget` (usable bytes), linked to its fallbacks."""
+
+    def probe(plan: MemoryPlan) -> MemoryPlan:
+        return _with_ram(
+            _peaks(dataclasses.replace(plan, name=name, budget=budget), sizes, workload, dtype_bytes),
+            sizes,
+            ram,
+        )
+
+    ladder = _ladder(sizes, budget, probe)
+    start = next((i for i, p in enumerate(ladder) if p.fits), len(ladder) - 1)
+    chain = [ladder[start]]
+    for plan in ladder[start + 1 :]:
+        if plan.peak < chain[-1].peak:  # a fallback must actually need less memory
+            chain.append(plan)
+    linked: MemoryPlan | None = None
+    for plan in reversed(chain):
+        linked = dataclasses.replace(plan, fallback=linked)
+    assert linked is not None
+    return linked

@@ -1,0 +1,190 @@
+"""The engine's memory policy: the current plan, re-planning as files and image sizes become known,
+and the one retry with a lower plan when CUDA runs out of memory anyway.
+
+The engine owns one `MemoryManager` (passed in, never global). Components are registered when
+loaded and placed by the current plan; a new plan re-places them in place (`residency.py`).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import nn
+
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
+from zturbo.errors import GenerationError
+from zturbo.runtime import residency
+from zturbo.runtime.device import Placement
+from zturbo.runtime.memory import MemoryPlan, Workload, plan_memory, system_ram, usable_vram
+from zturbo.runtime.sizes import ComponentSize, measure
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LEVELS = ("resident", "te-streamed", "te-streamed+tiled-vae", "dit-streamed", "dit-streamed-all")
+
+# The released model in bf16, for components not loaded yet when a plan is first needed.
+_RELEASED = {
+    DIT: ComponentSize((180_910_336,) * 2 + (176_962_816,) * 2 + (180_910_336,) * 30, 11_852_352, 0, 3840),
+    TEXT_ENCODER: ComponentSize((100_925_696,) * 36, 388_958_720, 0, 2560),
+    VAE: ComponentSize((), 83_819_683, 0, 0),
+}
+
+
+def released_size(kind: str, dtype_bytes: int) -> ComponentSize:
+    size = _RELEASED[kind]
+    return ComponentSize(
+        tuple(b * dtype_bytes for b in size.blocks), size.other * dtype_bytes, 0, size.hidden
+    )
+
+
+def _placement(plan: MemoryPlan | None, kind: str | None = None) -> tuple:
+    """What decides where a component's weights live (both components when `kind` is None)."""
+    if plan is None:
+        return ()
+    dit = (plan.dit, plan.dit_resident_blocks, plan.pin_dit)
+    te = (plan.text_encoder, plan.pin_text_encoder)
+    return dit if kind == DIT else te if kind == TEXT_ENCODER else dit + te
+
+
+@dataclass
+class MemoryManager:
+    """`vram` ("auto", "8G", ...) re-plans as sizes and workloads change; `vram=None` keeps `plan` fixed."""
+
+    placement: Placement
+    vram: str | None = "auto"
+    plan: MemoryPlan | None = None
+    ram: int | None = field(default_factory=system_ram)
+    sizes: dict[str, ComponentSize] = field(default_factory=dict)
+    workload: Workload = Workload()
+    _floor: int = 0  # ladder rung an out-of-memory error pushed us to; never plan above it again
+    _components: list[tuple[str, weakref.ref]] = field(default_factory=list, repr=False)
+    _measured: dict[tuple, ComponentSize] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
+
+    def _dtype_bytes(self) -> int:
+        return self.placement.dit_dtype().itemsize
+
+    # --- planning ---
+
+    def measure(self, kind: str, path: Path, weight_dtype: str = "default") -> None:
+        """Read `path`'s header once per file version (a server plans every job)."""
+        dtype = self.placement.vae_dtype() if kind == VAE else self.placement.dit_dtype()
+        stat = path.stat()
+        key = (kind, path, stat.st_mtime_ns, stat.st_size, dtype, weight_dtype)
+        if key not in self._measured:
+            self._measured[key] = measure(path, kind, dtype=dtype, weight_dtype=weight_dtype)
+        self.sizes[kind] = self._measured[key]
+
+    def prepare(self, paths, workload: Workload, weight_dtype: str = "default") -> MemoryPlan | None:
+        """Measure the three files of `paths` and plan for `workload` (before anything is loaded)."""
+        self.measure(DIT, paths.dit, weight_dtype)
+        self.measure(TEXT_ENCODER, paths.text_encoder)
+        self.measure(VAE, paths.vae)
+        self.workload = workload
+        return self.replan()
+
+    def set_workload(self, workload: Workload) -> None:
+        if workload != self.workload:
+            self.workload = workload
+            self.replan()
+
+    def replan(self) -> MemoryPlan | None:
+        """Compute the plan for what is known now; re-place loaded components if it changed."""
+        if self.vram is None:
+            return self.plan
+        budget, name = usable_vram(self.vram, self.device)
+        dtype_bytes = self._dtype_bytes()
+        sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
+        plan = plan_memory(
+            sizes, self.workload, budget=budget, name=name, ram=self.ram, dtype_bytes=dtype_bytes
+        )
+        while LEVELS.index(plan.level) < self._floor and plan.fallback is not None:
+            plan = plan.fallback
+        if (
+            self.plan is None
+            or _placement(plan) != _placement(self.plan)
+            or plan.vae_tiled != self.plan.vae_tiled
+        ):
+            log.info("%s", plan)
+        self.use(plan)
+        return plan
+
+    def use(self, plan: MemoryPlan) -> None:
+        """Switch to `plan`, moving only the components whose placement changes."""
+        previous, self.plan = self.plan, plan
+        self._apply(plan, previous)
+
+    # --- components ---
+
+    def streams(self, kind: str) -> bool:
+        """Whether `kind` should be loaded into host RAM (streamed) rather than onto the device."""
+        if self.plan is None or self.device.type == "cpu":
+            return False
+        return (self.plan.dit if kind == DIT else self.plan.text_encoder) == "streamed"
+
+    def register(self, kind: str, module: nn.Module) -> None:
+        """Track a loaded DiT or text encoder and place it by the current plan."""
+        self._components.append((kind, weakref.ref(module)))
+        if self.plan is not None:
+            self._place(kind, module, self.plan)
+
+    def _place(self, kind: str, module: nn.Module, plan: MemoryPlan) -> None:
+        try:
+            if kind == DIT:
+                residency.place_dit(module, plan, self.device)
+            else:
+                residency.place_text_encoder(module, plan, self.device)
+        except residency.NotStreamable as exc:
+            log.warning("%s; it stays resident", exc)
+            module.to(self.device)
+
+    def _apply(self, plan: MemoryPlan, previous: MemoryPlan | None) -> None:
+        live = [(kind, m) for kind, ref in self._components if (m := ref()) is not None]
+        self._components = [(k, weakref.ref(m)) for k, m in live]
+        moved = False
+        for kind, module in sorted(live, key=lambda e: e[0] != DIT):  # the DiT first: it frees the most
+            if _placement(plan, kind) != _placement(previous, kind):
+                self._place(kind, module, plan)
+                moved = True
+        if moved:
+            self.placement.empty_cache()
+
+    # --- running ---
+
+    def vae_tiled(self) -> bool:
+        return self.plan is not None and self.plan.vae_tiled
+
+    def guard(self, op: Callable[[], T], what: str) -> T:
+        """Run `op`; on CUDA out-of-memory switch to the next lower plan and run it once more."""
+        try:
+            return op()
+        except torch.cuda.OutOfMemoryError as exc:
+            fallback = self.plan.fallback if self.plan is not None else None
+            if fallback is None:
+                raise GenerationError(_oom_message(what, self.plan)) from exc
+        gc.collect()  # the failed attempt's tensors went with its traceback
+        log.warning("out of GPU memory while %s; retrying once with the lower plan: %s", what, fallback)
+        self._floor = max(self._floor, LEVELS.index(fallback.level))
+        self.use(fallback)
+        try:
+            return op()
+        except torch.cuda.OutOfMemoryError as exc:
+            raise GenerationError(_oom_message(what, fallback)) from exc
+
+
+def _oom_message(what: str, plan: MemoryPlan | None) -> str:
+    where = f" with {plan}" if plan is not None else ""
+    return (
+        f"out of GPU memory while {what}{where}. Try a smaller --vram (e.g. --vram 4G), a GGUF or fp8 "
+        "model file (or --weight-dtype fp8), a smaller image or batch, or close other programs using the GPU."
+    )

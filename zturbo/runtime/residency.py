@@ -1,0 +1,147 @@
+"""Put a loaded component's weights where a `MemoryPlan` says, in place, and back again.
+
+Placement mutates the module (tensors moved, streaming hooks attached) instead of building a new one,
+so everything that holds the component (the engine's cache, a workflow's MODEL output) keeps working
+when the engine switches plans after an out-of-memory error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from zturbo.runtime.memory import VAE_TILE, MemoryPlan
+from zturbo.runtime.offload import BlockStreamer, on_device
+
+log = logging.getLogger(__name__)
+_STREAMER = "_zturbo_streamer"
+
+
+class NotStreamable(RuntimeError):
+    """The module runs through captured CUDA graphs, whose weights must stay at fixed addresses."""
+
+
+def dit_blocks(module: nn.Module) -> list[nn.Module]:
+    """The DiT's transformer blocks in execution order (diffusers' class and zturbo's DiT alike)."""
+    return [*module.noise_refiner, *module.context_refiner, *module.layers]  # type: ignore[misc]
+
+
+def _non_block_modules(module: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
+    inside = {id(m) for block in blocks for m in block.modules()}
+    return [m for m in module.modules() if id(m) not in inside]
+
+
+def _move_direct(modules: list[nn.Module], device: torch.device) -> None:
+    for m in modules:
+        for param in m._parameters.values():
+            if param is not None and param.device != device:
+                param.data = param.data.to(device)
+        for name, buf in m._buffers.items():
+            if buf is not None and buf.device != device:
+                m._buffers[name] = buf.to(device)
+
+
+def _detach(module: nn.Module) -> None:
+    streamer = module.__dict__.pop(_STREAMER, None)
+    if streamer is not None:
+        streamer.detach()
+
+
+def forget_host_copies(blocks: list[nn.Module]) -> None:
+    """Drop packed host copies kept for re-streaming (the blocks are resident now)."""
+    for block in blocks:
+        block.__dict__.pop("_zturbo_host_block", None)
+
+
+def streamer_of(module: nn.Module) -> BlockStreamer | None:
+    return module.__dict__.get(_STREAMER)
+
+
+def block_bytes(block: nn.Module) -> int:
+    tensors = [*block.parameters(), *block.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def choose_resident(sizes: list[int], count: int) -> set[int]:
+    """`count` blocks to keep on the GPU: the biggest first (each saves its bytes of copying per step),
+    and among equal ones evenly spaced, so every streamed block's copy overlaps more compute."""
+    chosen: set[int] = set()
+    for size in sorted(set(sizes), reverse=True):
+        group = [i for i, s in enumerate(sizes) if s == size]
+        take = min(len(group), count - len(chosen))
+        chosen.update(group[int((j + 0.5) * len(group) / take)] for j in range(take))
+        if len(chosen) >= count:
+            break
+    return chosen
+
+
+def place_dit(module: nn.Module, plan: MemoryPlan, device: torch.device) -> None:
+    """Resident: everything on `device`. Streamed: blocks in (pinned) RAM, the rest on `device`."""
+    _detach(module)
+    if plan.dit == "resident":
+        module.to(device)
+        forget_host_copies(dit_blocks(module))
+        return
+    if hasattr(module, "_graphs"):  # zturbo.runtime.compile.GraphedDiT
+        raise NotStreamable("a DiT running through CUDA graphs cannot stream its blocks")
+    blocks = dit_blocks(module)
+    _move_direct(_non_block_modules(module, blocks), device)
+    if hasattr(module, "run_block"):  # zturbo's DiT: compiled block functions assume fixed weights
+        from zturbo.models.zimage_dit import call_block
+
+        module.run_block = call_block  # type: ignore[assignment]
+    keep = choose_resident([block_bytes(b) for b in blocks], min(plan.dit_resident_blocks, len(blocks)))
+    streamer = BlockStreamer(blocks, device, pin=plan.pin_dit, resident=keep)
+    module.__dict__[_STREAMER] = streamer
+    log.info(
+        "DiT: %d blocks streamed (%.2f GiB), %d resident",
+        len(streamer.order),
+        streamer.streamed_bytes / 2**30,
+        len(keep),
+    )
+
+
+def place_text_encoder(module: nn.Module, plan: MemoryPlan, device: torch.device) -> None:
+    """Resident: on `device`. Streamed: all of it in RAM; `text_encoder_ready` brings it in per prompt."""
+    _detach(module)
+    if plan.text_encoder == "resident":
+        module.to(device)
+        forget_host_copies(list(module.layers))  # type: ignore[arg-type]
+        return
+    blocks = list(module.layers)  # type: ignore[arg-type]
+    _move_direct(_non_block_modules(module, blocks), torch.device("cpu"))
+    module.__dict__[_STREAMER] = BlockStreamer(blocks, device, pin=plan.pin_text_encoder)
+
+
+@contextmanager
+def text_encoder_ready(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """For one encode: a streamed encoder's embedding and norms on `device`, its layers streamed, and
+    afterwards nothing of it left in VRAM."""
+    streamer = streamer_of(module)
+    if streamer is None:
+        yield
+        return
+    try:
+        with on_device(_non_block_modules(module, list(module.layers)), device):  # type: ignore[arg-type]
+            yield
+    finally:
+        streamer.release()
+
+
+@contextmanager
+def vae_tiling(vae: nn.Module, enabled: bool, tile: int = VAE_TILE) -> Iterator[None]:
+    """diffusers' tiled VAE decode/encode with `tile`-pixel tiles, for one call."""
+    if not enabled:
+        yield
+        return
+    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // factor
+    try:
+        yield
+    finally:
+        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = saved

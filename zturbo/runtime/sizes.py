@@ -1,0 +1,126 @@
+"""How many bytes each component will occupy once loaded, read from file headers only.
+
+The memory planner needs real sizes, not guesses: a Q4_0 DiT is 4.5 GB, a bf16 one 12.3 GB, an fp32
+diffusers folder loaded as bf16 is still 12.3 GB. Headers give every tensor's shape and stored type,
+which is enough: plain floats cost the compute dtype's bytes (they are cast on load), quantized
+matrices (GGUF blocks, fp8) keep their stored size, and a quantized embedding is expanded on load.
+Bytes are grouped by transformer block, in execution order, because blocks are what gets streamed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE, detect
+from zturbo.checkpoints.gguf_write import dit_tensor_is_quantized
+from zturbo.checkpoints.reader import TensorInfo, open_checkpoint, torch_dtype_of
+
+_DIT_BLOCK = re.compile(r"^(noise_refiner|context_refiner|layers)\.(\d+)\.")
+_TE_BLOCK = re.compile(r"^(?:model\.)?(?:layers|blk)\.(\d+)\.")
+_DIT_ORDER = {"noise_refiner": 0, "context_refiner": 1, "layers": 2}
+_FP8_NAMES = ("F8_E4M3", "F8_E5M2")
+_EMBEDDINGS = ("embed_tokens.weight", "token_embd.weight")
+_CONSUMED = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
+
+
+@dataclass(frozen=True)
+class ComponentSize:
+    """Loaded bytes of one component: per streamable block (execution order) and the rest."""
+
+    blocks: tuple[int, ...] = ()
+    other: int = 0
+    largest_quantized: int = 0  # elements of the largest quantized matrix (expanded on the fly per call)
+    hidden: int = 0  # model width (activation estimates scale with it)
+
+    @property
+    def total(self) -> int:
+        return self.other + sum(self.blocks)
+
+    @property
+    def max_block(self) -> int:
+        return max(self.blocks, default=0)
+
+    @property
+    def quantized(self) -> bool:
+        return self.largest_quantized > 0
+
+
+def _files(source: Path) -> list[Path]:
+    if source.is_dir():
+        return sorted(p for p in source.iterdir() if p.suffix in (".safetensors", ".sft", ".gguf"))
+    return [source]
+
+
+def _tensor_bytes(name: str, info: TensorInfo, dtype_bytes: int, fp8_on_load: bool) -> tuple[int, int]:
+    """(bytes once loaded, elements if it stays quantized else 0)."""
+    numel = math.prod(info.shape)
+    matrix = len(info.shape) == 2 and not name.endswith(_EMBEDDINGS)
+    if name.endswith(_CONSUMED) or name.endswith("scaled_fp8"):
+        return 0, 0
+    if torch_dtype_of(info.dtype) is None and info.dtype in GGMLQuantizationType.__members__:
+        if not matrix:  # expanded on load (a quantized embedding or norm)
+            return numel * dtype_bytes, 0
+        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[info.dtype]]
+        return numel // block_size * type_size, numel
+    if (info.dtype in _FP8_NAMES or fp8_on_load) and matrix:
+        return numel + 4 * info.shape[0], numel
+    dtype = torch_dtype_of(info.dtype)
+    if dtype is not None and not dtype.is_floating_point:
+        return numel * dtype.itemsize, 0
+    return numel * dtype_bytes, 0
+
+
+def measure(source: Path, kind: str, *, dtype: torch.dtype, weight_dtype: str = "default") -> ComponentSize:
+    """Loaded size of a component file (or diffusers folder) under `dtype` and `weight_dtype`."""
+    blocks: dict[tuple[int, int], int] = {}
+    other = largest = hidden = 0
+    for file in _files(source):
+        ckpt = open_checkpoint(file)
+        prefix = detect(ckpt).prefix
+        for raw_name, info in ckpt.tensors.items():
+            name = raw_name[len(prefix) :] if prefix and raw_name.startswith(prefix) else raw_name
+            fp8_on_load = (
+                kind == DIT and weight_dtype != "default" and dit_tensor_is_quantized(name, info.shape)
+            )
+            nbytes, quantized = _tensor_bytes(name, info, dtype.itemsize, fp8_on_load)
+            largest = max(largest, quantized)
+            hidden = hidden or _hidden(name, info.shape)
+            key = _block_key(name, kind)
+            if key is None:
+                other += nbytes
+            else:
+                blocks[key] = blocks.get(key, 0) + nbytes
+    return ComponentSize(tuple(blocks[k] for k in sorted(blocks)), other, largest, hidden)
+
+
+def _hidden(name: str, shape: tuple[int, ...]) -> int:
+    if name == "cap_embedder.1.weight" and len(shape) == 2:
+        return shape[0]
+    if name.endswith(_EMBEDDINGS) and len(shape) == 2:
+        return shape[1]
+    return 0
+
+
+def _block_key(name: str, kind: str) -> tuple[int, int] | None:
+    if kind == DIT and (m := _DIT_BLOCK.match(name)):
+        return _DIT_ORDER[m[1]], int(m[2])
+    if kind == TEXT_ENCODER and (m := _TE_BLOCK.match(name)):
+        return 0, int(m[1])
+    return None
+
+
+def measure_all(
+    paths, *, dit_dtype: torch.dtype, te_dtype: torch.dtype, vae_dtype: torch.dtype, weight_dtype: str
+) -> dict[str, ComponentSize]:
+    """Sizes of the three components of a `ModelPaths`."""
+    return {
+        DIT: measure(paths.dit, DIT, dtype=dit_dtype, weight_dtype=weight_dtype),
+        TEXT_ENCODER: measure(paths.text_encoder, TEXT_ENCODER, dtype=te_dtype),
+        VAE: measure(paths.vae, VAE, dtype=vae_dtype),
+    }
