@@ -9,7 +9,7 @@ import torch
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
-from zturbo.checkpoints.layout import FOLDERS, ModelPaths
+from zturbo.checkpoints.layout import ModelPaths, loader_name
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.output.png import next_counter_path, save_png
 from zturbo.pipeline import Engine, Progress
@@ -62,17 +62,10 @@ def model_files(paths: ModelPaths, models_dir: Path | None) -> ModelFiles:
     """Names as ComfyUI's loaders list them (relative to the models subfolder) and short hashes."""
     cache = (models_dir or paths.dit.parent) / ".zturbo"
 
-    def name(path: Path, kind: str) -> str:
-        for folder in FOLDERS[kind]:
-            base = (models_dir / folder) if models_dir else None
-            if base is not None and path.is_relative_to(base):
-                return path.relative_to(base).as_posix()
-        return path.name
-
     return ModelFiles(
-        dit=name(paths.dit, DIT),
-        text_encoder=name(paths.text_encoder, TEXT_ENCODER),
-        vae=name(paths.vae, VAE),
+        dit=loader_name(models_dir, DIT, paths.dit),
+        text_encoder=loader_name(models_dir, TEXT_ENCODER, paths.text_encoder),
+        vae=loader_name(models_dir, VAE, paths.vae),
         dit_hash=short_hash(paths.dit, cache),
         text_encoder_hash=short_hash(paths.text_encoder, cache),
         vae_hash=short_hash(paths.vae, cache),

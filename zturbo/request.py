@@ -14,6 +14,7 @@ from zturbo.errors import InputError
 MAX_SIDE = 4096
 MAX_BATCH = 64
 MAX_SEED = 2**64 - 1
+MAX_PROMPT_CHARS = 20000  # far beyond the 512-token encoder cap; keeps requests bounded
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,11 @@ class GenerationRequest:
     denoise: float = 1.0
 
     def validate(self, samplers: list[str], schedulers: list[str]) -> GenerationRequest:
+        for name, text in (("prompt", self.prompt), ("negative", self.negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(
+                    f"{name} is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are accepted"
+                )
         for name, value in (("width", self.width), ("height", self.height)):
             if value < 16 or value % 16 or value > MAX_SIDE:
                 nearest = min(MAX_SIDE, max(16, round(value / 16) * 16))

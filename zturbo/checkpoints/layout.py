@@ -60,6 +60,15 @@ def weight_files(folder: Path) -> list[Path]:
     )
 
 
+def loader_name(models_dir: Path | None, kind: str, path: Path) -> str:
+    """The name ComfyUI's loader lists for `path`: relative to whichever of the kind's folders holds it."""
+    for folder in FOLDERS[kind] if models_dir is not None else ():
+        base = models_dir / folder
+        if path.is_relative_to(base):
+            return path.relative_to(base).as_posix()
+    return path.name
+
+
 def find_component(models_dir: Path, kind: str) -> Path:
     """The file for `kind`: the standard name if present, else the first file whose content matches."""
     standard = models_dir / COMFY_FILES[kind]

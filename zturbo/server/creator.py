@@ -11,10 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
-from zturbo.checkpoints.layout import COMFY_FILES, FOLDERS, find_component
+from zturbo.checkpoints.layout import COMFY_FILES, find_component, loader_name
 from zturbo.errors import InputError, MissingModelError
 from zturbo.output.metadata import ModelFiles, api_graph, request_from_api_graph
 from zturbo.request import GenerationRequest
@@ -23,44 +23,14 @@ from zturbo.server.ports import RegistryLike
 DEFAULT_PREFIX = "zturbo"
 
 
-class CreatorSettings(BaseModel):
-    """The creator form, field for field a `GenerationRequest` (defaults: the official workflow's)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = Field(max_length=20000)
-    negative: str = Field(default="", max_length=20000)
-    width: int = 1024
-    height: int = 1024
-    steps: int = 8
-    cfg: float = 1.0
-    sampler: str = "res_multistep"
-    scheduler: str = "simple"
-    shift: float = 3.0
-    seed: int = 0
-    batch: int = 1
-    denoise: float = 1.0
-
-    def to_request(self) -> GenerationRequest:
-        return GenerationRequest(**self.model_dump())
-
-
 class GraphRequest(BaseModel):
-    settings: CreatorSettings
+    # The form is a GenerationRequest field for field; pydantic checks the types, `validate` the ranges.
+    settings: GenerationRequest
     filename_prefix: str = Field(default=DEFAULT_PREFIX, max_length=200)
 
 
 def settings_dict(request: GenerationRequest) -> dict[str, Any]:
     return asdict(request)
-
-
-def _relative_name(models_dir: Path, kind: str, path: Path) -> str:
-    """The name a loader lists for `path`: relative to whichever of the kind's folders holds it."""
-    for folder in FOLDERS[kind]:
-        base = models_dir / folder
-        if base in path.parents:
-            return path.relative_to(base).as_posix()
-    return path.name
 
 
 def model_files(models_dir: Path) -> ModelFiles:
@@ -69,7 +39,7 @@ def model_files(models_dir: Path) -> ModelFiles:
     names: dict[str, str] = {}
     for kind in (DIT, TEXT_ENCODER, VAE):
         try:
-            names[kind] = _relative_name(models_dir, kind, find_component(models_dir, kind))
+            names[kind] = loader_name(models_dir, kind, find_component(models_dir, kind))
         except MissingModelError:
             names[kind] = COMFY_FILES[kind].split("/", 1)[1]
     return ModelFiles(dit=names[DIT], text_encoder=names[TEXT_ENCODER], vae=names[VAE])
@@ -85,7 +55,7 @@ def _combo(registry: RegistryLike, name: str) -> list[str]:
 
 def build_graph(body: GraphRequest, registry: RegistryLike, models_dir: Path) -> dict[str, Any]:
     """Validate the settings against the registry's samplers and schedulers, then build the graph."""
-    request = body.settings.to_request()
+    request = body.settings
     samplers, schedulers = _combo(registry, "sampler_name"), _combo(registry, "scheduler")
     request.validate(samplers or [request.sampler], schedulers or [request.scheduler])
     prefix = body.filename_prefix.strip() or DEFAULT_PREFIX
