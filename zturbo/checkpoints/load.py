@@ -45,7 +45,7 @@ class LoadedComponent:
     dtype: torch.dtype
 
 
-def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object], Detection, Path]:
+def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object], Detection]:
     """Read all tensors of a component (file, or diffusers folder of shards) and check its kind."""
     files = _component_files(source)
     state_dict: dict[str, object] = {}
@@ -58,7 +58,7 @@ def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object],
             raise wrong_kind_error(file, expected_kind, found)
         state_dict.update(keymaps.strip_prefix(_read(ckpt), found.prefix))
     assert detection is not None
-    return state_dict, detection, source
+    return state_dict, detection
 
 
 def _read(ckpt: Checkpoint) -> dict[str, object]:
@@ -130,7 +130,7 @@ def load_dit(
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise InputError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)} (got {weight_dtype!r})")
-    state_dict, detection, _ = read_component(source, DIT)
+    state_dict, detection = read_component(source, DIT)
     if detection.layout == "comfyui":
         state_dict = keymaps.comfy_dit_to_diffusers(state_dict)
     try:
@@ -182,7 +182,7 @@ def load_text_encoder(
     """The Qwen3 text encoder as transformers' Qwen3Model."""
     from transformers import Qwen3Model
 
-    state_dict, detection, _ = read_component(source, TEXT_ENCODER)
+    state_dict, detection = read_component(source, TEXT_ENCODER)
     if detection.layout == "llama.cpp":
         from zturbo.checkpoints.gguf import llama_cpp_qwen3_to_hf
 
@@ -201,7 +201,7 @@ def load_vae(source: Path, *, dtype: torch.dtype, device: torch.device | str = "
     """The Flux VAE as diffusers' AutoencoderKL."""
     from diffusers import AutoencoderKL
 
-    state_dict, detection, _ = read_component(source, VAE)
+    state_dict, detection = read_component(source, VAE)
     if detection.layout == "comfyui":
         state_dict = keymaps.bfl_vae_to_diffusers(state_dict)
     try:
