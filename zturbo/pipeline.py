@@ -169,8 +169,10 @@ class Engine:
             self.load_vae(paths.vae),
         )
 
-    def free(self) -> None:
-        self._cache.clear()
+    def free(self, unload_models: bool = True) -> None:
+        """ComfyUI's /free: drop the loaded models (when asked) and return cached GPU memory."""
+        if unload_models:
+            self._cache.clear()
         self.placement.empty_cache()
 
     # --- operations (the workflow nodes call exactly these) ---

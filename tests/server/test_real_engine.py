@@ -118,3 +118,16 @@ def test_comfy_api_simplified_client(real_server: LiveServer, tmp_path: Path, ca
         assert json.loads(img.text["prompt"])["57:3"]["inputs"]["seed"] == 42
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "'type': 'progress'" in logged and "'type': 'executed'" in logged
+
+
+def test_free_unloads_the_models(real_server: LiveServer):
+    engine = real_server.app.state.zturbo.executor.context.engine
+    assert engine._cache, "an earlier test in this module generated, so models are loaded"
+    response = httpx.post(
+        f"{real_server.http}/free", json={"unload_models": True, "free_memory": True}, timeout=30
+    )
+    assert response.status_code == 200
+    deadline = time.monotonic() + 30
+    while engine._cache and time.monotonic() < deadline:  # /free is applied by the worker between jobs
+        time.sleep(0.1)
+    assert not engine._cache
