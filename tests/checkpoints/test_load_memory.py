@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import gc
 
-import pytest
+import psutil
 import torch
 
 from zturbo.checkpoints.load import load_dit
 from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
 from zturbo.models.configs import DiTConfig
-
-psutil = pytest.importorskip("psutil")
 
 MEDIUM = DiTConfig(
     dim=1024, n_layers=6, n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=32, axes_dims=[32, 48, 48]
