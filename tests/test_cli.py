@@ -104,3 +104,12 @@ def test_size_for_aspect(aspect, mp, size):
 
     w, h = size_for_aspect(aspect, mp)
     assert (w, h) == size and w % 16 == 0 and h % 16 == 0
+
+
+def test_bench_parses_the_shared_options():
+    from zturbo.bench_cli import parse
+
+    args = parse(["--sizes", "1024x1024,1280x720", "--vram-plans", "4G,8G"], default_results=Path("r"))
+    assert args.sizes == "1024x1024,1280x720" and args.vram_plans == "4G,8G" and args.results == Path("r")
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0 and "--vram-plans" in result.stdout

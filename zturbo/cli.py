@@ -229,6 +229,16 @@ def run(
         typer.echo(str(path))
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)
+def bench(ctx: typer.Context) -> None:
+    """GPU benchmark next to diffusers on full-size random weights (see `zturbo bench --help`)."""
+    from zturbo.bench_cli import main as bench_main
+
+    bench_main(ctx.args)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",

@@ -1,0 +1,74 @@
+"""Arguments of `zturbo bench` and `benchmarks/gpu.py` (one parser for both).
+
+Systems: zturbo (speed modes reference + eager), zturbo-compiled (compile + max), zturbo-<mode>,
+diffusers-eager, diffusers-compiled. Each zturbo row carries its quality guard in `extra`.
+
+Small-GPU rows instead: `--vram-plans 4G,6G,8G,12G --weights bf16,q8_0,q4_0` runs each weights file
+unconstrained and under each budget (capped with set_per_process_memory_fraction), at the first of
+--sizes, batch 1; rows carry `vram_plan` and `mode` (= weights) and go to <date>-<device>-memory.json.
+
+Prints a table and writes <results>/<date>-<device>.json. Needs a CUDA GPU, diffusers, and ~35 GB of
+disk for the full-size random-weight files it writes (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def parse(argv: Sequence[str] | None, default_results: Path) -> argparse.Namespace:
+    scratch = Path(tempfile.gettempdir())
+    parser = argparse.ArgumentParser(
+        prog="zturbo bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=scratch / "zturbo-bench-models",
+        help="where the full-size random-weight files are written (reused)",
+    )
+    parser.add_argument("--sizes", default="1024x1024")
+    parser.add_argument("--batches", default="1")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--systems", default="zturbo,zturbo-compiled,diffusers-eager,diffusers-compiled")
+    parser.add_argument("--out", type=Path, default=scratch / "zturbo-bench-out", help="images written")
+    parser.add_argument("--results", type=Path, default=default_results)
+    parser.add_argument("--compile-cache", type=Path, default=None, help="inductor cache folder")
+    parser.add_argument("--vram-plans", default="", help="e.g. 4G,6G,8G,12G: run the small-GPU rows")
+    parser.add_argument("--weights", default="bf16,q8_0,q4_0", help="DiT weights for --vram-plans")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per --vram-plans row")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-results")) -> None:
+    args = parse(argv, default_results)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    if args.vram_plans:
+        from zturbo.bench_memory import run_memory
+
+        run_memory(
+            args.models_dir,
+            args.vram_plans.split(","),
+            args.weights.split(","),
+            steps=args.steps,
+            size=sizes[0],
+            out_dir=args.out,
+            results_dir=args.results,
+            repeats=args.repeats,
+        )
+        return
+    from zturbo.bench import run
+
+    run(
+        args.models_dir,
+        sizes,
+        [int(b) for b in args.batches.split(",")],
+        args.steps,
+        args.systems.split(","),
+        args.out,
+        args.results,
+        compile_cache=args.compile_cache,
+    )
