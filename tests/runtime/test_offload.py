@@ -201,3 +201,24 @@ def test_engine_streamed_plan_on_cuda_matches_resident(tiny_models_fp32) -> None
     engine = Engine(placement, memory=MemoryManager(placement, vram=None, plan=plan))
     streamed = run_request(engine, paths, request)
     assert torch.allclose(streamed.latents, resident.latents, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_first_copy_waits_for_work_queued_on_memory_the_slots_reuse() -> None:
+    """The slots are allocated on the compute stream, possibly from memory a queued kernel still writes
+    (a just-freed activation or dequantized weight): the side-stream copy into them must wait for it.
+    Here that kernel fills the memory with 0xFF bytes (NaN) after a long sleep."""
+    cuda = torch.device("cuda")
+    model, x = toy(4), torch.randn(64, 64, generator=gen(8)).to(cuda)
+    expected = model.to(cuda)(x).cpu()
+    streamer = BlockStreamer(list(model), cuda, pin=True)
+    torch.cuda.synchronize()
+    junk = [torch.empty(streamer.slot_bytes, dtype=torch.uint8, device=cuda) for _ in range(2)]
+    reused = {t.data_ptr() for t in junk}
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time: the fills below are still queued when the hook runs
+    for t in junk:
+        t.fill_(255)
+    del junk, t  # back to the compute stream's pool while the fills are pending
+    out = model(x).cpu()
+    assert {s.data_ptr() for s in streamer.slots} == reused, "the allocator did not reuse the freed memory"
+    assert torch.equal(out, expected)

@@ -176,6 +176,11 @@ class BlockStreamer:
             self.slots = [
                 torch.empty(self.slot_bytes, dtype=torch.uint8, device=self.device) for _ in range(2)
             ]
+            if self.copy_stream is not None:
+                # The slots come from the compute stream's pool, possibly memory that kernels still
+                # queued there (a freed activation or dequantized weight) read or write: the side
+                # stream must not write into it before that work is done.
+                self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         if self.copy_stream is None:
             self.host[block].copy_into(self.slots[slot], non_blocking=False)
         else:
