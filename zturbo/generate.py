@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,6 @@ def run_request(
 def model_files(paths: ModelPaths, models_dir: Path | None) -> ModelFiles:
     """Names as ComfyUI's loaders list them (relative to the models subfolder) and short hashes."""
     cache = (models_dir or paths.dit.parent) / ".zturbo"
-
     return ModelFiles(
         dit=loader_name(models_dir, DIT, paths.dit),
         text_encoder=loader_name(models_dir, TEXT_ENCODER, paths.text_encoder),
@@ -78,13 +78,8 @@ def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: 
     for index, image in enumerate(result.images):
         text = {
             "parameters": parameters_text(result.request, files, batch_index=index),
-            "prompt": _json(graph),
+            "prompt": json.dumps(graph, ensure_ascii=False),
         }
         saved.append(save_png(image, next_counter_path(out_dir, prefix), text))
     return saved
 
-
-def _json(data: dict) -> str:
-    import json
-
-    return json.dumps(data, ensure_ascii=False)
