@@ -113,3 +113,31 @@ def test_bench_parses_the_shared_options():
     assert args.sizes == "1024x1024,1280x720" and args.vram_plans == "4G,8G" and args.results == Path("r")
     result = runner.invoke(app, ["bench", "--help"])
     assert result.exit_code == 0 and "--vram-plans" in result.stdout
+
+
+def test_fp8_load_is_recorded_in_the_png(tiny_models, tmp_path):
+    result = invoke(
+        "generate",
+        "a cat",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "--weight-dtype",
+        "fp8_e4m3fn",
+        "--models-dir",
+        str(tiny_models),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    (path,) = [Path(line) for line in result.stdout.split() if line.endswith(".png")]
+    with Image.open(path) as img:
+        assert json.loads(img.info["prompt"])["1"]["inputs"]["weight_dtype"] == "fp8_e4m3fn"
+        assert "Weight dtype: fp8_e4m3fn" in img.info["parameters"]

@@ -110,7 +110,7 @@ def generate(
     """Generate images and print the paths of the PNGs written."""
     import secrets
 
-    from zturbo.checkpoints.layout import resolve_models
+    from zturbo.checkpoints.layout import default_models_dir, resolve_models
     from zturbo.generate import model_files, run_request, save_generated
     from zturbo.pipeline import Engine
     from zturbo.request import GenerationRequest, size_for_aspect
@@ -156,7 +156,7 @@ def generate(
         result = run_request(engine, paths, request, progress=update, weight_dtype=weight_dtype)
     if position is not None:  # --from: keep only the image that PNG held
         result = replace(result, images=result.images[position : position + 1])
-    files = model_files(paths, None if model else (models_dir or paths.dit.parent.parent))
+    files = model_files(paths, None if model else (models_dir or default_models_dir()), weight_dtype)
     for path in save_generated(result, files, out):
         typer.echo(str(path))
 

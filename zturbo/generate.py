@@ -59,8 +59,9 @@ def run_request(
     return Generated(engine.decode(vae, latents), latents, request)
 
 
-def model_files(paths: ModelPaths, models_dir: Path | None) -> ModelFiles:
-    """Names as ComfyUI's loaders list them (relative to the models subfolder) and short hashes."""
+def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = "default") -> ModelFiles:
+    """Names as ComfyUI's loaders list them (relative to the models subfolder), short hashes, and the
+    load-time weight dtype (so the PNG's graph quantizes the same way)."""
     cache = (models_dir or paths.dit.parent) / ".zturbo"
     return ModelFiles(
         dit=loader_name(models_dir, DIT, paths.dit),
@@ -69,6 +70,7 @@ def model_files(paths: ModelPaths, models_dir: Path | None) -> ModelFiles:
         dit_hash=short_hash(paths.dit, cache),
         text_encoder_hash=short_hash(paths.text_encoder, cache),
         vae_hash=short_hash(paths.vae, cache),
+        dit_weight_dtype=weight_dtype,
     )
 
 
@@ -82,4 +84,3 @@ def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: 
         }
         saved.append(save_png(image, next_counter_path(out_dir, prefix), text))
     return saved
-

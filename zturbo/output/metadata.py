@@ -25,6 +25,7 @@ class ModelFiles:
     dit_hash: str = ""
     text_encoder_hash: str = ""
     vae_hash: str = ""
+    dit_weight_dtype: str = "default"  # UNETLoader's weight_dtype: "default" or an fp8 type quantized on load
 
 
 def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index: int = 0) -> str:
@@ -40,6 +41,7 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
         "Batch pos": batch_index,
         "Model": models.dit,
         "Model hash": models.dit_hash,
+        "Weight dtype": "" if models.dit_weight_dtype == "default" else models.dit_weight_dtype,
         "Text encoder": models.text_encoder,
         "Text encoder hash": models.text_encoder_hash,
         "VAE": models.vae,
@@ -107,7 +109,10 @@ def api_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: s
         else {"class_type": "CLIPTextEncode", "inputs": {"text": request.negative, "clip": ["2", 0]}}
     )
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": models.dit, "weight_dtype": "default"}},
+        "1": {
+            "class_type": "UNETLoader",
+            "inputs": {"unet_name": models.dit, "weight_dtype": models.dit_weight_dtype},
+        },
         "2": {
             "class_type": "CLIPLoader",
             "inputs": {"clip_name": models.text_encoder, "type": "lumina2", "device": "default"},
