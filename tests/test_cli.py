@@ -141,3 +141,21 @@ def test_fp8_load_is_recorded_in_the_png(tiny_models, tmp_path):
     with Image.open(path) as img:
         assert json.loads(img.info["prompt"])["1"]["inputs"]["weight_dtype"] == "fp8_e4m3fn"
         assert "Weight dtype: fp8_e4m3fn" in img.info["parameters"]
+    again = invoke("generate", "--from", str(path), "--models-dir", str(tiny_models), "--out", str(tmp_path))
+    assert again.exit_code == 0, again.output
+    (regenerated,) = [Path(line) for line in again.stdout.split() if line.endswith(".png")]
+    with Image.open(regenerated) as img, Image.open(path) as first:
+        assert "Weight dtype: fp8_e4m3fn" in img.info["parameters"]  # reapplied, not back to bf16
+        assert np.array_equal(np.asarray(img), np.asarray(first))
+
+
+def test_weight_dtype_is_read_from_either_chunk():
+    from zturbo.output.metadata import weight_dtype_from_chunks
+
+    graph = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z.gguf", "weight_dtype": "fp8_e5m2"}}}
+    assert weight_dtype_from_chunks({"prompt": json.dumps(graph)}) == "fp8_e5m2"
+    assert weight_dtype_from_chunks(
+        {"parameters": "a\nNegative prompt: \nSteps: 8, Weight dtype: fp8_e4m3fn"}
+    ) == ("fp8_e4m3fn")
+    assert weight_dtype_from_chunks({"parameters": "a\nNegative prompt: \nSteps: 8"}) == "default"
+    assert weight_dtype_from_chunks({"prompt": "not json"}) == "default"

@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from zturbo.bench_speed import graph_facts, guard_reference, print_quality, quality, set_speed, zturbo_modes
+from zturbo.bench_speed import (
+    graph_facts,
+    guard_reference,
+    print_quality,
+    quality,
+    set_speed,
+    system_weight_dtype,
+    zturbo_modes,
+)
 from zturbo.checkpoints.layout import ModelPaths, resolve_models, tokenizer_dir
 from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
 from zturbo.generate import ModelFiles, run_request, save_generated
@@ -88,12 +96,14 @@ def bench_zturbo(
     steps: int,
     out_dir: Path,
     mode: str = "eager",
+    weight_dtype: str = "default",
 ) -> Row:
     request = bench_request(width, height, batch, steps)
     files = _files(paths)
 
     def end_to_end() -> None:
-        save_generated(run_request(engine, paths, request), files, out_dir, prefix="bench")
+        result = run_request(engine, paths, request, weight_dtype=weight_dtype)
+        save_generated(result, files, out_dir, prefix="bench")
 
     started = time.perf_counter()
     end_to_end()
@@ -103,7 +113,7 @@ def bench_zturbo(
     e2e = cuda_time(end_to_end, repeats=3)
     peak = torch.cuda.max_memory_allocated() / 2**30
 
-    model, clip, vae = engine.load_all(paths)
+    model, clip, vae = engine.load_all(paths, weight_dtype)
     cond = engine.encode_text(clip, PROMPT)
     from zturbo.models.dit import ZImageDenoiser
 
@@ -233,7 +243,7 @@ class _Session:
     steps: int
     out_dir: Path
     results_dir: Path
-    mode_system: dict[str, str]  # zturbo speed mode → system name it is reported under
+    zturbo_runs: list[tuple[str, str]]  # (system, speed mode) in the order they run
     guards: dict = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
 
@@ -242,12 +252,14 @@ class _Session:
         print_table([row])
         save_results(self.rows, self.results_dir)
 
-    def zturbo_rows(self, engine: Engine, mode: str, extra: dict) -> None:
+    def zturbo_rows(self, engine: Engine, system: str, mode: str, extra: dict) -> None:
+        weights = system_weight_dtype(system)
         for bucket in self.buckets:
-            row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode=mode)
-            row.system = self.mode_system[mode]
-            guard = quality(engine, self.paths, bench_request(*bucket, self.steps), self.guards[bucket])
-            row.extra.update(extra, **guard, **graph_facts(engine, self.paths))
+            row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode, weights)
+            row.system = system
+            request = bench_request(*bucket, self.steps)
+            guard = quality(engine, self.paths, request, self.guards[bucket], weights)
+            row.extra.update(extra, weight_dtype=weights, **guard, **graph_facts(engine, self.paths, weights))
             self.record(row)
 
     def diffusers_rows(self, engine: Engine, systems: list[str]) -> None:
@@ -280,21 +292,24 @@ def run(
     print(f"loaded in {time.perf_counter() - started:.1f}s", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     buckets = [(width, height, batch) for width, height in sizes for batch in batches]
-    mode_system = {m: s for s in systems if s.startswith("zturbo") for m in zturbo_modes(s)}
-    session = _Session(paths, buckets, steps, out_dir, results_dir, mode_system)
-    if mode_system:
+    runs = [(s, m) for s in systems if s.startswith("zturbo") for m in zturbo_modes(s)]
+    session = _Session(paths, buckets, steps, out_dir, results_dir, runs)
+    if runs:
         session.guards = {b: guard_reference(engine, paths, bench_request(*b, steps)) for b in buckets}
-    if "reference" in mode_system:
-        session.zturbo_rows(engine, "reference", {"speed": "reference"})
+    for system, mode in runs:
+        if mode == "reference":
+            session.zturbo_rows(engine, system, mode, {"speed": "reference"})
     if diffusers_systems := [s for s in systems if s.startswith("diffusers")]:
         session.diffusers_rows(engine, diffusers_systems)
-    if fast_modes := [m for m in mode_system if m != "reference"]:
-        _release(engine)
-        fast = Engine(placement, speed=SpeedOptions("eager"))
-        fast.load_all(paths)
+    for weights in dict.fromkeys(system_weight_dtype(s) for s, m in runs if m != "reference"):
+        _release(engine)  # each weight dtype on freshly loaded weights, so peak VRAM compares
+        engine = Engine(placement, speed=SpeedOptions("eager"))
+        engine.load_all(paths, weights)
         resident = {"resident_gib_before": round(torch.cuda.memory_allocated() / 2**30, 2)}
-        for mode in fast_modes:
-            session.zturbo_rows(fast, mode, {**set_speed(fast, paths, mode, compile_cache), **resident})
+        for system, mode in runs:
+            if mode != "reference" and system_weight_dtype(system) == weights:
+                facts = set_speed(engine, paths, mode, compile_cache, weights)
+                session.zturbo_rows(engine, system, mode, {**facts, **resident})
     print_table(session.rows)
     print_quality(session.rows)
     return session.rows

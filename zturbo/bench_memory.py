@@ -186,7 +186,14 @@ def run_memory(
         budgets = [("unconstrained", None)] + sorted(((p, parse_vram(p)) for p in plans), key=lambda e: -e[1])
         for name, gib in budgets:
             budget, label = usable_vram(name, torch.device("cuda")) if gib else (None, "unconstrained")
-            plan = plan_memory(memory.sizes, workload, budget=budget, name=label, ram=system_ram())
+            plan = plan_memory(
+                memory.sizes,
+                workload,
+                budget=budget,
+                name=label,
+                ram=system_ram(),
+                dequant_bytes=memory.dequant_bytes(),
+            )
             rows.append(measure(job, plan, w, gib))
             _add_ratios(rows)
             print_table(rows[-1:])

@@ -4,7 +4,10 @@ The guard runs the benchmark's own request (same prompt, seed and noise) through
 diffusers-class path once, and through each mode; a row records the relative error of the final
 latents and the PSNR of the decoded images. For scale, the noise floor is the reference path run
 again with attention forced to SDPA's math kernel: a second, equally valid bf16 computation of the
-same function. A mode whose deviation is of the floor's order is within bf16 noise.
+same function. A mode whose deviation is of the floor's order is within bf16 noise. The math kernel
+materialises every attention score, which at 2048² (16k tokens, 30 heads) asks for 30 GiB at once, so
+above `MATH_FLOOR_MAX_PIXELS` the second computation uses cuDNN's fused attention instead (the row says
+which).
 """
 
 from __future__ import annotations
@@ -20,10 +23,22 @@ from zturbo.checkpoints.layout import ModelPaths
 from zturbo.generate import run_request
 from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
-from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accelerate
+from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accelerate, accelerate_vae
 
-# Benchmark system names → the speed modes they measure.
-ZTURBO_SYSTEMS = {"zturbo": ("reference", "eager"), "zturbo-compiled": ("compile", "max")}
+# Benchmark system names → the speed modes they measure (zturbo-fp8: bf16 file quantized to fp8 on load,
+# row-wise scaled fp8 GEMMs; opt-in and lossy, its guard says by how much).
+ZTURBO_SYSTEMS = {
+    "zturbo": ("reference", "eager"),
+    "zturbo-compiled": ("compile", "max"),
+    "zturbo-fp8": ("compile", "max"),
+}
+MATH_FLOOR_MAX_PIXELS = 2 * 1024 * 1024  # per image: its scores grow with the square of the tokens
+FP8_SYSTEMS = {"zturbo-fp8": "fp8_e4m3fn_fast"}
+
+
+def system_weight_dtype(system: str) -> str:
+    """The DiT's load-time weight dtype for a system name (UNETLoader's weight_dtype)."""
+    return FP8_SYSTEMS.get(system, "default")
 
 
 def zturbo_modes(system: str) -> tuple[str, ...]:
@@ -54,42 +69,52 @@ class GuardReference:
     images: torch.Tensor
     floor_rel_err: float
     floor_psnr_db: float | None
+    floor_kernel: str
 
 
 def guard_reference(engine: Engine, paths: ModelPaths, request: GenerationRequest) -> GuardReference:
     """The reference result for `request` and the noise floor (must run on the reference-mode engine)."""
     reference = run_request(engine, paths, request)
-    with sdpa_kernel([SDPBackend.MATH]):
+    small = request.width * request.height <= MATH_FLOOR_MAX_PIXELS
+    kernel = SDPBackend.MATH if small else SDPBackend.CUDNN_ATTENTION
+    with sdpa_kernel([kernel]):
         other = run_request(engine, paths, request)
     return GuardReference(
         reference.latents,
         reference.images,
         rel_error(other.latents, reference.latents),
         psnr_db(other.images, reference.images),
+        kernel.name.lower(),
     )
 
 
-def quality(engine: Engine, paths: ModelPaths, request: GenerationRequest, ref: GuardReference) -> dict:
-    result = run_request(engine, paths, request)
+def quality(
+    engine: Engine, paths: ModelPaths, request: GenerationRequest, ref: GuardReference, weight_dtype: str
+) -> dict:
+    result = run_request(engine, paths, request, weight_dtype=weight_dtype)
     return {
         "latent_rel_err_vs_bf16_reference": rel_error(result.latents, ref.latents),
         "psnr_db_vs_bf16_reference": psnr_db(result.images, ref.images),
         "noise_floor_latent_rel_err": ref.floor_rel_err,
         "noise_floor_psnr_db": ref.floor_psnr_db,
+        "noise_floor_attention_kernel": ref.floor_kernel,
     }
 
 
-def set_speed(engine: Engine, paths: ModelPaths, mode: str, cache_dir: Path | None) -> dict:
+def set_speed(
+    engine: Engine, paths: ModelPaths, mode: str, cache_dir: Path | None, weight_dtype: str
+) -> dict:
     """Switch the engine's loaded DiT to `mode` (same weights); returns facts for the row's `extra`."""
-    model = engine.load_dit(paths.dit)
+    model = engine.load_dit(paths.dit, weight_dtype)
     options = SpeedOptions(mode, cache_dir=cache_dir)
     model.component.module = accelerate(model.component.module, options)
+    accelerate_vae(engine.load_vae(paths.vae).module, options)  # compile modes compile the decoder too
     return {"speed": mode, "compile_mode": options.compile_mode if options.compiles else None}
 
 
-def graph_facts(engine: Engine, paths: ModelPaths) -> dict:
+def graph_facts(engine: Engine, paths: ModelPaths, weight_dtype: str) -> dict:
     """Whether the CUDA graphs were captured (a failed capture runs uncaptured and says so here)."""
-    module = engine.load_dit(paths.dit).component.module
+    module = engine.load_dit(paths.dit, weight_dtype).component.module
     if not isinstance(module, GraphedDiT):
         return {}
     captured = module.captured_buckets()

@@ -97,15 +97,25 @@ def generate(
             "(first image at a new size compiles; cache in env ZTURBO_COMPILE_CACHE); max: + CUDA graphs."
         ),
     ] = "eager",
+    step_cache: Annotated[
+        float,
+        typer.Option(
+            "--step-cache",
+            help="Lossy, opt-in step caching (first-block cache): skip most of the DiT on a step whose "
+            "first layer changed by less than this fraction since the last full step, e.g. 0.12 "
+            "(higher: faster, further from the exact image). 0 = off. Not with --speed reference; "
+            "with max, CUDA graphs turn off.",
+        ),
+    ] = 0.0,
     vram: VramOpt = "auto",
     weight_dtype: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--weight-dtype",
             help="default | fp8 (= fp8_e4m3fn) | fp8_e4m3fn_fast | fp8_e5m2: quantize a bf16 DiT on load "
-            "(half the VRAM; the main blocks only, like published GGUF files).",
+            "(half the VRAM; the main blocks only, like published GGUF files). With --from: the PNG's.",
         ),
-    ] = "default",
+    ] = None,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     import secrets
@@ -120,8 +130,10 @@ def generate(
     from zturbo.runtime.memory_manager import MemoryManager
 
     parse_vram(vram)  # a typo fails here, before any model is read
+    speed_options = SpeedOptions(speed, step_cache=step_cache)  # as is a bad --speed/--step-cache
     if from_png is not None:
-        request, position = request_from_png(from_png)
+        request, position, recorded = request_from_png(from_png)
+        weight_dtype = weight_dtype or recorded
     else:
         if prompt is None:
             raise InputError(
@@ -144,10 +156,11 @@ def generate(
             batch=batch,
         )
         position = None
+    weight_dtype = weight_dtype or "default"
     paths = resolve_models(models_dir, model)
     placement = Placement.create(device, dtype)
     memory = MemoryManager(placement, vram=vram)
-    engine = Engine(placement, speed=SpeedOptions(speed), memory=memory)
+    engine = Engine(placement, speed=speed_options, memory=memory)
     engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
     if memory.plan is not None and memory.plan.level != "resident":
         console.print(str(memory.plan), highlight=False)
@@ -162,17 +175,19 @@ def generate(
 
 
 def request_from_png(path: Path):
-    """Settings from a PNG: zturbo's `parameters`, else a ComfyUI `prompt` graph."""
+    """Settings from a PNG: zturbo's `parameters`, else a ComfyUI `prompt` graph; with the batch
+    position (None if unknown) and the recorded DiT weight dtype."""
     import json
 
-    from zturbo.output.metadata import parse_parameters, request_from_api_graph
+    from zturbo.output.metadata import parse_parameters, request_from_api_graph, weight_dtype_from_chunks
     from zturbo.output.png import read_png_text
 
     text = read_png_text(path)
+    weight_dtype = weight_dtype_from_chunks(text)
     if "parameters" in text and "Version: zturbo" in text["parameters"]:
-        return parse_parameters(text["parameters"])
+        return (*parse_parameters(text["parameters"]), weight_dtype)
     if "prompt" in text:
-        return request_from_api_graph(json.loads(text["prompt"])), None
+        return request_from_api_graph(json.loads(text["prompt"])), None, weight_dtype
     raise InputError(f"{path}: has no zturbo `parameters` or ComfyUI `prompt` metadata to regenerate from")
 
 

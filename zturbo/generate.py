@@ -12,7 +12,8 @@ from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
-from zturbo.output.png import next_counter_path, save_png
+from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
+from zturbo.output.png import save_png
 from zturbo.pipeline import Engine, Progress
 from zturbo.request import GenerationRequest
 from zturbo.runtime.memory import Workload
@@ -75,12 +76,14 @@ def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = 
 
 
 def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:
+    """Save as the embedded graph's SaveImage would: `{prefix}_{counter:05}_.png`, never overwriting."""
     graph = api_graph(result.request, files, filename_prefix=prefix)
-    saved = []
-    for index, image in enumerate(result.images):
-        text = {
-            "parameters": parameters_text(result.request, files, batch_index=index),
-            "prompt": json.dumps(graph, ensure_ascii=False),
-        }
-        saved.append(save_png(image, next_counter_path(out_dir, prefix), text))
-    return saved
+    prompt = json.dumps(graph, ensure_ascii=False)
+
+    def write(index: int, image: torch.Tensor, path: Path) -> None:
+        parameters = parameters_text(result.request, files, batch_index=index)
+        save_png(image, path, {"parameters": parameters, "prompt": prompt})
+
+    height, width = result.images.shape[1:3]
+    target = save_target(out_dir, prefix, int(width), int(height))
+    return write_numbered(result.images, target, SAVE_IMAGE_PATTERN, write)

@@ -28,7 +28,7 @@ from zturbo.models.dit import ZImageDenoiser
 from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
 from zturbo.runtime import residency
-from zturbo.runtime.compile import SpeedOptions, accelerate
+from zturbo.runtime.compile import SpeedOptions, accelerate, accelerate_vae
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import Workload
 from zturbo.runtime.memory_manager import MemoryManager
@@ -132,7 +132,8 @@ class Engine:
             if planned:
                 self.memory.register("text_encoder", component.module)  # type: ignore[union-attr]
             tok = self.tokenizer or tokenizer_dir(path.parent if path.name == "text_encoder" else None)
-            return TextEncoder(component, PromptEncoder(component.module, tok))
+            graphs = self.speed.mode != "reference"  # used only while resident on CUDA
+            return TextEncoder(component, PromptEncoder(component.module, tok, cuda_graphs=graphs))
 
         key = ("text_encoder", path, device)
         return self._guarded(lambda: self._cached(key, build), "loading the text encoder")  # type: ignore[return-value]
@@ -155,9 +156,13 @@ class Engine:
 
     def load_vae(self, path: Path) -> VAE:
         dtype = self.placement.vae_dtype()
-        return self._cached(  # type: ignore[return-value]
-            ("vae", path), lambda: VAE(load.load_vae(path, dtype=dtype, device=self.placement.device))
-        )
+
+        def build() -> VAE:
+            component = load.load_vae(path, dtype=dtype, device=self.placement.device)
+            accelerate_vae(component.module, self.speed)
+            return VAE(component)
+
+        return self._cached(("vae", path), build)  # type: ignore[return-value]
 
     def load_all(
         self, paths: ModelPaths, weight_dtype: str = "default"
@@ -232,9 +237,6 @@ class Engine:
         # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
         x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
         device = self.placement.device
-        denoiser = ZImageDenoiser(
-            model.transformer, positive.embeds, negative.embeds if negative else None, cfg, model.multiplier
-        )
 
         def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if progress is not None:
@@ -243,8 +245,18 @@ class Engine:
         if self.memory is not None:
             batch, _, h, w = latent.shape
             self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg))
-        out = self._guarded(
-            lambda: sampling.sample(
+
+        def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
+            denoiser = ZImageDenoiser(
+                model.transformer,
+                positive.embeds,
+                negative.embeds if negative else None,
+                cfg,
+                model.multiplier,
+                step_cache=self.speed.step_cache,  # 0: off; else a fresh cache for this run only
+                sigmas=sigmas,
+            )
+            out = sampling.sample(
                 sampler_name,
                 denoiser,
                 noise.to(device),
@@ -253,9 +265,13 @@ class Engine:
                 seed=seed,
                 callback=callback,
                 shift=model.shift,
-            ),
-            "sampling",
-        )
+            )
+            denoiser.check_finite()
+            if denoiser.step_cache is not None:
+                log.info("step cache: skipped %d of %d model calls", denoiser.skipped_calls, denoiser.calls)
+            return out
+
+        out = self._guarded(run, "sampling")
         return vae_ops.process_out(out.float()).cpu()
 
     def decode(self, vae: VAE, latent: torch.Tensor) -> torch.Tensor:

@@ -171,13 +171,14 @@ def test_conversion_shares_tensors_and_frees_separate_projections(dtype):
         from_diffusers(module)
 
 
-def quantized_reference(seed: int = 3):
-    """The tiny DiT with its main layers' Q/K/V/W1/W3 as fp8 QuantLinears (computing in fp32)."""
+MIXED = ("to_q.weight", "to_k.weight", "w1.weight", "w3.weight")  # to_v stays plain: Q‖K‖V cannot fuse
+
+
+def quantized_reference(seed: int = 3, names: tuple[str, ...] = MIXED):
+    """The tiny DiT with its main layers' `names` weights as fp8 QuantLinears (computing in fp32)."""
     model, state_dict = build_random_dit(TINY_DIT, seed=seed)
     for name in list(state_dict):
-        if name.startswith("layers.") and name.endswith(
-            ("to_q.weight", "to_k.weight", "w1.weight", "w3.weight")
-        ):
+        if name.startswith("layers.") and name.endswith(names):
             state_dict[name] = quantize_to_fp8(state_dict[name])
     load_state_dict_with_quant(model, state_dict, compute_dtype=torch.float32)
     return model.eval()
@@ -190,6 +191,20 @@ def test_quantized_layers_stay_separate_and_match():
     assert isinstance(block.w13, SplitLinear)
     assert isinstance(ours.noise_refiner[0].qkv, torch.nn.Linear)  # plain layers still fuse
     x, t, captions = inputs(2, (16, 16), [20, 45])
+    with torch.no_grad():
+        assert rel_error(ours(x, t, captions), run_reference(reference, x, t, captions)) <= PARITY
+
+
+@pytest.mark.gpu
+def test_resident_quantized_layers_fuse_on_gpu():
+    """On the GPU, quantized Q‖K‖V and W1‖W3 stack into one QuantLinear each; outputs unchanged."""
+    names = (*MIXED, "to_v.weight")
+    reference = quantized_reference(names=names).cuda()
+    ours = from_diffusers(quantized_reference(names=names).cuda())
+    block = ours.layers[0]
+    assert isinstance(block.qkv, QuantLinear) and isinstance(block.w13, QuantLinear)
+    x, t, captions = inputs(2, (16, 16), [20, 45])
+    x, t, captions = x.cuda(), t.cuda(), [c.cuda() for c in captions]
     with torch.no_grad():
         assert rel_error(ours(x, t, captions), run_reference(reference, x, t, captions)) <= PARITY
 

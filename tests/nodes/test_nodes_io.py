@@ -13,7 +13,7 @@ from PIL import Image
 
 from zturbo.errors import InputError
 from zturbo.nodes.io import LoadImage, PreviewImage, SaveImage, SaveImageAdvanced
-from zturbo.nodes.saving import save_target, substitute_tokens
+from zturbo.output.naming import save_target, substitute_tokens
 
 
 def images(batch=1, height=6, width=10):
@@ -58,10 +58,10 @@ def test_pixels_and_chunks(node_ctx, context):
 
 
 def test_writes_are_atomic(node_ctx, context, monkeypatch):
-    def failing_save(*args, **kwargs):
+    def failing_replace(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", failing_save)
+    monkeypatch.setattr("zturbo.output.png.os.replace", failing_replace)  # the temp file is written
     with pytest.raises(OSError, match="disk full"):
         save(node_ctx, "broken")
     assert list(context.output_dir.iterdir()) == []  # no partial file, no temp left behind

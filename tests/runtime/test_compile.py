@@ -135,3 +135,15 @@ def test_cuda_graph_replays_match_eager_on_gpu():
         x, t, captions = x.cuda(), t.cuda(), [c.cuda() for c in captions]
         with torch.no_grad():
             assert rel_error(graphed(x, t, captions), dit(x, t, captions)) <= 1e-5
+
+
+def test_a_graphed_dit_can_be_placed_resident():
+    """`zturbo generate --speed max` registers the GraphedDiT with the memory manager (a GPU run found
+    this broken: the wrapper has no blocks of its own)."""
+    from zturbo.runtime import residency
+    from zturbo.runtime.memory import MemoryPlan
+
+    dit = accelerate(reference_dit(), SpeedOptions("eager"))
+    graphed = GraphedDiT(dit)
+    assert residency.dit_blocks(graphed) == dit.blocks()
+    residency.place_dit(graphed, MemoryPlan(), torch.device("cpu"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,20 @@ from zturbo.checkpoints.keymaps import diffusers_dit_to_comfy
 from zturbo.checkpoints.layout import COMFY_FILES
 from zturbo.checkpoints.synthetic import TINY, build_random_dit
 from zturbo.errors import InputError
-from zturbo.runtime.memory import GIB, Workload, parse_vram, plan_memory, usable_vram
+from zturbo.runtime import memory
+from zturbo.runtime.memory import (
+    DEQUANT_COMPILED_BYTES,
+    DEQUANT_EAGER_BYTES,
+    GIB,
+    WORKSPACE,
+    MemoryPlan,
+    Workload,
+    parse_vram,
+    phase_headroom,
+    plan_memory,
+    te_activation_bytes,
+    usable_vram,
+)
 from zturbo.runtime.memory_manager import released_size
 from zturbo.runtime.sizes import ComponentSize, measure
 
@@ -40,20 +54,20 @@ def plan_for(vram: str, weights: str, ram: int = 64 * GIB, workload: Workload | 
 
 # (vram, weights) -> (level, DiT resident blocks or None for "any")
 TABLE = {
-    ("4G", "bf16"): ("dit-streamed", None),
+    ("4G", "bf16"): ("dit-streamed-all", 0),
     ("6G", "bf16"): ("dit-streamed", None),
     ("8G", "bf16"): ("dit-streamed", None),
     ("12G", "bf16"): ("dit-streamed", None),
     ("16G", "bf16"): ("te-streamed+tiled-vae", 0),
     ("24G", "bf16"): ("te-streamed", 0),
     ("unlimited", "bf16"): ("resident", 0),
-    ("4G", "q4_0"): ("dit-streamed", None),
+    ("4G", "q4_0"): ("dit-streamed-all", 0),
     ("6G", "q4_0"): ("dit-streamed", None),
     ("8G", "q4_0"): ("te-streamed+tiled-vae", 0),
     ("12G", "q4_0"): ("te-streamed", 0),
     ("24G", "q4_0"): ("resident", 0),
-    ("4G", "q8_0"): ("dit-streamed", None),
-    ("12G", "q8_0"): ("te-streamed", 0),
+    ("4G", "q8_0"): ("dit-streamed-all", 0),
+    ("12G", "q8_0"): ("te-streamed+tiled-vae", 0),
 }
 
 
@@ -172,6 +186,106 @@ def test_measure_gguf_counts_stored_blocks(tmp_path: Path) -> None:
     )
     plain = sum(v.numel() * 2 for v in layer.values() if v.ndim == 1 or v.shape[1] % 32)
     assert size.blocks[-1] == quantized + plain
-    assert size.largest_quantized == max(
-        v.numel() for v in layer.values() if v.ndim == 2 and v.shape[1] % 32 == 0
-    )
+    single = max(v.numel() for v in layer.values() if v.ndim == 2 and v.shape[1] % 32 == 0)
+    w13 = sum(layer[f"layers.1.feed_forward.{w}.weight"].numel() for w in ("w1", "w3"))
+    # W1‖W3 (and Q‖K‖V) of a quantized block are expanded together once fused: the planner sizes that.
+    assert size.largest_quantized == max(single, w13) == w13
+
+
+# ---------------------------------------------------------------- headroom (H100 encode OOMs, 2026-11-25)
+
+SMALL_CARDS = ("4G", "6G", "8G", "12G")
+
+
+@pytest.mark.parametrize("weights", list(WEIGHTS))
+@pytest.mark.parametrize("vram", SMALL_CARDS)
+def test_every_phase_fits_with_its_headroom(vram: str, weights: str) -> None:
+    """The chosen rung leaves every phase its headroom, for the released model's real sizes."""
+    plan = plan_for(vram, weights)
+    assert plan.budget is not None and plan.fits, str(plan)
+    for phase, estimate in plan.phases:
+        assert estimate + phase_headroom(estimate) <= plan.budget, f"{vram} {weights}: {phase}"
+    assert plan.needs == max(b + phase_headroom(b) for _, b in plan.phases)
+    assert plan.peak == max(b for _, b in plan.phases)
+
+
+@pytest.mark.parametrize("weights", list(WEIGHTS))
+@pytest.mark.parametrize("vram", SMALL_CARDS)
+def test_streamed_plans_keep_as_many_blocks_as_fit_and_no_more(vram: str, weights: str) -> None:
+    plan = plan_for(vram, weights)
+    if plan.dit != "streamed":
+        return
+    sizes = {**BF16, DIT: WEIGHTS[weights]}
+    bigger = _peaks(dataclasses.replace(plan, dit_resident_blocks=plan.dit_resident_blocks + 1), sizes)
+    assert not bigger.fits
+
+
+def _peaks(plan: MemoryPlan, sizes: dict[str, ComponentSize]) -> MemoryPlan:
+    """`plan` re-estimated as it stands (e.g. with another number of resident blocks), bf16, 1024²."""
+    return memory._peaks(plan, sizes, Workload(), 2)
+
+
+def test_the_12g_encode_estimate_holds_everything_resident_at_that_time() -> None:
+    """Regression: bf16 at 12G planned 26 resident DiT blocks, an encode estimate of 10.90 GiB against
+    10.93 usable, and ran out of memory encoding the prompt on the H100 (per-process cap 12 GiB, 10.41
+    GiB allocated). While the prompt is encoded the GPU holds the streamed DiT's kept blocks and its two
+    slots, the VAE, the text encoder's embedding, two streamed layers and its activations, and cuBLAS's
+    workspaces; the plan must leave headroom beyond all of that."""
+    plan = plan_for("12G", "bf16")
+    dit, te, vae = BF16[DIT], BF16[TEXT_ENCODER], BF16[VAE]
+    assert (plan.dit, plan.text_encoder) == ("streamed", "streamed")
+    kept = sorted(dit.blocks, reverse=True)[: plan.dit_resident_blocks]
+    dit_on_gpu = dit.other + sum(kept) + 2 * dit.max_block
+    te_on_gpu = te.other + 2 * te.max_block + te_activation_bytes(Workload(), te, 2)
+    encode = dict(plan.phases)["encode"]
+    assert encode == dit_on_gpu + vae.total + te_on_gpu + WORKSPACE
+    assert encode + phase_headroom(encode) <= plan.budget
+    # The arithmetic, in GiB: blocks 0.337 each, DiT rest 0.022, VAE 0.156, embedding 0.724,
+    # two encoder layers 0.376, encoder activations at 512 tokens 0.192, workspaces 0.0625.
+    assert te.other / GIB == pytest.approx(0.7245, abs=1e-3)
+    assert 2 * te.max_block / GIB == pytest.approx(0.376, abs=1e-3)
+    assert te_activation_bytes(Workload(), te, 2) / GIB == pytest.approx(0.192, abs=1e-3)
+    # The rung that failed on the H100 does not fit any more, and nothing near it does.
+    failed = _peaks(dataclasses.replace(plan, dit_resident_blocks=26), BF16)
+    assert dict(failed.phases)["encode"] / GIB == pytest.approx(10.97, abs=0.01)
+    assert not failed.fits
+    assert plan.dit_resident_blocks == 22
+
+
+def test_old_plans_that_failed_on_the_h100_no_longer_fit() -> None:
+    """bf16 rungs that ran out of memory while encoding (12G: 26 blocks, 6G: 9, 4G: 3) are refused;
+    the ones that passed with room (8G: 14 blocks) are only trimmed, not abandoned."""
+    for vram, failed_blocks in (("12G", 26), ("6G", 9), ("4G", 3)):
+        plan = plan_for(vram, "bf16")
+        assert plan.dit_resident_blocks < failed_blocks, vram
+        failed = _peaks(
+            dataclasses.replace(plan, level="dit-streamed", dit_resident_blocks=failed_blocks), BF16
+        )
+        assert not failed.fits, vram
+    assert 0 < plan_for("8G", "bf16").dit_resident_blocks < 14
+
+
+def test_a_resident_text_encoder_counts_in_every_phase() -> None:
+    """Resident, it is on the GPU all the time, and its CUDA graphs' pool keeps the activations."""
+    resident = plan_memory(BF16, budget=None)
+    te = BF16[TEXT_ENCODER]
+    held = te.total + te_activation_bytes(Workload(), te, 2)
+    streamed = resident.fallback
+    assert resident.level == "resident" and streamed.level == "te-streamed"
+    for (phase, with_te), (_, without) in zip(resident.phases, streamed.phases, strict=True):
+        if phase != "encode":
+            assert with_te - without == held, phase
+
+
+def test_compiled_dequantization_needs_less_room_while_sampling() -> None:
+    sizes = {**BF16, DIT: WEIGHTS["q4_0"]}
+    eager = plan_memory(sizes, budget=None, dequant_bytes=DEQUANT_EAGER_BYTES)
+    compiled = plan_memory(sizes, budget=None, dequant_bytes=DEQUANT_COMPILED_BYTES)
+    saved = (DEQUANT_EAGER_BYTES - DEQUANT_COMPILED_BYTES) * sizes[DIT].largest_quantized
+    assert dict(eager.phases)["sample"] - dict(compiled.phases)["sample"] == saved
+    assert dict(eager.phases)["encode"] == dict(compiled.phases)["encode"]
+
+
+def test_the_plan_text_names_the_headroom() -> None:
+    text = str(plan_for("12G", "bf16"))
+    assert "GiB with headroom" in text and "22 blocks resident" in text

@@ -33,6 +33,7 @@ def test_view_output_input_temp_and_annotated(client: TestClient, config: Server
     assert 'filename="a.png"' in r.headers["content-disposition"]
     assert client.get("/api/view", params={"filename": "b.png", "type": "input"}).content == png()
     assert client.get("/view", params={"filename": "c.png [temp]"}).content == png()
+    assert client.get("/view", params={"filename": "c.png[temp]"}).status_code == 404  # ComfyUI: one space
     assert client.get("/view", params={"filename": "nope.png"}).status_code == 404
     assert client.get("/view").status_code == 404
     assert client.get("/view", params={"filename": "a.png", "type": "models"}).status_code == 400

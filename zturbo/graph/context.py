@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import Interrupted, MissingModelError
-from zturbo.nodes.paths import list_image_files, relative_parts, safe_join, split_annotation
+from zturbo.paths import relative_parts, safe_join, split_annotation
 
 if TYPE_CHECKING:
     from PIL import Image
 
 MODEL_EXTENSIONS = (".safetensors", ".gguf", ".sft")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # ComfyUI's folder aliases: old names ("unet", "clip") still hold models for the new ones.
 FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
     "diffusion_models": ("diffusion_models", "unet"),
@@ -91,12 +92,19 @@ class ExecutionContext:
         return folders[kind]
 
     def list_input_images(self) -> list[str]:
-        return list_image_files(self.input_dir)
+        """Image files directly in the input folder, sorted: LoadImage's choices."""
+        if not self.input_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.input_dir.iterdir()
+            if entry.is_file() and entry.suffix.lower() in IMAGE_EXTENSIONS
+        )
 
     def resolve_annotated(self, name: str, default: str = "input") -> Path:
         """A LoadImage-style name (`sub/a.png`, `a.png [output]`) inside its folder, never outside."""
-        plain, kind = split_annotation(name, default)
-        return safe_join(self.folder(kind), plain, what=f"file name {name!r}")
+        plain, kind = split_annotation(name)
+        return safe_join(self.folder(kind or default), plain, what=f"file name {name!r}")
 
 
 @dataclass

@@ -4,31 +4,50 @@ The network is called with t = 1 − σ (0 = pure noise) and its output points f
 so the flow velocity is −out and the denoised estimate is x + σ·out. With cfg == 1 only the positive
 prompt is evaluated; otherwise positive and negative run in one batched forward and are combined as
 `neg + cfg·(pos − neg)` on the denoised estimates (equivalent to doing it on velocities).
+
+With `step_cache > 0` the denoiser owns a `StepCache` (zturbo.models.zimage_dit) for its run and hands it
+to every forward of zturbo's DiT: lossy first-block caching, off by default.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from zturbo.errors import GenerationError
+from zturbo.models.zimage_dit import StepCache, ZImageDiT
+
+log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# With the step cache on, the calls of the schedule's last k steps always run every layer (ComfyUI's
+# FBCache/TeaCache nodes also let the end of sampling compute fully): the last step's estimate is the
+# image, so it should not be built on a stale remainder. Sampler-agnostic: decided by sigma, so a
+# second-order sampler's in-step evaluations of the last step are forced too.
+STEP_CACHE_FULL_LAST_STEPS = 1
 
 
 def transformer_forward(
-    model: nn.Module, x: torch.Tensor, t: torch.Tensor, captions: list[torch.Tensor]
+    model: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    captions: list[torch.Tensor],
+    step_cache: StepCache | None = None,
 ) -> torch.Tensor:
     """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
 
     zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of
     (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it.
+    `step_cache` is for a `ZImageDiT` only (passed only when given).
     """
     param = next(model.parameters())
     caps = [c.to(param.device, param.dtype) for c in captions]
     t = t.to(param.device, param.dtype)
+    if step_cache is not None:
+        return model(x.to(param.device, param.dtype), t, caps, step_cache=step_cache).float()
     if getattr(model, "batched_api", False):
         return model(x.to(param.device, param.dtype), t, caps).float()
     latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
@@ -37,7 +56,17 @@ def transformer_forward(
 
 
 class ZImageDenoiser:
-    """Callable denoiser for the samplers; counts steps to report where NaNs first appeared."""
+    """Callable denoiser for the samplers; remembers each call's finiteness to report where NaNs appeared.
+
+    The check is deferred (`check_finite`, once after sampling): testing on the host every step would
+    stall the CPU until the GPU finishes the step, so it could not queue the next one meanwhile.
+
+    `step_cache` > 0 turns on first-block caching for this denoiser's run (see `StepCache`): a fresh
+    cache per denoiser, so nothing carries over between jobs. `sigmas` (the run's schedule) marks the
+    last `STEP_CACHE_FULL_LAST_STEPS` steps, whose calls always run every layer. It needs zturbo's DiT
+    (a `GraphedDiT` runs its DiT without the graphs; diffusers' class runs without the cache, with a
+    warning). `skipped_calls` counts the calls that skipped layers 1..N−1.
+    """
 
     def __init__(
         self,
@@ -46,6 +75,9 @@ class ZImageDenoiser:
         negative: list[torch.Tensor] | None,
         cfg: float,
         multiplier: float = 1.0,
+        *,
+        step_cache: float = 0.0,
+        sigmas: torch.Tensor | None = None,
     ) -> None:
         if cfg != 1.0 and negative is None:
             raise ValueError("cfg != 1 needs a negative conditioning")
@@ -55,27 +87,67 @@ class ZImageDenoiser:
         self.cfg = cfg
         self.multiplier = multiplier
         self.calls = 0
+        self._finite: list[tuple[torch.Tensor, torch.Tensor]] = []  # (all finite?, sigma) per call
+        self.step_cache: StepCache | None = None
+        self._full_below_sigma: float | None = None  # calls at sigma ≤ this run every layer
+        if step_cache > 0:
+            self._enable_step_cache(step_cache, sigmas)
+
+    def _enable_step_cache(self, threshold: float, sigmas: torch.Tensor | None) -> None:
+        dit = self.model if isinstance(self.model, ZImageDiT) else getattr(self.model, "dit", None)
+        if not isinstance(dit, ZImageDiT):
+            log.warning("the step cache needs zturbo's DiT (speed eager, compile or max); running without it")
+            return
+        if dit is not self.model:  # GraphedDiT: a data-dependent skip cannot be replayed from a graph
+            log.warning("step cache on: the DiT runs without its CUDA graphs")
+            self.model = dit
+        self.step_cache = StepCache(threshold)
+        k = STEP_CACHE_FULL_LAST_STEPS
+        if sigmas is not None and k > 0 and len(sigmas) > k:
+            self._full_below_sigma = float(sigmas[-1 - k])
+
+    @property
+    def skipped_calls(self) -> int:
+        """Model calls that skipped main layers 1..N−1 (0 without the step cache)."""
+        return 0 if self.step_cache is None else self.step_cache.skipped
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         sigma = sigma.reshape(-1).expand(batch).to(torch.float32)
         t = 1.0 - sigma * self.multiplier
         positive = _repeat_to(self.positive, batch)
+        cache = self.step_cache
+        if cache is not None:  # sigmas live on the CPU (sampling.sample): no sync
+            cache.force_full = (
+                self._full_below_sigma is not None and float(sigma[0]) <= self._full_below_sigma
+            )
         if self.negative is None:
-            out = transformer_forward(self.model, x, t, positive)
+            out = transformer_forward(self.model, x, t, positive, cache)
         else:
             negative = _repeat_to(self.negative, batch)
-            both = transformer_forward(self.model, torch.cat([x, x]), torch.cat([t, t]), positive + negative)
+            both = transformer_forward(
+                self.model, torch.cat([x, x]), torch.cat([t, t]), positive + negative, cache
+            )
             pos, neg = both[:batch], both[batch:]
             out = neg + self.cfg * (pos - neg)
         self.calls += 1
-        if not torch.isfinite(out).all():
-            raise GenerationError(
-                f"the diffusion model produced NaN/inf values at model call {self.calls} (sigma {float(sigma[0]):.4f}). "
-                "This usually means fp16 overflow: use --dtype bf16 (or fp32)."
-            )
+        self._finite.append((torch.isfinite(out).all(), sigma[0]))
         x_dev = x.to(out.device, torch.float32)
         return x_dev + sigma.to(out.device).view(-1, 1, 1, 1) * out
+
+    def check_finite(self) -> None:
+        """Raise if any call so far produced NaN/inf, naming the first (one host sync for all calls)."""
+        if not self._finite:
+            return
+        flags = torch.stack([f for f, _ in self._finite]).cpu()
+        if bool(flags.all()):
+            return
+        first = int((~flags).nonzero()[0])
+        sigma = float(self._finite[first][1])
+        raise GenerationError(
+            f"the diffusion model produced NaN/inf values at model call {first + 1} (sigma {sigma:.4f}). "
+            "This usually means fp16 overflow: use --dtype bf16 (or fp32)."
+        )
 
 
 def _repeat_to(conds: list[torch.Tensor], batch: int) -> list[torch.Tensor]:

@@ -4,8 +4,8 @@ Every tensor is reused as is (same storage), except Q/K/V and W1/W3 of plain `nn
 which are concatenated once into one weight each so a block runs one GEMM where the reference runs
 three (or two). The separate tensors are then released from the diffusers module (their parameters
 become `meta`), so the model is never held twice; the diffusers module is spent afterwards and fails
-loudly if run. Quantized layers (`QuantLinear`) are kept as they are and called one by one: their
-stored bytes stream and dequantize per call, which a concatenation would defeat.
+loudly if run. Quantized layers (`QuantLinear`) resident on the GPU are stacked in their stored form
+(see `fuse_linears`); host-side ones, which stream per call, are kept as they are and called one by one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,21 @@ class SplitLinear(nn.Module):
 
 
 def fuse_linears(parts: list[nn.Module]) -> nn.Module:
-    """One bias-free Linear whose output is the parts' outputs side by side; releases the parts' weights."""
+    """One layer whose output is the parts' outputs side by side; releases the parts' weights.
+
+    Plain bias-free Linears are concatenated here. Quantized layers (`QuantLinear`) stack their stored
+    rows through their own `concatenated` when their bytes are on the GPU (resident: one expansion and
+    one GEMM instead of three). Host-side (streamed) ones stay separate: stacking would copy memory-mapped
+    file pages into private RAM, which a small-VRAM machine is short of too.
+    """
+    stack = getattr(type(parts[0]), "concatenated", None)
+    if stack is not None and all(b.is_cuda for p in parts for b in p.buffers()):
+        fused = stack(parts)
+        if fused is not None:
+            for part in parts:
+                for name, buf in part.named_buffers(recurse=False):
+                    setattr(part, name, buf.to("meta"))
+            return fused
     plain = all(type(p) is nn.Linear and p.bias is None for p in parts)
     if not plain or len({(p.weight.dtype, p.weight.device) for p in parts}) != 1:
         return SplitLinear(parts)

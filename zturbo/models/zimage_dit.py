@@ -8,6 +8,8 @@ numbers), no attention mask unless the batch really needs one, and elementwise c
 modulation, tanh gates, SiLU·up) written so `torch.compile` fuses each run into one kernel. Tensors
 are batched `(B, C, h, w)` in and out. Built from a loaded diffusers module by
 `zturbo.models.zimage_convert.from_diffusers`, which reuses its parameters.
+
+`forward` optionally takes a `StepCache` (lossy, opt-in first-block caching across sampling steps).
 """
 
 from __future__ import annotations
@@ -129,6 +131,73 @@ def call_block(
 BlockRunner = Callable[[ZImageBlock, Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], Tensor]
 
 
+class StepCache:
+    """First-block step cache for ONE sampling run (ParaAttention's FBCache, TeaCache-style): lossy, opt-in.
+
+    At each model call the DiT runs the refiners and main layer 0, then asks `skip(r)` with that layer's
+    residual on the image tokens, r = out₀ − in₀. The rule: rel = mean|r − r_prev| / mean|r_prev|, where
+    r_prev is layer 0's residual at the last call that ran the whole stack; if rel < `threshold` (and a
+    remainder is cached) layers 1..N−1 are skipped and the cached remainder residual (final hidden −
+    layer-0 output, image tokens, from that same full call) is added to layer 0's output. Otherwise every
+    layer runs and `store` refreshes both residuals. The first call always runs in full (nothing cached),
+    so does any call made while `force_full` is set (the denoiser sets it for the schedule's last step)
+    or whose shapes differ from the cached ones.
+
+    One decision per call, for the whole batch (CFG's positive+negative halves and every image of a
+    batch together): the skipped layers run as one batched GEMM, so per-sample skipping would need a
+    gather/scatter and a new shape bucket per subset. The mean is over the whole batch.
+
+    The decision is a float compare on the host, so each call syncs once with the device after layer 0
+    (the CPU cannot queue layer 1 before the GPU finished layer 0): acceptable for an opt-in mode.
+    Costs two image-token activations of memory (r_prev and the remainder). The state lives in this
+    object, which the caller owns (one per denoiser, i.e. per `Engine.sample`), never on the module, so
+    engines and threads sharing a DiT do not share a cache.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"step cache threshold must be a finite number > 0 (got {threshold!r})")
+        self.threshold = threshold
+        self.force_full = False  # set by the caller before a call that must run every layer
+        self.calls = 0
+        self.skipped = 0
+        self.rels: list[float | None] = []  # per call: rel, or None where no comparison was made
+        self._first: Tensor | None = None  # layer 0's residual at the last full call
+        self._rest: Tensor | None = None  # final hidden − layer-0 output at the last full call
+
+    def skip(self, first_residual: Tensor) -> bool:
+        """This call's decision (counts the call); True: skip layers 1..N−1 and add `remainder`."""
+        self.calls += 1
+        prev = self._first
+        if (
+            self.force_full
+            or prev is None
+            or self._rest is None
+            or prev.shape != first_residual.shape
+            or prev.dtype != first_residual.dtype
+            or prev.device != first_residual.device
+        ):
+            self.rels.append(None)
+            return False
+        change = (first_residual - prev).abs().mean(dtype=torch.float32)
+        rel = float(change / prev.abs().mean(dtype=torch.float32))  # the host sync; nan (0/0) → full
+        self.rels.append(rel)
+        if rel < self.threshold:
+            self.skipped += 1
+            return True
+        return False
+
+    @property
+    def remainder(self) -> Tensor:
+        if self._rest is None:
+            raise RuntimeError("no remainder residual cached yet")
+        return self._rest
+
+    def store(self, first_residual: Tensor, remainder: Tensor) -> None:
+        """After a full call: layer 0's residual and the rest of the stack's residual, image tokens."""
+        self._first, self._rest = first_residual, remainder
+
+
 @dataclass(frozen=True)
 class DiTSettings:
     """The few numbers the forward pass needs besides the weights (read off the diffusers config)."""
@@ -178,7 +247,10 @@ class ZImageDiT(nn.Module):
         for block in self.blocks():
             block.sdpa_backends = tuple(backends)
 
-    def forward(self, x: Tensor, t: Tensor, captions: list[Tensor]) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, captions: list[Tensor], step_cache: StepCache | None = None
+    ) -> Tensor:
+        """`step_cache` (None: every layer runs, the exact path) may skip main layers 1..N−1: see StepCache."""
         batch, _, height, width = x.shape
         if len(captions) != batch:
             raise ValueError(f"{len(captions)} captions for a batch of {batch}")
@@ -196,10 +268,32 @@ class ZImageDiT(nn.Module):
         for block in self.context_refiner:
             caption = self.run_block(block, caption, cos, sin, plan.caption_mask, None)
         unified = torch.cat([image, caption], dim=1)
+        hidden = self.main_layers(unified, plan, adaln, step_cache)
+        return self.unpatchify(self.final_layer(hidden, adaln), height, width)
+
+    def main_layers(
+        self, x: Tensor, plan: SequencePlan, adaln: Tensor, step_cache: StepCache | None
+    ) -> Tensor:
+        """The main layers over the unified sequence; returns the image tokens (all the final layer reads).
+
+        With a `step_cache`, layer 0 runs, then the cache decides (Python between the blocks, so it works
+        with the compiled block function too) whether layers 1..N−1 run or their cached residual is added.
+        """
         cos, sin = plan.rope
-        for block in self.layers:
-            unified = self.run_block(block, unified, cos, sin, plan.mask, adaln)
-        return self.unpatchify(self.final_layer(unified[:, : plan.image_len], adaln), height, width)
+        n = plan.image_len
+        if step_cache is None:
+            for block in self.layers:
+                x = self.run_block(block, x, cos, sin, plan.mask, adaln)
+            return x[:, :n]
+        first = self.run_block(self.layers[0], x, cos, sin, plan.mask, adaln)
+        first_residual = first[:, :n] - x[:, :n]
+        if step_cache.skip(first_residual):
+            return first[:, :n] + step_cache.remainder
+        hidden = first
+        for block in self.layers[1:]:
+            hidden = self.run_block(block, hidden, cos, sin, plan.mask, adaln)
+        step_cache.store(first_residual, hidden[:, :n] - first[:, :n])
+        return hidden[:, :n]
 
     def embed_image(self, x: Tensor, plan: SequencePlan) -> Tensor:
         """Patchify 2×2 (features ordered ph, pw, c), embed, append learned pad tokens to a multiple of 32."""
@@ -236,4 +330,12 @@ class ZImageDiT(nn.Module):
         return grid.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
 
 
-__all__ = ["DEFAULT_SDPA_BACKENDS", "ZImageBlock", "ZImageDiT", "call_block", "padded_length", "rms_norm"]
+__all__ = [
+    "DEFAULT_SDPA_BACKENDS",
+    "StepCache",
+    "ZImageBlock",
+    "ZImageDiT",
+    "call_block",
+    "padded_length",
+    "rms_norm",
+]

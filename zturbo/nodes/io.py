@@ -1,7 +1,8 @@
 """Nodes that read and write image files: SaveImage, SaveImageAdvanced, PreviewImage, LoadImage.
 
-Every path comes from the prompt, so every path goes through `paths`/`saving`, which refuse anything
-that would leave the input, output or temp folder.
+Every path comes from the prompt, so every path goes through `zturbo.paths` (via the context's
+`resolve_annotated`) or `zturbo.output.naming`, which refuse anything that would leave the input,
+output or temp folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from PIL import Image, ImageOps, ImageSequence
 
 from zturbo.errors import InputError
 from zturbo.nodes.base import Node, NodeOutput
-from zturbo.nodes.saving import png_text, save_target, write_batch, write_png8, write_png16
+from zturbo.nodes.saving import png_text, write_batch, write_png8, write_png16
 from zturbo.nodes.schema import (
     EXTRA_PNGINFO,
     PROMPT,
@@ -29,6 +30,7 @@ from zturbo.nodes.schema import (
     Output,
     String,
 )
+from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -52,7 +54,7 @@ def save_images(
         images,
         target,
         kind,
-        "{stem}_{n:05}_.png",
+        SAVE_IMAGE_PATTERN,
         lambda img, path: write_png8(img, path, text, compress_level),
     )
 

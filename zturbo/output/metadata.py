@@ -78,8 +78,7 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
             negative = "\n".join([line[len("Negative prompt:") :].strip(), *body[i + 1 :]])
             body = body[:i]
             break
-    pairs = {m.group(1).strip(): m.group(2) for m in _PAIR.finditer(settings_line) if m.group(1).strip()}
-    pairs = {k: (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+    pairs = _settings(settings_line)
     try:
         width, height = (int(v) for v in pairs["Size"].split("x"))
         request = GenerationRequest(
@@ -99,6 +98,37 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))
+
+
+def _settings(line: str) -> dict[str, str]:
+    """The "Key: value, ..." pairs of a parameters text's last line (JSON-quoted values unquoted)."""
+    pairs = {m.group(1).strip(): m.group(2) for m in _PAIR.finditer(line) if m.group(1).strip()}
+    return {k: (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+
+
+def weight_dtype_from_chunks(chunks: dict[str, str]) -> str:
+    """The diffusion model's load-time weight dtype a PNG records (UNETLoader's `weight_dtype`).
+
+    zturbo writes `Weight dtype` only when it is not "default"; a ComfyUI graph names it on its
+    UNETLoader. Anything else (older files, other tools) means "default".
+    """
+    if "parameters" in chunks:
+        found = _settings(chunks["parameters"].rstrip("\n").split("\n")[-1]).get("Weight dtype")
+        if found:
+            return found
+    if "prompt" in chunks:
+        try:
+            graph = json.loads(chunks["prompt"])
+        except json.JSONDecodeError:
+            return "default"
+        loaders = (
+            [n for n in graph.values() if isinstance(n, dict) and n.get("class_type") == "UNETLoader"]
+            if isinstance(graph, dict)
+            else []
+        )
+        if len(loaders) == 1:
+            return str(loaders[0].get("inputs", {}).get("weight_dtype", "default"))
+    return "default"
 
 
 def api_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: str = "zturbo") -> dict:

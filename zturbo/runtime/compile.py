@@ -10,6 +10,10 @@
   the persistent cache warm).
 - `max`: compile plus a CUDA graph of the whole transformer forward per bucket (no launch gaps).
 
+`step_cache` (0 = off) adds lossy first-block caching across sampling steps to eager/compile/max
+(`zturbo.models.zimage_dit.StepCache`): its skip decision is Python between the (compiled) blocks, which
+a graph of the whole forward cannot replay, so with it on `max` runs without CUDA graphs (logged).
+
 Options travel as a `SpeedOptions` object; the only process-wide state touched is torch's own
 compiler config (cache folder, recompile limit), set when compiling is first enabled.
 """
@@ -17,6 +21,7 @@ compiler config (cache folder, recompile limit), set when compiling is first ena
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +33,8 @@ from torch.nn.attention import SDPBackend
 from zturbo.errors import InputError
 from zturbo.models.zimage_convert import SplitLinear, from_diffusers
 from zturbo.models.zimage_dit import DEFAULT_SDPA_BACKENDS, ZImageDiT, call_block
+from zturbo.runtime.graphs import GraphCache
+from zturbo.runtime.quant import QuantLinear
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,18 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """How the DiT runs. `cuda_graphs=None` means: on in `max` mode, on CUDA."""
+    """How the DiT runs. `cuda_graphs=None` means: on in `max` mode, on CUDA (never with `step_cache`).
+
+    `step_cache`: the first-block cache's threshold on the relative change of main layer 0's residual
+    (0 = off, the default; ~0.1 skips most late steps). Lossy and opt-in; not in `reference` mode.
+    """
 
     mode: str = "eager"
     compile_mode: str = "default"  # "max-autotune-no-cudagraphs" also autotunes GEMMs (minutes cold)
     cache_dir: Path | None = None  # None → default_cache_dir()
     cuda_graphs: bool | None = None
     sdpa_backends: tuple[SDPBackend, ...] = field(default=DEFAULT_SDPA_BACKENDS)
+    step_cache: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in SPEED_MODES:
@@ -59,14 +71,29 @@ class SpeedOptions:
             raise InputError(
                 f"compile mode must be one of {', '.join(COMPILE_MODES)} (got {self.compile_mode!r})"
             )
+        if not (isinstance(self.step_cache, (int, float)) and math.isfinite(self.step_cache)) or (
+            self.step_cache < 0
+        ):
+            raise InputError(
+                f"step cache must be a finite number >= 0 (0 = off; e.g. 0.12), got {self.step_cache!r}"
+            )
+        if self.step_cache > 0 and self.mode == "reference":
+            raise InputError(
+                "the step cache needs zturbo's DiT: use speed eager, compile or max, not reference"
+            )
 
     @property
     def compiles(self) -> bool:
         return self.mode in ("compile", "max")
 
     @property
-    def graphs(self) -> bool:
+    def graphs_requested(self) -> bool:
         return self.mode == "max" if self.cuda_graphs is None else self.cuda_graphs
+
+    @property
+    def graphs(self) -> bool:
+        """Whole-forward CUDA graphs: as requested, unless the step cache is on (it wins)."""
+        return self.graphs_requested and self.step_cache == 0
 
 
 def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
@@ -90,9 +117,28 @@ def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
         dit.run_block = call_block
     elif getattr(dit.run_block, "compile_mode", None) != options.compile_mode:
         dit.run_block = compile_block_fn(dit, options)
-    if options.graphs and next(dit.parameters()).is_cuda:
+    on_cuda = next(dit.parameters()).is_cuda
+    if options.graphs_requested and not options.graphs and on_cuda:
+        log.warning(
+            "step cache on: the DiT runs without CUDA graphs (a per-step skip cannot be replayed from a "
+            "graph of the whole forward); compiled blocks stay"
+        )
+    if options.graphs and on_cuda:
         return GraphedDiT(dit)
     return dit
+
+
+def accelerate_vae(vae: nn.Module, options: SpeedOptions) -> None:
+    """In the compile modes, compile the VAE decoder in place (state-dict keys unchanged).
+
+    The decoder is ~10 TFLOP of convolutions at 1024² plus GroupNorm/SiLU passes over up to 128×1024²
+    activations; compiled, those passes fuse (H100: 92 → 40 ms). Each new image size compiles once
+    (tens of seconds cold, seconds with the persistent cache); tiled decodes compile per tile shape.
+    """
+    if not options.compiles or not next(vae.parameters()).is_cuda:
+        return
+    enable_compile_caches(options.cache_dir or default_cache_dir())
+    vae.decoder.compile(mode=options.compile_mode, dynamic=False)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -116,74 +162,25 @@ def compile_block_fn(dit: ZImageDiT, options: SpeedOptions):
     kind. fullgraph is asked for unless quantized layers (whose forward we do not own) are present.
     """
     enable_compile_caches(options.cache_dir or default_cache_dir())
-    quantized = any(isinstance(m, SplitLinear) for m in dit.modules())
+    quantized = any(isinstance(m, (SplitLinear, QuantLinear)) for m in dit.modules())
     compiled = torch.compile(call_block, mode=options.compile_mode, dynamic=False, fullgraph=not quantized)
     compiled.compile_mode = options.compile_mode  # lets `accelerate` keep it when only graphs change
     return compiled
 
 
-@dataclass
-class _Captured:
-    """One captured forward and the static tensors it reads and writes."""
-
-    graph: torch.cuda.CUDAGraph
-    x: Tensor
-    t: Tensor
-    captions: list[Tensor]
-    out: Tensor
-
-    def replay(self, x: Tensor, t: Tensor, captions: list[Tensor]) -> Tensor:
-        self.x.copy_(x)
-        self.t.copy_(t)
-        for static, caption in zip(self.captions, captions, strict=True):
-            static.copy_(caption)
-        self.graph.replay()
-        return self.out.clone()
-
-
 class GraphedDiT(nn.Module):
-    """Runs `ZImageDiT` through a CUDA graph captured per (shapes, dtypes) bucket.
-
-    All buckets share one memory pool (replays never overlap and each output is copied out at once).
-    A bucket whose capture fails runs uncaptured, with a warning, rather than failing the image.
-    """
+    """Runs `ZImageDiT` through CUDA graphs captured per (shapes, dtypes) bucket (`runtime.graphs`)."""
 
     batched_api = True
 
     def __init__(self, dit: ZImageDiT) -> None:
         super().__init__()
         self.dit = dit
-        self._graphs: dict[tuple, _Captured | None] = {}
-        self._pool = None
+        self._graphs = GraphCache(dit, "diffusion model")
 
     def captured_buckets(self) -> tuple[int, int]:
         """(buckets replaying a graph, buckets whose capture failed and run uncaptured)."""
-        failed = sum(1 for g in self._graphs.values() if g is None)
-        return len(self._graphs) - failed, failed
+        return self._graphs.buckets()
 
     def forward(self, x: Tensor, t: Tensor, captions: list[Tensor]) -> Tensor:
-        key = (tuple(x.shape), x.dtype, t.dtype, tuple(tuple(c.shape) for c in captions), x.device)
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(x, t, captions)
-        captured = self._graphs[key]
-        if captured is None:
-            return self.dit(x, t, captions)
-        return captured.replay(x, t, captions)
-
-    def _capture(self, x: Tensor, t: Tensor, captions: list[Tensor]) -> _Captured | None:
-        static = (x.clone(), t.clone(), [c.clone() for c in captions])
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):  # warm-up: compiles, cuDNN plans, RoPE tables — all before capture
-            for _ in range(2):
-                self.dit(*static)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self.dit(*static)
-        except RuntimeError as exc:
-            log.warning("CUDA graph capture failed for %s; running uncaptured: %s", tuple(x.shape), exc)
-            return None
-        self._pool = self._pool or graph.pool()
-        return _Captured(graph, *static, out)
+        return self._graphs(x, t, captions)

@@ -9,12 +9,25 @@ A plan is one rung of a ladder, fastest first; each rung trades speed for VRAM:
 4. DiT blocks streamed from (pinned) RAM, as many blocks kept resident as the budget allows;
 5. DiT fully streamed.
 
-The first rung whose estimated peak fits the usable budget is chosen; the rungs below it are its
-`fallback` chain, which the engine takes once when CUDA runs out of memory anyway. Peaks are computed
-per phase (encode, sample, decode) from the files' real sizes (`sizes.py`) and activation estimates
-for the resolution and batch, calibrated on the H100 smoke run (1024², bf16: DiT ≈ 0.9 GB, VAE decode
-≈ 3.9 GiB untiled). The plan never changes the weights: quantizing is the user's choice
-(`--weight-dtype fp8` or a GGUF file), and the planner sizes whatever was chosen.
+The first rung that fits the usable budget is chosen; the rungs below it are its `fallback` chain,
+which the engine takes once when CUDA runs out of memory anyway. Peaks are computed per phase (encode,
+sample, decode) from the files' real sizes (`sizes.py`) and activation estimates for the resolution and
+batch, calibrated on the H100 smoke run (1024², bf16: DiT ≈ 0.9 GB, VAE decode ≈ 3.9 GiB untiled). The
+plan never changes the weights: quantizing is the user's choice (`--weight-dtype fp8` or a GGUF file),
+and the planner sizes whatever was chosen.
+
+A phase's estimate counts the bytes its tensors occupy; a rung fits when every phase's estimate plus
+its headroom (`phase_headroom`) fits the budget. The headroom is for what tensor sizes do not show:
+torch's caching allocator rounds every large allocation up to 2 MiB and keeps freed blocks inside the
+segments they were cut from, so a long-lived tensor placed in a segment something else freed (the
+VAE's weights in the unfused Q/K/V weights' old segments, a streamed DiT's slots, RoPE tables) pins
+the whole segment, and the large allocations of encoding a prompt (the text encoder's 0.7 GiB
+embedding, its two 0.19 GiB layer slots) need fresh segments beside it. On the H100 under
+per-process caps (benchmarks/RESULTS.md, 2026-11-25) bf16 plans filled to the byte ran out of memory
+while encoding with 1.4-1.7 GiB of the cap unallocated: the estimates of allocated bytes were upper
+bounds (measured peaks at or under them), the budget had no room for the rest. `MemoryManager` now
+returns free segments before placing weights, which removes the worst of it; the headroom covers the
+remainder.
 """
 
 from __future__ import annotations
@@ -33,8 +46,23 @@ from zturbo.runtime.sizes import ComponentSize
 GIB = 1 << 30
 MIB = 1 << 20
 VRAM_CHOICES = ("auto", "4G", "6G", "8G", "12G", "16G", "24G", "unlimited")
-CONTEXT_RESERVE = GIB // 2  # CUDA context and cuBLAS workspaces on a card of the stated size
+# The CUDA context and library handles, outside torch's allocator, on a card of the stated size.
+CONTEXT_RESERVE = GIB // 2
 FRAGMENTATION = 0.95  # share of the rest the caching allocator can really hand out
+# cuBLAS and cuBLASLt workspaces (32 MiB each on Hopper) live inside torch's caching allocator, so they
+# count against a cap like any tensor; cuDNN attention takes its workspace there per call too.
+WORKSPACE = 64 * MIB
+# Headroom of every phase (see the module docstring): a fixed part for segments pinned by long-lived
+# tensors, sized from the H100 failures (1.4-1.7 GiB of the cap unusable; the old plans left 0.7-1.1 GiB
+# beyond their estimates, counting the context reserve a per-process cap does not take), and a share of
+# the phase for the allocator's 2 MiB rounding of every large tensor (~1 MiB a tensor, 1-2% of weights).
+HEADROOM_FIXED = 768 * MIB
+HEADROOM_SHARE = 0.05
+# Transient bytes per element of one quantized matrix expanded on the fly (sizes.largest_quantized):
+# eager dequantizers hold float32 temporaries (Q8_0 8, Q4_0 9, Q4_K/Q2_K 12, Q3_K 14 bytes an element
+# at their peak, output included); the compiled CUDA one writes the compute-dtype weight and nothing else.
+DEQUANT_EAGER_BYTES = 14
+DEQUANT_COMPILED_BYTES = 4  # the bf16 output, and as much again for anything inductor did not fuse
 RAM_RESERVE = 6 * GIB  # the OS, Python, torch, load-time temporaries
 PIN_SHARE = 0.6  # never page-lock more than this share of RAM: the rest must stay reclaimable
 VAE_TILE = 512  # pixels; 64-latent tiles with a quarter overlap
@@ -97,9 +125,22 @@ def dit_activation_bytes(w: Workload, hidden: int, dtype_bytes: int) -> int:
 
 
 def te_activation_bytes(w: Workload, size: ComponentSize, dtype_bytes: int) -> int:
-    """All hidden states are kept (the second-to-last is used), plus one layer's working set."""
+    """All hidden states are kept (`output_hidden_states`; the second-to-last is used), plus one
+    layer's working set: Qwen3-4B's MLP holds up to three 9728-wide tensors at once (silu(gate), up,
+    their product: 11.4 hidden-widths) beside the residual, its norm and the layer's output; 16 leaves
+    room for rounding (attention needs fewer).
+
+    No KV cache: the encoder runs with `use_cache=False` (with transformers' default `True` it would add
+    2 × layers × tokens × 1024 × 2 bytes, 72 MiB at 512 tokens for Qwen3-4B).
+    """
     layers = len(size.blocks) + 1
-    return w.caption_tokens * size.hidden * dtype_bytes * (layers + 12) + 64 * MIB
+    return w.caption_tokens * size.hidden * dtype_bytes * (layers + 16) + 64 * MIB
+
+
+def phase_headroom(phase_bytes: int) -> int:
+    """Bytes a phase needs free beyond its estimate (module docstring: allocator rounding and segments
+    pinned by long-lived tensors)."""
+    return HEADROOM_FIXED + int(HEADROOM_SHARE * phase_bytes)
 
 
 def vae_decode_bytes(width: int, height: int, batch: int, dtype_bytes: int) -> int:
@@ -122,14 +163,16 @@ class MemoryPlan:
     pin_dit: bool = False  # streamed DiT blocks in page-locked RAM (asynchronous copies)
     pin_text_encoder: bool = False
     budget: int | None = None  # usable bytes; None = unbounded
-    peak: int = 0  # estimated peak bytes over the phases below
-    phases: tuple[tuple[str, int], ...] = ()
+    peak: int = 0  # estimated peak bytes over the phases below (tensors only, no headroom)
+    phases: tuple[tuple[str, int], ...] = ()  # (phase, estimated bytes of the tensors it holds)
+    needs: int = 0  # the most any phase needs free: its estimate plus `phase_headroom`
     ram: int = 0  # estimated RAM held (pinned copies + baseline)
     fallback: MemoryPlan | None = None
 
     @property
     def fits(self) -> bool:
-        return self.budget is None or self.peak <= self.budget
+        """Every phase's estimate and headroom fit the budget."""
+        return self.budget is None or self.needs <= self.budget
 
     def __str__(self) -> str:
         pin = " from pinned RAM"
@@ -145,36 +188,49 @@ class MemoryPlan:
         over = "" if self.fits else " — OVER BUDGET, expect out-of-memory errors"
         return (
             f"memory plan {self.name} [{self.level}]: text encoder {te}; DiT {dit}; "
-            f"VAE {'tiled' if self.vae_tiled else 'full'} decode; peak ≈ {self.peak / GIB:.1f} GiB VRAM "
-            f"({budget}){over}; RAM ≈ {self.ram / GIB:.1f} GiB"
+            f"VAE {'tiled' if self.vae_tiled else 'full'} decode; peak ≈ {self.peak / GIB:.1f} GiB VRAM, "
+            f"{self.needs / GIB:.1f} GiB with headroom ({budget}){over}; RAM ≈ {self.ram / GIB:.1f} GiB"
         )
 
 
-def _peaks(plan: MemoryPlan, sizes: dict[str, ComponentSize], w: Workload, dtype_bytes: int) -> MemoryPlan:
-    """Fill in the per-phase peaks of a plan's placements."""
+def _peaks(
+    plan: MemoryPlan,
+    sizes: dict[str, ComponentSize],
+    w: Workload,
+    dtype_bytes: int,
+    dequant_bytes: int = DEQUANT_EAGER_BYTES,
+) -> MemoryPlan:
+    """Fill in the per-phase estimates of a plan's placements and what each needs with headroom.
+
+    Every phase holds what is resident at that time, whichever phase uses it: the DiT (resident, or
+    its kept blocks plus the two streaming slots, which stay allocated once the first step made them)
+    and the VAE while the prompt is encoded, the text encoder during sampling and decoding when it is
+    resident. A resident encoder on CUDA runs through CUDA graphs whose memory pool keeps its largest
+    activations for good, so those count in every phase too.
+    """
     dit, te, vae = sizes[DIT], sizes[TEXT_ENCODER], sizes[VAE]
     if plan.dit == "resident":
         dit_bytes = dit.total
     else:
         kept = sorted(dit.blocks, reverse=True)[: plan.dit_resident_blocks]
         dit_bytes = dit.other + 2 * dit.max_block + sum(kept)
-    te_kept = te.total if plan.text_encoder == "resident" else 0
-    te_encoding = te.total if plan.text_encoder == "resident" else te.other + 2 * te.max_block
-    expand = 10 * dit.largest_quantized  # one quantized matrix expanded in fp32 then the compute dtype
+    te_activations = te_activation_bytes(w, te, dtype_bytes)
+    te_kept = te.total + te_activations if plan.text_encoder == "resident" else 0
+    te_encoding = te_kept if plan.text_encoder == "resident" else te.other + 2 * te.max_block + te_activations
+    expand = dequant_bytes * dit.largest_quantized  # one quantized matrix (group) expanded per call
     if plan.vae_tiled:
         decode = vae_decode_bytes(min(w.width, VAE_TILE), min(w.height, VAE_TILE), w.batch, dtype_bytes)
         decode += w.batch * 3 * w.width * w.height * 4 * 2  # tiles and the blended image
     else:
         decode = vae_decode_bytes(w.width, w.height, w.batch, dtype_bytes)
+    always = dit_bytes + vae.total + WORKSPACE
     phases = (
-        ("encode", dit_bytes + vae.total + te_encoding + te_activation_bytes(w, te, dtype_bytes)),
-        (
-            "sample",
-            dit_bytes + vae.total + te_kept + dit_activation_bytes(w, dit.hidden, dtype_bytes) + expand,
-        ),
-        ("decode", dit_bytes + vae.total + te_kept + decode),
+        ("encode", always + te_encoding),
+        ("sample", always + te_kept + dit_activation_bytes(w, dit.hidden, dtype_bytes) + expand),
+        ("decode", always + te_kept + decode),
     )
-    return dataclasses.replace(plan, phases=phases, peak=max(p for _, p in phases))
+    needs = max(p + phase_headroom(p) for _, p in phases)
+    return dataclasses.replace(plan, phases=phases, peak=max(p for _, p in phases), needs=needs)
 
 
 def _with_ram(plan: MemoryPlan, sizes: dict[str, ComponentSize], ram: int | None) -> MemoryPlan:
@@ -207,15 +263,14 @@ def _ladder(sizes: dict[str, ComponentSize], budget: int | None, probe) -> list[
 
 
 def _blocks_that_fit(streamed: MemoryPlan, sizes: dict[str, ComponentSize], budget: int | None, probe) -> int:
+    """How many DiT blocks a streamed plan can keep resident with every phase's headroom intact."""
     blocks = sizes[DIT].blocks
+    most = max(0, len(blocks) - 2)  # two stream anyway: the slots would hold them
     if budget is None or not blocks:
-        return max(0, len(blocks) - 2)
-    spare = budget - probe(streamed).peak
+        return most
     keep = 0
-    for size in sorted(blocks, reverse=True):  # the estimate keeps the biggest; conservative
-        if spare < size or keep >= len(blocks) - 2:
-            break
-        spare, keep = spare - size, keep + 1
+    while keep < most and probe(dataclasses.replace(streamed, dit_resident_blocks=keep + 1)).fits:
+        keep += 1
     return keep
 
 
@@ -227,21 +282,23 @@ def plan_memory(
     name: str = "unconstrained",
     ram: int | None = None,
     dtype_bytes: int = 2,
+    dequant_bytes: int = DEQUANT_EAGER_BYTES,
 ) -> MemoryPlan:
-    """The fastest plan whose estimated peak fits `budget` (usable bytes), linked to its fallbacks."""
+    """The fastest plan that fits `budget` (usable bytes) with headroom, linked to its fallbacks.
+
+    `dequant_bytes`: transient bytes per element of an on-the-fly expanded quantized matrix; eager's
+    (the safe default) or `DEQUANT_COMPILED_BYTES` where the compiled CUDA dequantizer runs.
+    """
 
     def probe(plan: MemoryPlan) -> MemoryPlan:
-        return _with_ram(
-            _peaks(dataclasses.replace(plan, name=name, budget=budget), sizes, workload, dtype_bytes),
-            sizes,
-            ram,
-        )
+        plan = dataclasses.replace(plan, name=name, budget=budget)
+        return _with_ram(_peaks(plan, sizes, workload, dtype_bytes, dequant_bytes), sizes, ram)
 
     ladder = _ladder(sizes, budget, probe)
     start = next((i for i, p in enumerate(ladder) if p.fits), len(ladder) - 1)
     chain = [ladder[start]]
     for plan in ladder[start + 1 :]:
-        if plan.peak < chain[-1].peak:  # a fallback must actually need less memory
+        if plan.needs < chain[-1].needs:  # a fallback must actually need less memory
             chain.append(plan)
     linked: MemoryPlan | None = None
     for plan in reversed(chain):

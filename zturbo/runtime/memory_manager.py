@@ -22,7 +22,17 @@ from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.errors import GenerationError
 from zturbo.runtime import residency
 from zturbo.runtime.device import Placement
-from zturbo.runtime.memory import MemoryPlan, Workload, plan_memory, system_ram, usable_vram
+from zturbo.runtime.memory import (
+    DEQUANT_COMPILED_BYTES,
+    DEQUANT_EAGER_BYTES,
+    GIB,
+    MemoryPlan,
+    Workload,
+    plan_memory,
+    system_ram,
+    usable_vram,
+)
+from zturbo.runtime.quant import expands_compiled
 from zturbo.runtime.sizes import ComponentSize, measure
 
 log = logging.getLogger(__name__)
@@ -74,6 +84,12 @@ class MemoryManager:
     def _dtype_bytes(self) -> int:
         return self.placement.dit_dtype().itemsize
 
+    def dequant_bytes(self) -> int:
+        """Transient bytes an element of a quantized matrix costs while expanded: the compiled CUDA
+        dequantizer writes only the weight, eager ones (forced, or after a compiler failure) hold float32
+        temporaries too."""
+        return DEQUANT_COMPILED_BYTES if expands_compiled(self.device) else DEQUANT_EAGER_BYTES
+
     # --- planning ---
 
     def measure(self, kind: str, path: Path, weight_dtype: str = "default") -> None:
@@ -106,7 +122,13 @@ class MemoryManager:
         dtype_bytes = self._dtype_bytes()
         sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
         plan = plan_memory(
-            sizes, self.workload, budget=budget, name=name, ram=self.ram, dtype_bytes=dtype_bytes
+            sizes,
+            self.workload,
+            budget=budget,
+            name=name,
+            ram=self.ram,
+            dtype_bytes=dtype_bytes,
+            dequant_bytes=self.dequant_bytes(),
         )
         while LEVELS.index(plan.level) < self._floor and plan.fallback is not None:
             plan = plan.fallback
@@ -133,10 +155,19 @@ class MemoryManager:
         return (self.plan.dit if kind == DIT else self.plan.text_encoder) == "streamed"
 
     def register(self, kind: str, module: nn.Module) -> None:
-        """Track a loaded DiT or text encoder and place it by the current plan."""
+        """Track a loaded DiT or text encoder and place it by the current plan, then return the
+        allocator's free segments.
+
+        Loading leaves freed segments behind: converting a resident bf16 DiT fuses Q‖K‖V and W1‖W3 into
+        new tensors and frees the 8.4 GB of separate ones. Left cached, the components loaded next (the
+        VAE's hundreds of small tensors) are cut out of them, and each keeps its 30-80 MB segment
+        reserved for good: holes no large allocation (the text encoder's 0.7 GiB embedding, a streamed
+        block's slot) can use, which the planner's headroom would otherwise have to cover.
+        """
         self._components.append((kind, weakref.ref(module)))
         if self.plan is not None:
             self._place(kind, module, self.plan)
+        self.placement.empty_cache()
 
     def _place(self, kind: str, module: nn.Module, plan: MemoryPlan) -> None:
         try:
@@ -149,15 +180,23 @@ class MemoryManager:
             module.to(self.device)
 
     def _apply(self, plan: MemoryPlan, previous: MemoryPlan | None) -> None:
+        """Re-place the components whose placement changes.
+
+        The allocator's cache is emptied before anything moves, not only after: weights moved onto the
+        GPU would otherwise be cut out of the segments the last job's activations left cached, and each
+        such weight keeps its whole segment reserved for as long as it stays resident (planner headroom,
+        `memory.py`), so every re-plan would leave the card more fragmented than the one before.
+        """
         live = [(kind, m) for kind, ref in self._components if (m := ref()) is not None]
         self._components = [(k, weakref.ref(m)) for k, m in live]
-        moved = False
-        for kind, module in sorted(live, key=lambda e: e[0] != DIT):  # the DiT first: it frees the most
-            if _placement(plan, kind) != _placement(previous, kind):
-                self._place(kind, module, plan)
-                moved = True
-        if moved:
-            self.placement.empty_cache()
+        changed = [(kind, m) for kind, m in live if _placement(plan, kind) != _placement(previous, kind)]
+        if not changed:
+            return
+        gc.collect()  # a failed attempt's tensors may still be held by reference cycles
+        self.placement.empty_cache()
+        for kind, module in sorted(changed, key=lambda e: e[0] != DIT):  # the DiT first: it frees the most
+            self._place(kind, module, plan)
+        self.placement.empty_cache()
 
     # --- running ---
 
@@ -172,14 +211,36 @@ class MemoryManager:
             fallback = self.plan.fallback if self.plan is not None else None
             if fallback is None:
                 raise GenerationError(_oom_message(what, self.plan)) from exc
+            usage = self._usage()
         gc.collect()  # the failed attempt's tensors went with its traceback
-        log.warning("out of GPU memory while %s; retrying once with the lower plan: %s", what, fallback)
+        self.placement.empty_cache()
+        log.warning(
+            "out of GPU memory while %s (%s); retrying once with the lower plan: %s",
+            what,
+            usage,
+            fallback,
+        )
         self._floor = max(self._floor, LEVELS.index(fallback.level))
         self.use(fallback)
         try:
             return op()
         except torch.cuda.OutOfMemoryError as exc:
             raise GenerationError(_oom_message(what, fallback)) from exc
+
+    def _usage(self) -> str:
+        """Allocator state at an out-of-memory error against the plan's estimate: what to compare when
+        checking the planner's arithmetic (reserved − allocated is what fragmentation took)."""
+        if self.device.type != "cuda":
+            return "no CUDA statistics"
+        stats = torch.cuda.memory_stats(self.device)
+        allocated = stats.get("allocated_bytes.all.current", 0)
+        reserved = stats.get("reserved_bytes.all.current", 0)
+        peak = stats.get("allocated_bytes.all.peak", 0)
+        planned = "" if self.plan is None else f", planned peak {self.plan.peak / GIB:.2f} GiB"
+        return (
+            f"allocated {allocated / GIB:.2f} GiB, reserved {reserved / GIB:.2f} GiB, "
+            f"peak allocated {peak / GIB:.2f} GiB{planned}"
+        )
 
 
 def _oom_message(what: str, plan: MemoryPlan | None) -> str:

@@ -26,7 +26,9 @@ class NotStreamable(RuntimeError):
 
 
 def dit_blocks(module: nn.Module) -> list[nn.Module]:
-    """The DiT's transformer blocks in execution order (diffusers' class and zturbo's DiT alike)."""
+    """The DiT's transformer blocks in execution order (diffusers' class and zturbo's DiT alike, or
+    the DiT inside a `GraphedDiT`)."""
+    module = getattr(module, "dit", module)
     return [*module.noise_refiner, *module.context_refiner, *module.layers]  # type: ignore[misc]
 
 

@@ -24,6 +24,9 @@ from zturbo.checkpoints.reader import TensorInfo, open_checkpoint, torch_dtype_o
 _DIT_BLOCK = re.compile(r"^(noise_refiner|context_refiner|layers)\.(\d+)\.")
 _TE_BLOCK = re.compile(r"^(?:model\.)?(?:layers|blk)\.(\d+)\.")
 _DIT_ORDER = {"noise_refiner": 0, "context_refiner": 1, "layers": 2}
+# Quantized DiT matrices expanded together once a block's Q‖K‖V and W1‖W3 are fused into one layer
+# (`QuantLinear.concatenated`): the on-the-fly expansion then holds the whole group at once.
+_DIT_FUSED = re.compile(r"^(.*)\.(?:attention\.(?:to_[qkv]|qkv)|feed_forward\.w[13])\.weight$")
 _FP8_NAMES = ("F8_E4M3", "F8_E5M2")
 _EMBEDDINGS = ("embed_tokens.weight", "token_embd.weight")
 _CONSUMED = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant")
@@ -35,7 +38,9 @@ class ComponentSize:
 
     blocks: tuple[int, ...] = ()
     other: int = 0
-    largest_quantized: int = 0  # elements of the largest quantized matrix (expanded on the fly per call)
+    # Elements of the largest quantized matrix expanded on the fly per call (a fused Q‖K‖V or W1‖W3
+    # group of a DiT block counts as one matrix: that is how the DiT runs it).
+    largest_quantized: int = 0
     hidden: int = 0  # model width (activation estimates scale with it)
 
     @property
@@ -79,6 +84,7 @@ def _tensor_bytes(name: str, info: TensorInfo, dtype_bytes: int, fp8_on_load: bo
 def measure(source: Path, kind: str, *, dtype: torch.dtype, weight_dtype: str = "default") -> ComponentSize:
     """Loaded size of a component file (or diffusers folder) under `dtype` and `weight_dtype`."""
     blocks: dict[tuple[int, int], int] = {}
+    groups: dict[str, int] = {}  # fused DiT groups -> quantized elements
     other = largest = hidden = 0
     for file in _files(source):
         ckpt = open_checkpoint(file)
@@ -90,12 +96,16 @@ def measure(source: Path, kind: str, *, dtype: torch.dtype, weight_dtype: str = 
             )
             nbytes, quantized = _tensor_bytes(name, info, dtype.itemsize, fp8_on_load)
             largest = max(largest, quantized)
+            if quantized and kind == DIT and (m := _DIT_FUSED.match(name)):
+                group = f"{m[1]}.{'ffn' if 'feed_forward' in name else 'attention'}"
+                groups[group] = groups.get(group, 0) + quantized
             hidden = hidden or _hidden(name, info.shape)
             key = _block_key(name, kind)
             if key is None:
                 other += nbytes
             else:
                 blocks[key] = blocks.get(key, 0) + nbytes
+    largest = max([largest, *groups.values()])
     return ComponentSize(tuple(blocks[k] for k in sorted(blocks)), other, largest, hidden)
 
 

@@ -1,28 +1,28 @@
-"""Paths that clients name (`/view`, `/upload`) are checked twice: the text is refused if it could mean
-anything but a plain relative name, and the resolved real path (symlinks followed) must stay inside its
-root. Both layers matter: text checks catch `..`, absolute and drive paths on every OS; the resolve
-check catches symlinks and anything the text checks missed.
+"""The HTTP layer over `zturbo.paths` for paths that clients name (`/view`, `/upload`, `/userdata`).
+
+Clients may URL-encode a name once or twice more than the framework decodes, so every decoded form is
+judged (`%2e%2e%2f` and `%252e...` are `../` too). A malformed name (absolute, drive, NUL, backslash)
+is a 400 `InputError`; one that tries to leave its folder (`..` in a subfolder, a symlink escape) is a
+403 `ForbiddenPathError`.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from urllib.parse import unquote
 
 from zturbo.errors import InputError
+from zturbo.paths import (
+    FOLDER_TYPES,
+    is_drive_path,
+    make_folder_inside,
+    path_problem,
+    real_path_inside,
+    relative_parts,
+)
 from zturbo.server.errors import ForbiddenPathError
 
-FOLDER_TYPES = ("output", "input", "temp")
-_DRIVE = re.compile(r"^[a-zA-Z]:")
-_ANNOTATION = re.compile(r"^(?P<name>.*) \[(?P<type>output|input|temp)\]$")
-
-
-def split_annotated(filename: str) -> tuple[str, str | None]:
-    """`"a.png [output]"` -> `("a.png", "output")`: ComfyUI's way of naming a file with its folder."""
-    match = _ANNOTATION.match(filename)
-    return (match["name"], match["type"]) if match else (filename, None)
+_ESCAPE_MESSAGE = "path resolves outside its folder"
 
 
 def _variants(text: str) -> list[str]:
@@ -32,41 +32,42 @@ def _variants(text: str) -> list[str]:
 
 
 def check_filename(filename: str) -> str:
-    """A bare file name: no separators, no `..`, no drive, no NUL. 400 otherwise."""
+    """A bare file name: no separators, no `..` anywhere, no drive, no NUL. 400 otherwise."""
     if not filename or filename.strip() in ("", ".", ".."):
         raise InputError("filename is empty")
     for variant in _variants(filename):
-        if "/" in variant or "\\" in variant or ".." in variant or "\x00" in variant or _DRIVE.match(variant):
+        if (
+            "/" in variant
+            or "\\" in variant
+            or ".." in variant
+            or "\x00" in variant
+            or is_drive_path(variant)
+        ):
             raise InputError(f"invalid filename {filename!r}")
     return filename
 
 
 def check_subfolder(subfolder: str) -> list[str]:
-    """A relative folder below a root as its parts. Absolute, drive or NUL -> 400; `..` -> 403."""
-    if not subfolder:
-        return []
+    """A relative folder below a root as its parts. Absolute, drive, backslash or NUL -> 400; `..` -> 403."""
     for variant in _variants(subfolder):
-        if "\x00" in variant or "\\" in variant or _DRIVE.match(variant) or variant.startswith("/"):
+        problem = path_problem(variant)
+        if "\\" in variant or problem in ("nul", "absolute"):  # `\` too, which prompts may read as `/`
             raise InputError(f"invalid subfolder {subfolder!r}")
-        if ".." in variant.split("/"):
+        if problem == "parent":
             raise ForbiddenPathError(f"subfolder {subfolder!r} leaves its folder")
-    return [part for part in subfolder.split("/") if part not in ("", ".")]
-
-
-def is_within(root: Path, path: Path) -> bool:
-    return path == root or root in path.parents
+    return list(relative_parts(subfolder, what="subfolder"))
 
 
 def contained(root: Path, path: Path) -> Path:
     """`path` with symlinks resolved; 403 if that lands outside `root` (also resolved)."""
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(path))
-    if not is_within(real_root, real):
-        raise ForbiddenPathError("path resolves outside its folder")
+    real = real_path_inside(root, path)
+    if real is None:
+        raise ForbiddenPathError(_ESCAPE_MESSAGE)
     return real
 
 
 def root_for(folders: dict[str, Path], folder_type: str | None, default: str) -> tuple[Path, str]:
+    """The folder a `type` parameter names (`default` when absent); 400 for anything else."""
     kind = folder_type or default
     if kind not in folders:
         raise InputError(f"type must be one of {', '.join(FOLDER_TYPES)}, got {kind!r}")
@@ -81,17 +82,13 @@ def readable_file(root: Path, subfolder: str, filename: str) -> Path:
 
 
 def writable_folder(root: Path, subfolder: str) -> Path:
-    """The folder an upload goes to, created if needed, proven to sit inside `root`.
+    """The folder an upload goes to, created if needed, proven to sit inside `root` (its real path).
 
-    The deepest existing ancestor is resolved first, so a symlinked subfolder pointing elsewhere is
-    refused before anything is created through it.
+    A symlinked subfolder pointing elsewhere is refused (403) before anything is created through it.
     """
     parts = check_subfolder(subfolder)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root.joinpath(*parts)
-    existing = target
-    while not os.path.lexists(existing) and existing != root:
-        existing = existing.parent
-    contained(root, existing)
-    target.mkdir(parents=True, exist_ok=True)
-    return contained(root, target)
+    try:
+        folder = make_folder_inside(root, parts, what="subfolder")
+    except InputError:  # the parts are clean: only a symlink escape is left
+        raise ForbiddenPathError(_ESCAPE_MESSAGE) from None
+    return contained(root, folder)

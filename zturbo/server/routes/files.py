@@ -1,4 +1,5 @@
-"""`/view` and `/upload/image`: every client-named path goes through `zturbo.server.paths`."""
+"""`/view` and `/upload/image`: every client-named path goes through `zturbo.server.paths`
+(the HTTP layer over `zturbo.paths`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from zturbo.errors import InputError
+from zturbo.paths import split_annotation
 from zturbo.server import paths
 from zturbo.server.deps import Config, State
 from zturbo.server.errors import NotFoundError, PayloadTooLargeError
@@ -49,7 +51,7 @@ def view(
 ) -> Response:
     if filename is None:
         raise NotFoundError("no filename given")
-    name, annotated = paths.split_annotated(filename)
+    name, annotated = split_annotation(filename)
     root, _ = paths.root_for(state.folders, annotated or type, "output")
     path = paths.readable_file(root, subfolder, name)
     if not path.is_file():
