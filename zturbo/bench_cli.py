@@ -1,6 +1,7 @@
 """Arguments of `zturbo bench` and `benchmarks/gpu.py` (one parser for both).
 
 Systems: zturbo (speed modes reference + eager), zturbo-compiled (compile + max), zturbo-<mode>,
+zturbo-fp8 (fp8_e4m3fn_fast weights; compile + max), zturbo-cache (compile + --step-cache),
 diffusers-eager, diffusers-compiled. Each zturbo row carries its quality guard in `extra`.
 
 Small-GPU rows instead: `--vram-plans 4G,6G,8G,12G --weights bf16,q8_0,q4_0` runs each weights file
@@ -37,6 +38,9 @@ def parse(argv: Sequence[str] | None, default_results: Path) -> argparse.Namespa
     parser.add_argument("--out", type=Path, default=scratch / "zturbo-bench-out", help="images written")
     parser.add_argument("--results", type=Path, default=default_results)
     parser.add_argument("--compile-cache", type=Path, default=None, help="inductor cache folder")
+    parser.add_argument(
+        "--step-cache", type=float, default=0.12, help="threshold of the zturbo-cache system's step cache"
+    )
     parser.add_argument("--vram-plans", default="", help="e.g. 4G,6G,8G,12G: run the small-GPU rows")
     parser.add_argument("--weights", default="bf16,q8_0,q4_0", help="DiT weights for --vram-plans")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per --vram-plans row")
@@ -71,4 +75,5 @@ def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-
         args.out,
         args.results,
         compile_cache=args.compile_cache,
+        step_cache=args.step_cache,
     )

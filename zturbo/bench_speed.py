@@ -31,6 +31,7 @@ ZTURBO_SYSTEMS = {
     "zturbo": ("reference", "eager"),
     "zturbo-compiled": ("compile", "max"),
     "zturbo-fp8": ("compile", "max"),
+    "zturbo-cache": ("compile",),  # + the opt-in step cache at --step-cache's threshold
 }
 MATH_FLOOR_MAX_PIXELS = 2 * 1024 * 1024  # per image: its scores grow with the square of the tokens
 FP8_SYSTEMS = {"zturbo-fp8": "fp8_e4m3fn_fast"}
@@ -102,14 +103,24 @@ def quality(
 
 
 def set_speed(
-    engine: Engine, paths: ModelPaths, mode: str, cache_dir: Path | None, weight_dtype: str
+    engine: Engine,
+    paths: ModelPaths,
+    mode: str,
+    cache_dir: Path | None,
+    weight_dtype: str,
+    step_cache: float = 0.0,
 ) -> dict:
     """Switch the engine's loaded DiT to `mode` (same weights); returns facts for the row's `extra`."""
     model = engine.load_dit(paths.dit, weight_dtype)
-    options = SpeedOptions(mode, cache_dir=cache_dir)
+    options = SpeedOptions(mode, cache_dir=cache_dir, step_cache=step_cache)
     model.component.module = accelerate(model.component.module, options)
     accelerate_vae(engine.load_vae(paths.vae).module, options)  # compile modes compile the decoder too
-    return {"speed": mode, "compile_mode": options.compile_mode if options.compiles else None}
+    engine.speed = options  # the step cache is the sampler's: the engine hands it to each denoiser
+    return {
+        "speed": mode,
+        "compile_mode": options.compile_mode if options.compiles else None,
+        "step_cache": step_cache,
+    }
 
 
 def graph_facts(engine: Engine, paths: ModelPaths, weight_dtype: str) -> dict:
