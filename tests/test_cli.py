@@ -159,3 +159,23 @@ def test_weight_dtype_is_read_from_either_chunk():
     ) == ("fp8_e4m3fn")
     assert weight_dtype_from_chunks({"parameters": "a\nNegative prompt: \nSteps: 8"}) == "default"
     assert weight_dtype_from_chunks({"prompt": "not json"}) == "default"
+
+
+def test_run_and_serve_take_the_speed_options(tiny_models, tmp_path, monkeypatch):
+    import zturbo.server.app
+    import zturbo.workflows
+
+    seen = {}
+
+    def fake_run(workflow, sets, **kwargs):
+        seen["run"] = kwargs["speed"]
+        return []
+
+    monkeypatch.setattr(zturbo.workflows, "run_workflow_cli", fake_run)
+    monkeypatch.setattr(zturbo.server.app, "serve", lambda config: seen.setdefault("serve", config))
+    assert invoke("run", "w.json", "--speed", "compile", "--step-cache", "0.1").exit_code == 0
+    assert (seen["run"].mode, seen["run"].step_cache) == ("compile", 0.1)
+    assert invoke("serve", "--speed", "max", "--output-dir", str(tmp_path / "o")).exit_code == 0
+    assert seen["serve"].speed_options().mode == "max"
+    bad = runner.invoke(app, ["run", "w.json", "--speed", "turbo"])
+    assert bad.exit_code != 0 and "speed must be one of" in str(bad.exception)

@@ -28,6 +28,23 @@ ModelsDir = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")]
+SpeedOpt = Annotated[
+    str,
+    typer.Option(
+        help="reference | eager | compile | max. eager: zturbo's DiT; compile: + torch.compile "
+        "(first image at a new size compiles; cache in env ZTURBO_COMPILE_CACHE); max: + CUDA graphs."
+    ),
+]
+StepCacheOpt = Annotated[
+    float,
+    typer.Option(
+        "--step-cache",
+        help="Lossy, opt-in step caching (first-block cache): skip most of the DiT on a step whose "
+        "first layer changed by less than this fraction since the last full step, e.g. 0.12 "
+        "(higher: faster, further from the exact image). 0 = off. Not with --speed reference; "
+        "with max, CUDA graphs turn off.",
+    ),
+]
 VramOpt = Annotated[
     str,
     typer.Option(
@@ -90,23 +107,8 @@ def generate(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    speed: Annotated[
-        str,
-        typer.Option(
-            help="reference | eager | compile | max. eager: zturbo's DiT; compile: + torch.compile "
-            "(first image at a new size compiles; cache in env ZTURBO_COMPILE_CACHE); max: + CUDA graphs."
-        ),
-    ] = "eager",
-    step_cache: Annotated[
-        float,
-        typer.Option(
-            "--step-cache",
-            help="Lossy, opt-in step caching (first-block cache): skip most of the DiT on a step whose "
-            "first layer changed by less than this fraction since the last full step, e.g. 0.12 "
-            "(higher: faster, further from the exact image). 0 = off. Not with --speed reference; "
-            "with max, CUDA graphs turn off.",
-        ),
-    ] = 0.0,
+    speed: SpeedOpt = "eager",
+    step_cache: StepCacheOpt = 0.0,
     vram: VramOpt = "auto",
     weight_dtype: Annotated[
         str | None,
@@ -226,10 +228,14 @@ def run(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     vram: VramOpt = "auto",
+    speed: SpeedOpt = "eager",
+    step_cache: StepCacheOpt = 0.0,
 ) -> None:
     """Run a ComfyUI workflow without a server; prints the images written."""
+    from zturbo.runtime.compile import SpeedOptions
     from zturbo.workflows import run_workflow_cli
 
+    speed_options = SpeedOptions(speed, step_cache=step_cache)  # a bad value fails before any work
     for path in run_workflow_cli(
         workflow,
         set_ or [],
@@ -240,6 +246,7 @@ def run(
         dtype=dtype,
         console=console,
         vram=vram,
+        speed=speed_options,
     ):
         typer.echo(str(path))
 
@@ -265,6 +272,8 @@ def serve(
     dtype: DtypeOpt = "auto",
     auth_token: Annotated[str | None, typer.Option("--auth-token", help="Required off loopback.")] = None,
     vram: VramOpt = "auto",
+    speed: SpeedOpt = "eager",
+    step_cache: StepCacheOpt = 0.0,
     ui: Annotated[
         str, typer.Option("--ui", help="Page at /: 'creator' (simple page) or 'comfy' (the ComfyUI editor).")
     ] = "creator",
@@ -290,6 +299,8 @@ def serve(
         dtype=dtype,
         auth_token=auth_token,
         vram=vram,
+        speed=speed,
+        step_cache=step_cache,
         preview_method=preview_method,
         ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
     )

@@ -14,6 +14,7 @@ from zturbo.checkpoints.layout import default_models_dir
 from zturbo.errors import GenerationError, Interrupted
 from zturbo.graph.context import ExecutionContext
 from zturbo.pipeline import Engine
+from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory_manager import MemoryManager
 
@@ -27,8 +28,10 @@ def make_context(
     device: str = "auto",
     dtype: str = "auto",
     vram: str | None = None,
+    speed: SpeedOptions | None = None,
 ) -> ExecutionContext:
-    """`vram` ("auto", "8G", ...) gives the engine a memory plan; None keeps every model resident."""
+    """`vram` ("auto", "8G", ...) gives the engine a memory plan; None keeps every model resident.
+    `speed`: how the diffusion model runs (default: eager)."""
     placement = Placement.create(device, dtype)
     memory = MemoryManager(placement, vram=vram) if vram is not None else None
     return ExecutionContext(
@@ -38,7 +41,7 @@ def make_context(
         temp_dir=temp_dir or output_dir.parent / "temp",
         device=device,
         dtype=dtype,
-        engine=Engine(placement, memory=memory),
+        engine=Engine(placement, speed=speed or SpeedOptions(), memory=memory),
     )
 
 
@@ -53,12 +56,19 @@ def run_workflow_cli(
     dtype: str,
     console: Console,
     vram: str | None = None,
+    speed: SpeedOptions | None = None,
 ) -> list[Path]:
     """Run a workflow with a progress line per sampling node; return the images written."""
     from zturbo.graph.run import run_workflow
 
     context = make_context(
-        models_dir=models_dir, output_dir=out, input_dir=input_dir, device=device, dtype=dtype, vram=vram
+        models_dir=models_dir,
+        output_dir=out,
+        input_dir=input_dir,
+        device=device,
+        dtype=dtype,
+        vram=vram,
+        speed=speed,
     )
 
     def on_event(event: str, data: dict) -> None:

@@ -20,3 +20,20 @@ def test_previews_default_to_none_like_comfyui(tmp_path):
     )
     with pytest.raises(InputError, match="preview_method must be one of none, auto, latent2rgb"):
         ServerConfig(preview_method="taesd-xl")
+
+
+def test_speed_settings_are_validated_and_reach_the_engine(tmp_path):
+    from zturbo.workflows import make_context
+
+    config = ServerConfig(output_dir=tmp_path / "o", speed="compile", step_cache=0.1)
+    options = config.speed_options()
+    assert (options.mode, options.step_cache) == ("compile", 0.1)
+    context = make_context(
+        models_dir=tmp_path, output_dir=tmp_path / "o", input_dir=tmp_path / "i", device="cpu", speed=options
+    )
+    assert context.engine.speed == options
+    assert ServerConfig(output_dir=tmp_path / "o").speed_options().mode == "eager"
+    with pytest.raises(InputError, match="speed must be one of"):
+        ServerConfig(speed="turbo")
+    with pytest.raises(InputError, match="step cache must be a finite number"):
+        ServerConfig(step_cache=-1.0)

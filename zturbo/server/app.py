@@ -62,6 +62,7 @@ def default_executor(config: ServerConfig) -> ExecutorLike:
         device=config.device,
         dtype=config.dtype,
         vram=config.vram,
+        speed=config.speed_options(),
     )
     return PromptExecutor(default_registry(context), context)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from zturbo.errors import InputError
+
+if TYPE_CHECKING:
+    from zturbo.runtime.compile import SpeedOptions
 
 MIB = 1024 * 1024
 UiKind = Literal["creator", "comfy"]
@@ -46,6 +49,9 @@ class ServerConfig:
     dtype: str = "auto"
     # GPU memory to plan for (`--vram`): auto (free VRAM), a size such as 8G, or unlimited.
     vram: str = "auto"
+    # How the diffusion model runs (`--speed`, `--step-cache`): see zturbo.runtime.compile.SpeedOptions.
+    speed: str = "eager"
+    step_cache: float = 0.0
     # Required when `host` is not a loopback address; then every route (WebSocket too) needs it.
     auth_token: str | None = None
     max_upload_bytes: int = 100 * MIB
@@ -71,12 +77,19 @@ class ServerConfig:
         from zturbo.runtime.memory import parse_vram
 
         parse_vram(self.vram)  # raises InputError naming the choices
+        self.speed_options()  # likewise for a bad speed mode or step-cache threshold
         if self.ui not in ("creator", "comfy"):
             raise InputError(f"ui must be 'creator' or 'comfy', got {self.ui!r}")
         if self.max_upload_bytes <= 0 or self.max_request_bytes <= 0:
             raise InputError("max_upload_bytes and max_request_bytes must be positive")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be 0-65535, got {self.port}")
+
+    def speed_options(self) -> SpeedOptions:
+        """The engine's speed settings (imported lazily, as parse_vram is: importing this module stays light)."""
+        from zturbo.runtime.compile import SpeedOptions
+
+        return SpeedOptions(self.speed, step_cache=self.step_cache)
 
     @property
     def is_loopback(self) -> bool:
