@@ -147,3 +147,16 @@ def test_a_graphed_dit_can_be_placed_resident():
     graphed = GraphedDiT(dit)
     assert residency.dit_blocks(graphed) == dit.blocks()
     residency.place_dit(graphed, MemoryPlan(), torch.device("cpu"))
+
+
+def test_compile_modes_run_eagerly_without_triton(monkeypatch, caplog):
+    """Windows installs of PyTorch have no Triton: compile/max must not fail every job there."""
+    from zturbo.runtime import compile as compile_module
+
+    monkeypatch.setattr(compile_module, "has_triton", lambda: False)
+    monkeypatch.setattr(compile_module, "_WARNED_NO_TRITON", False)
+    assert compile_module.compiler_available(torch.device("cpu"))  # CPU code needs no Triton
+    with caplog.at_level("WARNING"):
+        assert not compile_module.compiler_available(torch.device("cuda"))
+        assert not compile_module.compiler_available(torch.device("cuda"))
+    assert caplog.text.count("triton-windows") == 1

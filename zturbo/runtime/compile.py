@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend
+from torch.utils._triton import has_triton
 
 from zturbo.errors import InputError
 from zturbo.models.zimage_convert import SplitLinear, from_diffusers
@@ -113,11 +114,13 @@ def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
             return module
         dit = from_diffusers(dit)
     dit.set_sdpa_backends(options.sdpa_backends)
+    on_cuda = next(dit.parameters()).is_cuda
+    if options.compiles and not compiler_available(next(dit.parameters()).device):
+        options = replace(options, mode="eager")
     if not options.compiles:
         dit.run_block = call_block
     elif getattr(dit.run_block, "compile_mode", None) != options.compile_mode:
         dit.run_block = compile_block_fn(dit, options)
-    on_cuda = next(dit.parameters()).is_cuda
     if options.graphs_requested and not options.graphs and on_cuda:
         log.warning(
             "step cache on: the DiT runs without CUDA graphs (a per-step skip cannot be replayed from a "
@@ -128,6 +131,27 @@ def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
     return dit
 
 
+def compiler_available(device: torch.device) -> bool:
+    """Whether `torch.compile` can generate code for `device`; warns once per process when not.
+
+    On CUDA inductor needs Triton, which Windows installs of PyTorch lack unless `triton-windows` is
+    added: the compile modes then run eagerly (same results) instead of failing every job.
+    """
+    if device.type != "cuda" or has_triton():
+        return True
+    global _WARNED_NO_TRITON
+    if not _WARNED_NO_TRITON:
+        _WARNED_NO_TRITON = True
+        log.warning(
+            "torch.compile needs Triton for CUDA and it is not installed (on Windows: pip install "
+            "triton-windows); the compile modes run eagerly"
+        )
+    return False
+
+
+_WARNED_NO_TRITON = False
+
+
 def accelerate_vae(vae: nn.Module, options: SpeedOptions) -> None:
     """In the compile modes, compile the VAE decoder in place (state-dict keys unchanged).
 
@@ -135,7 +159,8 @@ def accelerate_vae(vae: nn.Module, options: SpeedOptions) -> None:
     activations; compiled, those passes fuse (H100: 92 → 40 ms). Each new image size compiles once
     (tens of seconds cold, seconds with the persistent cache); tiled decodes compile per tile shape.
     """
-    if not options.compiles or not next(vae.parameters()).is_cuda:
+    device = next(vae.parameters()).device
+    if not options.compiles or device.type != "cuda" or not compiler_available(device):
         return
     enable_compile_caches(options.cache_dir or default_cache_dir())
     vae.decoder.compile(mode=options.compile_mode, dynamic=False)
