@@ -117,7 +117,7 @@ class ZImageDenoiser:
         t = 1.0 - sigma * self.multiplier
         positive = _repeat_to(self.positive, batch)
         cache = self.step_cache
-        if cache is not None:  # sigmas live on the CPU (sampling.sample): no sync
+        if cache is not None:  # a host sync: the samplers pass sigma on x's device (opt-in mode)
             cache.force_full = (
                 self._full_below_sigma is not None and float(sigma[0]) <= self._full_below_sigma
             )

@@ -114,8 +114,9 @@ def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
             return module
         dit = from_diffusers(dit)
     dit.set_sdpa_backends(options.sdpa_backends)
-    on_cuda = next(dit.parameters()).is_cuda
-    if options.compiles and not compiler_available(next(dit.parameters()).device):
+    device = next(dit.parameters()).device
+    on_cuda = device.type == "cuda"
+    if options.compiles and not compiler_available(device):
         options = replace(options, mode="eager")
     if not options.compiles:
         dit.run_block = call_block

@@ -227,8 +227,9 @@ class QuantLinear(nn.Module):
         if self._scaled_mm_applies(x):
             weight = _to(self.qweight, x.device).view(self.fp8_dtype)
             scale = _to(self.scale, x.device).view(torch.float32)
-            input_scale = None if self.input_scale is None else _to(self.input_scale, x.device)
-            input_scale = None if input_scale is None else input_scale.view(torch.float32)
+            input_scale = (
+                None if self.input_scale is None else _to(self.input_scale, x.device).view(torch.float32)
+            )
             return fp8_scaled_linear(x, weight, scale, bias, input_scale)
         return F.linear(x, self.dequantize_weight(x.device), bias)
 
