@@ -135,22 +135,26 @@ def test_threshold_between_probed_values_skips_exactly_the_small_changes():
         assert rel_error(outputs[i], full_outputs[i]) <= 1e-2
 
 
-def test_force_full_and_new_shapes_run_every_layer():
+@pytest.mark.parametrize("forced", [True, torch.tensor(True)], ids=["bool", "device-bool"])
+def test_force_full_and_new_shapes_run_every_layer(forced):
     model = Counted()
     x, t, captions = inputs(1, (16, 16), [20])
     cache = StepCache(1e9)
     model(x, t, captions, step_cache=cache)
-    cache.force_full = True
+    cache.force_full = forced
     before = model.blocks
     model(x, t, captions, step_cache=cache)
-    assert model.blocks - before == FULL and cache.skipped == 0
+    assert model.blocks - before == FULL and cache.skipped == 0 and cache.rels[-1] is None
+    cache.force_full = torch.tensor(False)  # a device "no" lets the same call skip
+    model(x, t, captions, step_cache=cache)
+    assert cache.skipped == 1
     cache.force_full = False
     x2, t2, captions2 = inputs(1, (16, 24), [20])  # another size: nothing cached fits
     before = model.blocks
     model(x2, t2, captions2, step_cache=cache)
-    assert model.blocks - before == FULL and cache.skipped == 0
+    assert model.blocks - before == FULL and cache.skipped == 1
     model(x2, t2, captions2, step_cache=cache)
-    assert cache.skipped == 1
+    assert cache.skipped == 2
 
 
 def test_one_decision_per_call_for_the_whole_batch():

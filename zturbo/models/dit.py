@@ -117,10 +117,9 @@ class ZImageDenoiser:
         t = 1.0 - sigma * self.multiplier
         positive = _repeat_to(self.positive, batch)
         cache = self.step_cache
-        if cache is not None:  # a host sync: the samplers pass sigma on x's device (opt-in mode)
-            cache.force_full = (
-                self._full_below_sigma is not None and float(sigma[0]) <= self._full_below_sigma
-            )
+        if cache is not None:  # a device bool: read in the cache's one sync after layer 0
+            below = self._full_below_sigma
+            cache.force_full = False if below is None else sigma[0] <= below
         if self.negative is None:
             out = transformer_forward(self.model, x, t, positive, cache)
         else:

@@ -149,6 +149,8 @@ class StepCache:
 
     The decision is a float compare on the host, so each call syncs once with the device after layer 0
     (the CPU cannot queue layer 1 before the GPU finished layer 0): acceptable for an opt-in mode.
+    `force_full` may be a device bool tensor (the denoiser's "last steps?" test on a device sigma): it is
+    read in that same sync, not in one of its own.
     Costs two image-token activations of memory (r_prev and the remainder). The state lives in this
     object, which the caller owns (one per denoiser, i.e. per `Engine.sample`), never on the module, so
     engines and threads sharing a DiT do not share a cache.
@@ -158,7 +160,7 @@ class StepCache:
         if not (math.isfinite(threshold) and threshold > 0):
             raise ValueError(f"step cache threshold must be a finite number > 0 (got {threshold!r})")
         self.threshold = threshold
-        self.force_full = False  # set by the caller before a call that must run every layer
+        self.force_full: bool | Tensor = False  # set by the caller before a call that must run every layer
         self.calls = 0
         self.skipped = 0
         self.rels: list[float | None] = []  # per call: rel, or None where no comparison was made
@@ -168,9 +170,9 @@ class StepCache:
     def skip(self, first_residual: Tensor) -> bool:
         """This call's decision (counts the call); True: skip layers 1..N−1 and add `remainder`."""
         self.calls += 1
-        prev = self._first
+        prev, forced = self._first, self.force_full
         if (
-            self.force_full
+            forced is True
             or prev is None
             or self._rest is None
             or prev.shape != first_residual.shape
@@ -180,9 +182,16 @@ class StepCache:
             self.rels.append(None)
             return False
         change = (first_residual - prev).abs().mean(dtype=torch.float32)
-        rel = float(change / prev.abs().mean(dtype=torch.float32))  # the host sync; nan (0/0) → full
+        rel_t = change / prev.abs().mean(dtype=torch.float32)
+        if isinstance(forced, Tensor):  # one host sync for both numbers
+            rel, forced = torch.stack((rel_t, forced.to(rel_t))).tolist()
+        else:
+            rel = float(rel_t)  # the host sync
+        if forced:
+            self.rels.append(None)
+            return False
         self.rels.append(rel)
-        if rel < self.threshold:
+        if rel < self.threshold:  # nan (0/0) → full
             self.skipped += 1
             return True
         return False
