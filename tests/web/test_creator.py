@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from server.conftest import LiveServer
+from server.conftest import LiveServer, wait_until
 
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.request import GenerationRequest
@@ -130,6 +131,43 @@ def test_cancel_a_queued_and_a_running_job(creator: Any, web_config: ServerConfi
     page.wait_for_function(
         "document.querySelectorAll('.job[data-state=cancelled]').length === 2", timeout=60_000
     )
+    assert page.locator(".job img.result").count() == 0
+    assert list(web_config.output_dir.glob("*.png")) == []
+
+
+def test_cancelling_a_queued_job_that_starts_meanwhile_stops_it(
+    creator: Any, web_config: ServerConfig, server: LiveServer
+) -> None:
+    """The race behind a queued job's Cancel: the job ahead ends and this one starts while the delete is on
+    its way (the server's delete drops pending prompts only). Forced here by holding the delete until the
+    server runs the prompt; the card must still end cancelled, the job stopped, nothing saved."""
+    page = creator
+    small_size(page)
+    page.fill("#steps", "400")
+    page.fill("#count", "2")
+    page.fill("#prompt", "a racing comet")
+
+    def queue_state() -> dict:
+        with urllib.request.urlopen(server.http + "/queue", timeout=10) as response:
+            return json.load(response)
+
+    def start_it_first(route: Any) -> None:
+        if route.request.method == "POST":  # the delete: let the queued prompt start before it lands
+            interrupt = urllib.request.Request(
+                server.http + "/interrupt", data=b"{}", headers={"Content-Type": "application/json"}
+            )
+            urllib.request.urlopen(interrupt, timeout=10).close()
+            wait_until(lambda: not queue_state()["queue_pending"] and queue_state()["queue_running"])
+        route.continue_()
+
+    page.route("**/queue", start_it_first)
+    page.click("#generate")
+    page.locator(".job[data-state=running]").wait_for(timeout=60_000)
+    page.locator(".job[data-state=queued] button.cancel").click()
+    page.wait_for_function(
+        "document.querySelectorAll('.job[data-state=cancelled]').length === 2", timeout=60_000
+    )
+    wait_until(lambda: not queue_state()["queue_running"])
     assert page.locator(".job img.result").count() == 0
     assert list(web_config.output_dir.glob("*.png")) == []
 

@@ -92,11 +92,18 @@ async function cancel(promptId) {
   if (!job || FINAL.has(job.state)) return;
   if (job.state === "queued") {
     await postJSON("/queue", { delete: [promptId] });
-    setState(job, "cancelled");
-  } else {
-    setState(job, "cancelling");
-    await postJSON("/interrupt", { prompt_id: promptId });
+    // The delete only drops pending prompts: one that started while it was on its way runs on, so ask
+    // where it is now and, if it runs, stop it there; if it already ran, its result is shown instead.
+    const queue = await getJSON("/queue");
+    if (!queue.queue_running.some((item) => item[1] === promptId)) {
+      const ran = (await getJSON(`/history/${promptId}`))[promptId];
+      if (ran) finish(promptId);
+      else if (!FINAL.has(job.state)) setState(job, "cancelled");
+      return;
+    }
   }
+  setState(job, "cancelling");
+  await postJSON("/interrupt", { prompt_id: promptId });
 }
 
 /** A JSON event from /ws. */
