@@ -117,8 +117,10 @@ def test_reuse_download_and_delete_with_confirmation(creator: Any, web_config: S
 
 def test_cancel_a_queued_and_a_running_job(creator: Any, web_config: ServerConfig) -> None:
     page = creator
-    small_size(page)
-    page.fill("#steps", "100")  # long enough to be caught running
+    # Long enough to be caught running (~15 s on 2 CPU cores; it is cancelled within a step): at 64² the
+    # 100 steps took about a second and in CI the job once ended before the test reached its Cancel.
+    small_size(page, 1024, 1024)
+    page.fill("#steps", "100")
     page.fill("#count", "2")
     page.fill("#prompt", "a slow comet")
     page.click("#generate")
@@ -142,8 +144,8 @@ def test_cancelling_a_queued_job_that_starts_meanwhile_stops_it(
     its way (the server's delete drops pending prompts only). Forced here by holding the delete until the
     server runs the prompt; the card must still end cancelled, the job stopped, nothing saved."""
     page = creator
-    small_size(page)
-    page.fill("#steps", "400")
+    small_size(page, 512, 512)
+    page.fill("#steps", "100")
     page.fill("#count", "2")
     page.fill("#prompt", "a racing comet")
 
