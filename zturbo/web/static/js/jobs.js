@@ -109,7 +109,7 @@ async function cancel(promptId) {
 /** A JSON event from /ws. */
 export function handleEvent(type, data) {
   const job = jobs.get(data.prompt_id);
-  if (type === "execution_start" && job) setState(job, "running");
+  if (type === "execution_start" && job?.state === "queued") setState(job, "running"); // not over "Cancelling…"
   else if (type === "progress" && job) {
     const progress = job.el.querySelector("progress");
     progress.max = data.max;
