@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from dit_step import time_ms  # the sibling script's CUDA-event timer (this folder is on sys.path)
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -144,20 +144,7 @@ def graph_ms(fn: Callable[[], Tensor], reps: int = 20) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return _median_ms(graph.replay, reps)
-
-
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return time_ms(graph.replay, warmup=1, reps=reps)[0]
 
 
 def kernel_ms(fn: Callable[[], object], calls: int) -> dict[str, float]:
@@ -252,7 +239,7 @@ def attention_rows(args) -> list[dict]:
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
         for layout, tensors in (("strided (B,S,H,D) views", strided), ("contiguous (B,H,S,D)", contiguous)):
             with sdpa_kernel([backend]):
-                ms = _median_ms(lambda t=tensors: F.scaled_dot_product_attention(*t), 30)
+                ms = time_ms(lambda t=tensors: F.scaled_dot_product_attention(*t), warmup=1, reps=30)[0]
             rows.append({"attention": backend.name, "layout": layout, "ms": round(ms, 3)})
             print(json.dumps(rows[-1]), flush=True)
     return rows

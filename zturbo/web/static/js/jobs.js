@@ -93,12 +93,12 @@ async function cancel(promptId) {
   if (job.state === "queued") {
     await postJSON("/queue", { delete: [promptId] });
     // The delete only drops pending prompts: one that started while it was on its way runs on, so ask
-    // where it is now and, if it runs, stop it there; if it already ran, its result is shown instead.
+    // where it is now and, if it runs, stop it there. One that already ran keeps its card: its end
+    // event (or the resync after a reconnect) shows the result.
     const queue = await getJSON("/queue");
     if (!queue.queue_running.some((item) => item[1] === promptId)) {
       const ran = (await getJSON(`/history/${promptId}`))[promptId];
-      if (ran) finish(promptId);
-      else if (!FINAL.has(job.state)) setState(job, "cancelled");
+      if (!ran && !FINAL.has(job.state)) setState(job, "cancelled");
       return;
     }
   }
