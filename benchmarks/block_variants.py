@@ -30,8 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zturbo.models.zimage_dit import NORM_NAMES, ZImageBlock, call_block, rms_norm
 from zturbo.models.zimage_layout import rope_real
+from zturbo.quant.fp8 import quantize_to_fp8
+from zturbo.quant.linear import QuantLinear
 from zturbo.runtime.compile import enable_compile_caches
-from zturbo.runtime.quant import QuantLinear, quantize_to_fp8
 
 
 def rope_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

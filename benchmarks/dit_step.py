@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.nn.attention import SDPBackend
 
-from zturbo.bench import write_full_size_models
+from zturbo.bench.harness import write_full_size_models
 from zturbo.checkpoints.load import load_dit
 from zturbo.models.zimage_convert import from_diffusers
 from zturbo.models.zimage_dit import call_block

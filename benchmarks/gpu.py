@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zturbo.bench_cli import main
+from zturbo.bench.cli import main
 
 if __name__ == "__main__":
     main(default_results=Path(__file__).parent / "results")

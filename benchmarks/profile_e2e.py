@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from zturbo.bench import PROMPT, bench_request, write_full_size_models
+from zturbo.bench.harness import PROMPT, bench_request, write_full_size_models
 from zturbo.checkpoints.layout import resolve_models
-from zturbo.checkpoints.synthetic import TINY, write_comfy_models
+from zturbo.engine import Engine
 from zturbo.generate import ModelFiles, save_generated
-from zturbo.models.dit import ZImageDenoiser
+from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.output.png import save_png
-from zturbo.pipeline import Engine
 from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
+from zturbo.testing.synthetic import TINY, write_comfy_models
 
 
 def sync(device: torch.device) -> None:

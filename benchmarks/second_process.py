@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from zturbo.bench import PROMPT, write_full_size_models
+from zturbo.bench.harness import PROMPT, write_full_size_models
 
 
 def generate_once(args: argparse.Namespace, cache: Path, out: Path) -> dict:

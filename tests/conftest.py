@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zturbo.checkpoints.synthetic import TINY, write_comfy_models, write_diffusers_folder
+from zturbo.testing.synthetic import TINY, write_comfy_models, write_diffusers_folder
 
 
 def pytest_collection_modifyitems(config, items):

@@ -107,7 +107,7 @@ def test_size_for_aspect(aspect, mp, size):
 
 
 def test_bench_parses_the_shared_options():
-    from zturbo.bench_cli import parse
+    from zturbo.bench.cli import parse
 
     args = parse(["--sizes", "1024x1024,1280x720", "--vram-plans", "4G,8G"], default_results=Path("r"))
     assert args.sizes == "1024x1024,1280x720" and args.vram_plans == "4G,8G" and args.results == Path("r")

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from zturbo.checkpoints.layout import resolve_models
+from zturbo.engine import Engine
 from zturbo.generate import run_request
 from zturbo.models.vae import process_in
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.device import Placement
 from zturbo.sampling.noise import seeded_noise

@@ -123,8 +123,8 @@ def generate(
     import secrets
 
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.engine import Engine
     from zturbo.generate import model_files, run_request, save_generated
-    from zturbo.pipeline import Engine
     from zturbo.request import GenerationRequest, size_for_aspect
     from zturbo.runtime.compile import SpeedOptions
     from zturbo.runtime.device import Placement
@@ -256,7 +256,7 @@ def run(
 )
 def bench(ctx: typer.Context) -> None:
     """GPU benchmark next to diffusers on full-size random weights (see `zturbo bench --help`)."""
-    from zturbo.bench_cli import main as bench_main
+    from zturbo.bench.cli import main as bench_main
 
     bench_main(ctx.args)
 

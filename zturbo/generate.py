@@ -11,14 +11,14 @@ import torch
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
+from zturbo.engine import Engine
+from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
 from zturbo.output.png import save_png
-from zturbo.pipeline import Engine, Progress
+from zturbo.progress import ProgressFn
 from zturbo.request import GenerationRequest
 from zturbo.runtime.memory import Workload
-
-LATENT_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def run_request(
     engine: Engine,
     paths: ModelPaths,
     request: GenerationRequest,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
     *,
     weight_dtype: str = "default",
 ) -> Generated:

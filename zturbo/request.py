@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass
 
 from zturbo.errors import InputError
+from zturbo.sampling.noise import SEED_MAX
 
 MAX_SIDE = 4096
 MAX_BATCH = 64
-MAX_SEED = 2**64 - 1
 MAX_PROMPT_CHARS = 20000  # far beyond the 512-token encoder cap; keeps requests bounded
 
 
@@ -50,7 +50,7 @@ class GenerationRequest:
             raise InputError(f"batch must be between 1 and {MAX_BATCH} (got {self.batch})")
         if not 0.0 <= self.cfg <= 100.0:
             raise InputError(f"cfg must be between 0 and 100 (got {self.cfg})")
-        if not 0 <= self.seed <= MAX_SEED:
+        if not 0 <= self.seed <= SEED_MAX:
             raise InputError(f"seed must be between 0 and 2^64-1 (got {self.seed})")
         if self.shift <= 0:
             raise InputError(f"shift must be positive (got {self.shift})")

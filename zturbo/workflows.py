@@ -11,9 +11,9 @@ from pathlib import Path
 from rich.console import Console
 
 from zturbo.checkpoints.layout import default_models_dir
+from zturbo.engine import Engine
 from zturbo.errors import GenerationError, Interrupted
-from zturbo.graph.context import ExecutionContext
-from zturbo.pipeline import Engine
+from zturbo.nodes.context import ExecutionContext
 from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory_manager import MemoryManager

@@ -12,8 +12,9 @@ import json
 import pytest
 import torch
 
-from zturbo.checkpoints.fp8 import Fp8Weight, split_fp8_state_dict
+from zturbo.checkpoints.fp8 import split_fp8_state_dict
 from zturbo.errors import ModelFileError
+from zturbo.quant.fp8 import Fp8Weight
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 REL = {E4M3: 2.0**-4, E5M2: 2.0**-3}

@@ -10,8 +10,9 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.checkpoints.gguf import GGUFWeight, read_gguf, strip_dit_prefix
+from zturbo.checkpoints.gguf import read_gguf, strip_dit_prefix
 from zturbo.errors import ModelFileError
+from zturbo.quant.gguf import GGUFWeight
 
 
 def write(path: Path, tensors: dict[str, tuple[np.ndarray, Q | None]], **arrays: list[int]) -> Path:

@@ -8,8 +8,8 @@ import psutil
 import torch
 
 from zturbo.checkpoints.load import load_dit
-from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
 from zturbo.models.configs import DiTConfig
+from zturbo.testing.synthetic import ModelSet, write_comfy_models
 
 MEDIUM = DiTConfig(
     dim=1024, n_layers=6, n_refiner_layers=2, n_heads=8, n_kv_heads=8, cap_feat_dim=32, axes_dims=[32, 48, 48]
@@ -17,7 +17,7 @@ MEDIUM = DiTConfig(
 
 
 def test_same_dtype_load_adds_no_copy(tmp_path, tiny_models):
-    from zturbo.checkpoints.synthetic import TINY
+    from zturbo.testing.synthetic import TINY
 
     write_comfy_models(tmp_path, ModelSet(MEDIUM, TINY.text_encoder, TINY.vae), dtype=torch.bfloat16)
     path = tmp_path / "diffusion_models" / "z_image_turbo_bf16.safetensors"

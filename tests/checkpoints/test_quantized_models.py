@@ -19,12 +19,19 @@ from gguf import GGMLQuantizationType as Q
 from safetensors.torch import save_file
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
-from zturbo.checkpoints.gguf_write import write_gguf
 from zturbo.checkpoints.inventory import describe_models
 from zturbo.checkpoints.layout import COMFY_FILES, ModelPaths, tokenizer_dir
 from zturbo.checkpoints.load import load_dit, load_text_encoder
-from zturbo.checkpoints.synthetic import TINY, write_comfy_models
-from zturbo.checkpoints.synthetic_quant import (
+from zturbo.engine import Engine
+from zturbo.errors import ModelFileError
+from zturbo.generate import run_request
+from zturbo.quant.fp8 import quantize_to_fp8
+from zturbo.quant.linear import QuantLinear
+from zturbo.request import GenerationRequest
+from zturbo.runtime.device import Placement
+from zturbo.testing.gguf_write import write_gguf
+from zturbo.testing.synthetic import TINY, write_comfy_models
+from zturbo.testing.synthetic_quant import (
     GGUF_TINY,
     dequantized_fp8,
     dequantized_gguf,
@@ -34,12 +41,6 @@ from zturbo.checkpoints.synthetic_quant import (
     read_safetensors,
     stored_types,
 )
-from zturbo.errors import ModelFileError
-from zturbo.generate import run_request
-from zturbo.pipeline import Engine
-from zturbo.request import GenerationRequest
-from zturbo.runtime.device import Placement
-from zturbo.runtime.quant import QuantLinear, quantize_to_fp8
 
 REQUEST = GenerationRequest("a red fox, 狐狸", width=64, height=48, steps=2, sampler="euler", seed=7)
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2

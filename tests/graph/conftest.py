@@ -9,8 +9,8 @@ import comfyui_workflow_templates_json
 import pytest
 from fake_engine import FakeEngine
 
-from zturbo.graph.context import ExecutionContext
 from zturbo.graph.executor import PromptExecutor
+from zturbo.nodes.context import ExecutionContext
 from zturbo.nodes.registry import default_registry
 
 TEMPLATES = Path(comfyui_workflow_templates_json.__file__).parent / "templates"

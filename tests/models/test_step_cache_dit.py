@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 
-from zturbo.checkpoints.synthetic import TINY_DIT, build_random_dit
-from zturbo.models.dit import ZImageDenoiser
+from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.models.zimage_convert import from_diffusers
 from zturbo.models.zimage_dit import StepCache, ZImageDiT, call_block
 from zturbo.runtime.compile import GraphedDiT
+from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 CAP_DIM = TINY_DIT.cap_feat_dim
 REFINERS = 2 * TINY_DIT.n_refiner_layers
@@ -235,7 +235,7 @@ def test_each_denoiser_starts_with_an_empty_cache():
 def test_denoiser_runs_a_graphed_dit_without_its_graphs(caplog):
     positive, _ = conds()
     dit = from_diffusers(reference_dit())
-    with caplog.at_level(logging.WARNING, logger="zturbo.models.dit"):
+    with caplog.at_level(logging.WARNING, logger="zturbo.models.denoiser"):
         denoiser = ZImageDenoiser(GraphedDiT(dit), positive, None, 1.0, step_cache=0.1)
     assert denoiser.model is dit and isinstance(denoiser.step_cache, StepCache)
     assert "without its CUDA graphs" in caplog.text
@@ -245,7 +245,7 @@ def test_denoiser_with_the_diffusers_class_runs_without_the_cache(caplog):
     positive, _ = conds()
     reference = reference_dit()
     assert not isinstance(reference, ZImageDiT)
-    with caplog.at_level(logging.WARNING, logger="zturbo.models.dit"):
+    with caplog.at_level(logging.WARNING, logger="zturbo.models.denoiser"):
         denoiser = ZImageDenoiser(reference, positive, None, 1.0, step_cache=0.1, sigmas=SIGMAS)
     assert denoiser.step_cache is None and "needs zturbo's DiT" in caplog.text
     outs = run_steps(denoiser, inputs(1, (16, 16), [20])[0])

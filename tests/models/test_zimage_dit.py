@@ -14,7 +14,6 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_z_image import RopeEmbedder
 
-from zturbo.checkpoints.synthetic import TINY_DIT, build_random_dit
 from zturbo.models.zimage_convert import SplitLinear, from_diffusers
 from zturbo.models.zimage_dit import ZImageDiT
 from zturbo.models.zimage_layout import (
@@ -25,7 +24,9 @@ from zturbo.models.zimage_layout import (
     rope_cos_sin,
     rope_real,
 )
-from zturbo.runtime.quant import QuantLinear, load_state_dict_with_quant, quantize_to_fp8
+from zturbo.quant.fp8 import quantize_to_fp8
+from zturbo.quant.linear import QuantLinear, load_state_dict_with_quant
+from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 PARITY = 1e-5
 CAP_DIM = TINY_DIT.cap_feat_dim

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zturbo.graph.context import ExecutionContext, NodeContext
+from zturbo.nodes.context import ExecutionContext, NodeContext
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ import torch
 from diffusers import ZImageTransformer2DModel
 
 from zturbo.checkpoints.layout import resolve_models
-from zturbo.checkpoints.synthetic import TINY_DIT, build_random_dit
+from zturbo.engine import Engine
 from zturbo.errors import InputError
 from zturbo.generate import run_request
 from zturbo.models.zimage_dit import ZImageDiT, call_block
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import GraphedDiT, SpeedOptions, accelerate
 from zturbo.runtime.device import Placement
+from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 
 def reference_dit(seed: int = 3) -> torch.nn.Module:

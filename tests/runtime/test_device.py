@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from zturbo.checkpoints.layout import resolve_models
+from zturbo.engine import Engine
 from zturbo.errors import GenerationError, InputError
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.device import Placement
 

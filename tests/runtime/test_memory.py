@@ -11,10 +11,8 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
-from zturbo.checkpoints.gguf_write import write_dit_gguf
 from zturbo.checkpoints.keymaps import diffusers_dit_to_comfy
 from zturbo.checkpoints.layout import COMFY_FILES
-from zturbo.checkpoints.synthetic import TINY, build_random_dit
 from zturbo.errors import InputError
 from zturbo.runtime import memory
 from zturbo.runtime.memory import (
@@ -32,6 +30,8 @@ from zturbo.runtime.memory import (
 )
 from zturbo.runtime.memory_manager import released_size
 from zturbo.runtime.sizes import ComponentSize, measure
+from zturbo.testing.gguf_write import write_dit_gguf
+from zturbo.testing.synthetic import TINY, build_random_dit
 
 CUDA = torch.device("cuda")
 

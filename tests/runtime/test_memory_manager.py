@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
+from zturbo.quant import linear as quant
 from zturbo.runtime import memory_manager as mm
-from zturbo.runtime import quant
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import DEQUANT_COMPILED_BYTES, DEQUANT_EAGER_BYTES, MemoryPlan
 from zturbo.runtime.memory_manager import MemoryManager

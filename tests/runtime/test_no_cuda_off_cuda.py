@@ -15,14 +15,14 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from zturbo.checkpoints.layout import resolve_models
-from zturbo.checkpoints.synthetic_quant import gguf_dit_from
+from zturbo.engine import Engine
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
 from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.testing.synthetic_quant import gguf_dit_from
 
 CUDA_ONLY = (
     "Stream",

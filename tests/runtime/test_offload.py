@@ -10,11 +10,13 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from torch import nn
 
-from zturbo.checkpoints.gguf import GGUFWeight
 from zturbo.checkpoints.layout import COMFY_FILES, resolve_models
 from zturbo.checkpoints.load import load_dit, load_vae
+from zturbo.engine import Engine
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
+from zturbo.quant.fp8 import quantize_to_fp8
+from zturbo.quant.gguf import GGUFWeight
+from zturbo.quant.linear import QuantLinear
 from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.compile import SpeedOptions, accelerate
@@ -22,7 +24,6 @@ from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
 from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.runtime.offload import BlockStreamer, on_device
-from zturbo.runtime.quant import QuantLinear, quantize_to_fp8
 
 CPU = torch.device("cpu")
 STREAMED = MemoryPlan(level="dit-streamed", text_encoder="streamed", dit="streamed", dit_resident_blocks=2)

@@ -7,9 +7,9 @@ import torch
 
 from zturbo import pipeline
 from zturbo.checkpoints.layout import resolve_models
+from zturbo.engine import Engine
 from zturbo.errors import GenerationError
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.device import Placement

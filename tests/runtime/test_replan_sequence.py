@@ -17,15 +17,15 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from zturbo.checkpoints.layout import ModelPaths, resolve_models
-from zturbo.checkpoints.synthetic import write_comfy_models
-from zturbo.checkpoints.synthetic_quant import GGUF_TINY, gguf_dit_from
+from zturbo.engine import Engine
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime import offload, residency
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
 from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.testing.synthetic import write_comfy_models
+from zturbo.testing.synthetic_quant import GGUF_TINY, gguf_dit_from
 
 WEIGHTS = {"bf16": None, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
 

@@ -16,19 +16,19 @@ import torch
 from typer.testing import CliRunner
 
 from zturbo.checkpoints.layout import resolve_models
-from zturbo.checkpoints.synthetic import TINY_DIT, build_random_dit
 from zturbo.cli import app
+from zturbo.engine import Engine
 from zturbo.errors import InputError
 from zturbo.generate import run_request
-from zturbo.models.dit import STEP_CACHE_FULL_LAST_STEPS
+from zturbo.models.denoiser import STEP_CACHE_FULL_LAST_STEPS
 from zturbo.models.zimage_dit import StepCache, ZImageDiT, call_block
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.compile import SpeedOptions, accelerate
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
 from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 FULL = 2 * TINY_DIT.n_refiner_layers + TINY_DIT.n_layers
 SKIPPED = 2 * TINY_DIT.n_refiner_layers + 1
@@ -118,7 +118,7 @@ def test_engine_state_does_not_leak_between_jobs(paths, caplog, cfg, batch):
     skipped = STEPS - 1 - STEP_CACHE_FULL_LAST_STEPS
     per_job = (STEPS - skipped) * FULL + skipped * SKIPPED
     results = []
-    with caplog.at_level(logging.INFO, logger="zturbo.pipeline"):
+    with caplog.at_level(logging.INFO, logger="zturbo.engine"):
         for job in range(2):
             results.append(run_request(engine, paths, request(cfg, batch)))
             assert len(blocks) == per_job * (job + 1)
@@ -218,17 +218,17 @@ def generate_args(tiny_models, out, *extra: str) -> list[str]:
 
 
 def test_cli_step_cache_reaches_the_engine(tiny_models, tmp_path, caplog, monkeypatch):
-    import zturbo.pipeline
+    import zturbo.engine
 
     seen: list[SpeedOptions] = []
-    real_engine = zturbo.pipeline.Engine
+    real_engine = zturbo.engine.Engine
 
     def engine(*args, **kwargs):
         seen.append(kwargs["speed"])
         return real_engine(*args, **kwargs)
 
-    monkeypatch.setattr(zturbo.pipeline, "Engine", engine)
-    with caplog.at_level(logging.INFO, logger="zturbo.pipeline"):
+    monkeypatch.setattr(zturbo.engine, "Engine", engine)
+    with caplog.at_level(logging.INFO, logger="zturbo.engine"):
         result = runner.invoke(
             app, generate_args(tiny_models, tmp_path, "--step-cache", "1e9"), catch_exceptions=False
         )
@@ -238,12 +238,12 @@ def test_cli_step_cache_reaches_the_engine(tiny_models, tmp_path, caplog, monkey
 
 
 def test_cli_step_cache_defaults_off_and_rejects_negative_values(tiny_models, tmp_path, monkeypatch):
-    import zturbo.pipeline
+    import zturbo.engine
 
     seen: list[SpeedOptions] = []
-    real_engine = zturbo.pipeline.Engine
+    real_engine = zturbo.engine.Engine
     monkeypatch.setattr(
-        zturbo.pipeline, "Engine", lambda *a, **k: seen.append(k["speed"]) or real_engine(*a, **k)
+        zturbo.engine, "Engine", lambda *a, **k: seen.append(k["speed"]) or real_engine(*a, **k)
     )
     assert runner.invoke(app, generate_args(tiny_models, tmp_path)).exit_code == 0
     assert seen == [SpeedOptions("eager")] and seen[0].step_cache == 0.0

@@ -21,7 +21,7 @@ from server.test_ws import events, finished, recv, recv_until
 from zturbo.server import ServerConfig, create_app
 
 executor_mod = pytest.importorskip("zturbo.graph.executor")
-context_mod = pytest.importorskip("zturbo.graph.context")
+context_mod = pytest.importorskip("zturbo.nodes.context")
 registry_mod = pytest.importorskip("zturbo.nodes.registry")
 
 

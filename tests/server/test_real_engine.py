@@ -23,10 +23,10 @@ from PIL import Image
 
 from server.conftest import LiveServer, run_live
 from zturbo.checkpoints.layout import resolve_models
+from zturbo.engine import Engine
 from zturbo.generate import run_request
 from zturbo.graph.formats import load_workflow_file
 from zturbo.output.png import to_pil
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.device import Placement
 from zturbo.server import ServerConfig, create_app

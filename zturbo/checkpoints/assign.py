@@ -89,7 +89,7 @@ def assign_state_dict(
     check_keys(model, state_dict, source)
     device = torch.device(device)
     if any(not isinstance(v, torch.Tensor) for v in state_dict.values()):
-        from zturbo.runtime.quant import load_state_dict_with_quant
+        from zturbo.quant.linear import load_state_dict_with_quant
 
         moved = {
             k: _cast(v, dtype, device) if isinstance(v, torch.Tensor) else v.to(device)  # type: ignore[attr-defined]

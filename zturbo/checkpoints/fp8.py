@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,70 +26,10 @@ import torch
 from torch import Tensor
 
 from zturbo.errors import ModelFileError
+from zturbo.quant.fp8 import FP8_DTYPES, Fp8Weight
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 COMFY_FORMATS = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 MIXED_METADATA_KEY = "_quantization_metadata"
-
-
-@dataclass(frozen=True, eq=False)
-class Fp8Weight:
-    """fp8 values and their fp32 scale: () per tensor or (out, 1) per row; `input_scale` feeds fp8 matmul."""
-
-    data: Tensor
-    scale: Tensor
-    input_scale: Tensor | None = None
-    full_precision_mm: bool = False  # the file asks for dequantize-then-matmul on this layer
-
-    def __post_init__(self) -> None:
-        if self.data.dtype not in FP8_DTYPES:
-            raise ValueError(f"Fp8Weight needs float8 data, got {self.data.dtype}")
-        scale = self.scale.float()
-        if scale.numel() == 1:
-            scale = scale.reshape(())
-        elif self.data.ndim >= 1 and scale.numel() == self.data.shape[0]:
-            scale = scale.reshape(-1, *([1] * (self.data.ndim - 1)))
-        else:
-            raise ValueError(f"scale of {scale.numel()} values fits neither per tensor nor per row")
-        object.__setattr__(self, "scale", scale)
-        if self.input_scale is not None:
-            object.__setattr__(self, "input_scale", self.input_scale.float().reshape(()))
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.data.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel() + self.scale.numel() * 4
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Fp8Weight:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return Fp8Weight(move(self.data), move(self.scale), move(self.input_scale), self.full_precision_mm)
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return dequantize_fp8(self.data, self.scale, dtype)
-
-    def chunk(self, parts: int, dim: int = 0) -> list[Fp8Weight]:
-        """Split rows into `parts` views (a fused qkv into q, k, v); per-row scales split with them."""
-        if dim != 0 or self.data.shape[0] % parts:
-            raise ValueError(f"cannot split fp8 {tuple(self.data.shape)} into {parts} along dim {dim}")
-        scales = self.scale.chunk(parts, dim=0) if self.scale.ndim else [self.scale] * parts
-        return [
-            Fp8Weight(data, scale, self.input_scale, self.full_precision_mm)
-            for data, scale in zip(self.data.chunk(parts, dim=0), scales, strict=True)
-        ]
-
-
-def dequantize_fp8(data: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """`w.float() * scale`, rounded once to `dtype` (ComfyUI multiplies in the compute dtype instead)."""
-    return (data.float() * scale.to(data.device)).to(dtype)
 
 
 def split_fp8_state_dict(

@@ -22,11 +22,39 @@ COMFY_FILES = {
     TEXT_ENCODER: "text_encoders/qwen_3_4b.safetensors",
     VAE: "vae/ae.safetensors",
 }
-FOLDERS = {
-    DIT: ("diffusion_models", "unet"),
-    TEXT_ENCODER: ("text_encoders", "clip"),
-    VAE: ("vae",),
+# ComfyUI's model folders (its `folder_paths` names), each with the directories on disk that hold it:
+# the current name first, then the legacy aliases older installs and workflows still use.
+MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("checkpoints",),
+    "configs": ("configs",),
+    "loras": ("loras",),
+    "vae": ("vae",),
+    "text_encoders": ("text_encoders", "clip"),
+    "diffusion_models": ("diffusion_models", "unet"),
+    "clip_vision": ("clip_vision",),
+    "style_models": ("style_models",),
+    "embeddings": ("embeddings",),
+    "diffusers": ("diffusers",),
+    "vae_approx": ("vae_approx",),
+    "controlnet": ("controlnet", "t2i_adapter"),
+    "gligen": ("gligen",),
+    "upscale_models": ("upscale_models",),
+    "latent_upscale_models": ("latent_upscale_models",),
+    "hypernetworks": ("hypernetworks",),
+    "photomaker": ("photomaker",),
+    "classifiers": ("classifiers",),
+    "model_patches": ("model_patches",),
+    "audio_encoders": ("audio_encoders",),
 }
+FOLDER_ALIASES = {alias: name for name, dirs in MODEL_FOLDERS.items() for alias in dirs[1:]}
+FOLDERS = {
+    DIT: MODEL_FOLDERS["diffusion_models"],
+    TEXT_ENCODER: MODEL_FOLDERS["text_encoders"],
+    VAE: MODEL_FOLDERS["vae"],
+}
+# What the loaders list (as ComfyUI does): the files zturbo reads, and pickles, which are listed so that
+# a workflow naming one gets the explanation of why it is refused rather than "not in list".
+MODEL_EXTENSIONS = (*WEIGHT_SUFFIXES, *PICKLE_SUFFIXES)
 DIFFUSERS_SUBFOLDERS = {DIT: "transformer", TEXT_ENCODER: "text_encoder", VAE: "vae"}
 
 
@@ -51,12 +79,37 @@ class ModelPaths:
         return {DIT: self.dit, TEXT_ENCODER: self.text_encoder, VAE: self.vae}[kind]
 
 
+def canonical_folder(folder: str) -> str | None:
+    """ComfyUI's name for a model folder (`clip` -> `text_encoders`), or None if it is not one."""
+    name = FOLDER_ALIASES.get(folder, folder)
+    return name if name in MODEL_FOLDERS else None
+
+
+def folder_dirs(models_dir: Path, folder: str) -> list[Path]:
+    """The directories that hold models of `folder` (aliases included; an unknown name is its own)."""
+    name = FOLDER_ALIASES.get(folder, folder)
+    return [models_dir / d for d in MODEL_FOLDERS.get(name, (folder,))]
+
+
 def weight_files(folder: Path) -> list[Path]:
-    """Weight files (recursive) in a models subfolder, sorted for stable choice."""
+    """Model files (recursive, symlinks followed, hidden folders and symlink loops skipped), sorted."""
+    found: list[Path] = []
     if not folder.is_dir():
-        return []
+        return found
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(root))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in seen
+        )
+        found.extend(Path(root) / n for n in files if n.lower().endswith(MODEL_EXTENSIONS))
+    return sorted(found)
+
+
+def model_names(models_dir: Path, folder: str) -> list[str]:
+    """A loader's choices: model files of `folder` as relative posix names, aliases merged, sorted."""
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES + PICKLE_SUFFIXES
+        {p.relative_to(base).as_posix() for base in folder_dirs(models_dir, folder) for p in weight_files(base)}
     )
 
 

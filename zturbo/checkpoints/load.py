@@ -161,8 +161,8 @@ def quantize_dit_on_load(
     the first and last layers are the most sensitive to rounding. Weights already quantized in the file
     are left as they are. Each result goes to `device` at once, so at most one expanded weight exists.
     """
-    from zturbo.checkpoints.gguf_write import dit_tensor_is_quantized
-    from zturbo.runtime.quant import quantize_to_fp8
+    from zturbo.quant.fp8 import quantize_to_fp8
+    from zturbo.quant.selection import dit_tensor_is_quantized
 
     out: dict[str, object] = {}
     for name, value in state_dict.items():

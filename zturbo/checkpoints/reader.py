@@ -160,7 +160,8 @@ def _open_safetensors(path: Path) -> Checkpoint:
 
 def _open_gguf(path: Path) -> Checkpoint:
     """GGUF headers are read through a memory map: no tensor data is touched."""
-    from zturbo.checkpoints.gguf import GGUFWeight, read_gguf
+    from zturbo.checkpoints.gguf import read_gguf
+    from zturbo.quant.gguf import GGUFWeight
 
     gguf = read_gguf(path)
     tensors = {

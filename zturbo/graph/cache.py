@@ -22,7 +22,7 @@ from zturbo.graph.prompt import is_link, unwrap
 from zturbo.nodes.schema import UNIQUE_ID
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.context import ExecutionContext
     from zturbo.nodes.registry import NodeRegistry
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from zturbo.graph.cache import OutputCache
-from zturbo.graph.execution import Emit, EmitPreview, ExecutionResult, PromptRun, format_value
+from zturbo.graph.prompt_run import Emit, EmitPreview, ExecutionResult, PromptRun, error_report, format_value
 from zturbo.graph.validation import ValidationResult, validate_prompt
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.context import ExecutionContext
     from zturbo.nodes.registry import NodeRegistry
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,10 @@ class PromptExecutor:
         """Run the `outputs` nodes of an already validated prompt, emitting ComfyUI events.
 
         Emits execution_start, execution_cached, then per node executing / progress / executed, then
-        execution_success, execution_error or execution_interrupted, and finally `executing` with
-        node None. A node failure ends this prompt only; nothing is raised.
+        execution_success, execution_error or execution_interrupted. ComfyUI's end-of-prompt signal
+        (`executing` with node None) is the caller's to send, once it has stored the result (the
+        server's worker sends it after saving history). A node failure ends this prompt only; nothing
+        is raised.
         """
         with self._lock:
             run = PromptRun(
@@ -81,4 +83,4 @@ class PromptExecutor:
                 release(unload_models)
 
 
-__all__ = ["ExecutionResult", "PromptExecutor", "ValidationResult", "format_value"]
+__all__ = ["ExecutionResult", "PromptExecutor", "ValidationResult", "error_report", "format_value"]

@@ -20,9 +20,9 @@ from zturbo.graph.formats import load_workflow_data, load_workflow_file
 from zturbo.graph.widgets import set_widget_value
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
-    from zturbo.graph.execution import ExecutionResult
+    from zturbo.graph.prompt_run import ExecutionResult
     from zturbo.graph.validation import ValidationResult
+    from zturbo.nodes.context import ExecutionContext
     from zturbo.nodes.registry import NodeRegistry
     from zturbo.nodes.schema import InputSpec
 

@@ -15,7 +15,7 @@ from zturbo.graph.prompt import coerce, is_link, link_type, normalize_prompt, ty
 from zturbo.nodes.schema import InputSpec, NodeSchema
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.context import ExecutionContext
     from zturbo.nodes.registry import NodeRegistry
 
 

@@ -15,7 +15,6 @@ from zturbo.errors import ZTurboError
 
 Shapes = Mapping[str, tuple[int, ...]]
 
-ADALN_EMBED_DIM = 256
 
 
 class ConfigError(ZTurboError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+LATENT_CHANNELS = 16  # the Flux VAE's latent channels
 SCALE = 0.3611
 SHIFT = 0.1159
 

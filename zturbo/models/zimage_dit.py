@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zturbo.models.zimage_layout import SequencePlan, SequencePlans, apply_rope, padded_length
 
-# cuDNN attention is ~2x FlashAttention-2 on Hopper at these shapes (issue 5); the rest are fallbacks.
+# cuDNN attention is ~2x FlashAttention-2 on Hopper at these shapes (measured on an H100); the rest are fallbacks.
 DEFAULT_SDPA_BACKENDS = (
     SDPBackend.CUDNN_ATTENTION,
     SDPBackend.FLASH_ATTENTION,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from zturbo.errors import ZTurboError
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import NodeContext
+    from zturbo.nodes.context import NodeContext
     from zturbo.nodes.engine_api import EngineAPI
     from zturbo.nodes.schema import NodeSchema
 

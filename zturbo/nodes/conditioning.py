@@ -8,7 +8,7 @@ from zturbo.nodes.base import Node, require_engine
 from zturbo.nodes.schema import Link, NodeSchema, Output, String
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import NodeContext
+    from zturbo.nodes.context import NodeContext
 
 
 class CLIPTextEncode(Node):

@@ -1,7 +1,7 @@
 """The protocol model nodes use to reach the engine (`ctx.engine`).
 
-Nodes stay declarative: loading, text encoding, sampling and VAE work live in the engine, which the
-lead implements against this protocol. MODEL, CLIP, VAE and CONDITIONING values are opaque to the
+Nodes stay declarative: loading, text encoding, sampling and VAE work live in the engine, which
+implements this protocol. MODEL, CLIP, VAE and CONDITIONING values are opaque to the
 graph: whatever the engine returns is cached and handed back to it unchanged.
 
 Tensors follow ComfyUI's conventions: IMAGE is [B, H, W, C] float in 0..1; latents are
@@ -10,16 +10,14 @@ Tensors follow ComfyUI's conventions: IMAGE is [B, H, W, C] float in 0..1; laten
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from zturbo.progress import ProgressFn
+
 if TYPE_CHECKING:
-    from PIL import Image
     from torch import Tensor
 
-# progress(value, max, preview): value counts finished steps (1..max); raising (Interrupted) aborts.
-ProgressFn = Callable[[int, int, "Image.Image | None"], None]
 
 
 @runtime_checkable

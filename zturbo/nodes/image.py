@@ -12,7 +12,7 @@ from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import UNIQUE_ID, Combo, Float, Int, Link, NodeSchema, Output
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import NodeContext
+    from zturbo.nodes.context import NodeContext
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")

@@ -35,7 +35,7 @@ from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from zturbo.graph.context import ExecutionContext, NodeContext
+    from zturbo.nodes.context import ExecutionContext, NodeContext
 
 SAVE_DESCRIPTION = "Saves the input images to your ComfyUI output directory."
 PREFIX_TOOLTIP = (

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.nodes.base import Node, require_engine
 from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import Combo, Float, Int, Link, NodeSchema, Output
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import NodeContext
+    from zturbo.nodes.context import NodeContext
 
 MAX_RESOLUTION = 16384
-LATENT_CHANNELS = 16
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 
 

@@ -13,7 +13,7 @@ from zturbo.nodes.base import Node, require_engine
 from zturbo.nodes.schema import Combo, NodeSchema, Output
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext, NodeContext
+    from zturbo.nodes.context import ExecutionContext, NodeContext
 
 CLIP_TYPES = (
     "stable_diffusion",

@@ -13,7 +13,7 @@ from zturbo.nodes.base import Node
 from zturbo.nodes.schema import Boolean, Float, InputSpec, Int, NodeSchema, Output, String
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import NodeContext
+    from zturbo.nodes.context import NodeContext
 
 
 def _primitive(name: str, display: str, value: InputSpec, out_type: str) -> NodeSchema:

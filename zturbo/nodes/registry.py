@@ -13,7 +13,7 @@ from zturbo.nodes import conditioning, image, io, latent, loaders, primitives, s
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.context import ExecutionContext
 
 
 class NodeRegistry:

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from zturbo.nodes.base import Node, require_engine
 from zturbo.nodes.schema import Combo, Float, Int, Link, NodeSchema, Output
+from zturbo.sampling.noise import SEED_MAX
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext, NodeContext
+    from zturbo.nodes.context import ExecutionContext, NodeContext
 
 COMFY_SAMPLERS = (
     "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
@@ -28,7 +29,6 @@ COMFY_SCHEDULERS = (
     "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
     "linear_quadratic", "kl_optimal",
 )  # fmt: skip
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 def sampler_options(ctx: ExecutionContext | None) -> list[str]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from zturbo.graph.context import ExecutionContext
+    from zturbo.nodes.context import ExecutionContext
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"

@@ -1,6 +1,6 @@
 """Speed modes for the diffusion transformer: which implementation runs, compiled or not, graphed or not.
 
-- `reference`: diffusers' class as loaded (the parity baseline; what zturbo ran before issue 5).
+- `reference`: diffusers' class as loaded (the parity baseline).
 - `eager` (default): zturbo's DiT (`zturbo.models.zimage_dit`): fused Q‖K‖V and W1‖W3 GEMMs, cuDNN
   attention first, no mask when nothing is batch-padded, real-valued RoPE. Same math as the reference
   (fp32 parity ≤ 1e-5), no warm-up.
@@ -34,8 +34,8 @@ from torch.utils._triton import has_triton
 from zturbo.errors import InputError
 from zturbo.models.zimage_convert import SplitLinear, from_diffusers
 from zturbo.models.zimage_dit import DEFAULT_SDPA_BACKENDS, ZImageDiT, call_block
+from zturbo.quant.linear import QuantLinear
 from zturbo.runtime.graphs import GraphCache
-from zturbo.runtime.quant import QuantLinear
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.errors import GenerationError
+from zturbo.quant.linear import expands_compiled
 from zturbo.runtime import residency
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import (
@@ -32,7 +33,6 @@ from zturbo.runtime.memory import (
     system_ram,
     usable_vram,
 )
-from zturbo.runtime.quant import expands_compiled
 from zturbo.runtime.sizes import ComponentSize, measure
 
 log = logging.getLogger(__name__)

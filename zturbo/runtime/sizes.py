@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE, detect
-from zturbo.checkpoints.gguf_write import dit_tensor_is_quantized
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, detect
 from zturbo.checkpoints.reader import TensorInfo, open_checkpoint, torch_dtype_of
+from zturbo.quant.selection import dit_tensor_is_quantized
 
 _DIT_BLOCK = re.compile(r"^(noise_refiner|context_refiner|layers)\.(\d+)\.")
 _TE_BLOCK = re.compile(r"^(?:model\.)?(?:layers|blk)\.(\d+)\.")
@@ -123,14 +123,3 @@ def _block_key(name: str, kind: str) -> tuple[int, int] | None:
     if kind == TEXT_ENCODER and (m := _TE_BLOCK.match(name)):
         return 0, int(m[1])
     return None
-
-
-def measure_all(
-    paths, *, dit_dtype: torch.dtype, te_dtype: torch.dtype, vae_dtype: torch.dtype, weight_dtype: str
-) -> dict[str, ComponentSize]:
-    """Sizes of the three components of a `ModelPaths`."""
-    return {
-        DIT: measure(paths.dit, DIT, dtype=dit_dtype, weight_dtype=weight_dtype),
-        TEXT_ENCODER: measure(paths.text_encoder, TEXT_ENCODER, dtype=te_dtype),
-        VAE: measure(paths.vae, VAE, dtype=vae_dtype),
-    }

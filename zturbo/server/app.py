@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from zturbo.server.compat import JsonBodyMiddleware
 from zturbo.server.config import ServerConfig
 from zturbo.server.errors import install_error_handlers
-from zturbo.server.ports import ExecutorLike, RegistryLike
+from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.routes import (
     comfy_extras,
     creator,
@@ -29,7 +29,7 @@ from zturbo.server.routes import (
 )
 from zturbo.server.security import BodyLimitMiddleware, OriginGuardMiddleware, TokenAuthMiddleware
 from zturbo.server.state import build_state
-from zturbo.web.mount import ComfyPrefixMiddleware, mount_web
+from zturbo.server.web_mount import ComfyPrefixMiddleware, mount_web
 
 log = logging.getLogger(__name__)
 ROUTERS = (

@@ -18,7 +18,7 @@ from zturbo.checkpoints.layout import COMFY_FILES, find_component, loader_name
 from zturbo.errors import InputError, MissingModelError
 from zturbo.output.metadata import ModelFiles, api_graph, request_from_api_graph
 from zturbo.request import GenerationRequest
-from zturbo.server.ports import RegistryLike
+from zturbo.server.protocols import RegistryLike
 
 DEFAULT_PREFIX = "zturbo"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from zturbo.server.config import ServerConfig
 from zturbo.server.events import EventHub
 from zturbo.server.history import HistoryStore, db_path_for
-from zturbo.server.ports import ExecutorLike, RegistryLike
+from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.queue import PromptQueue
 from zturbo.server.worker import QueueWorker
 

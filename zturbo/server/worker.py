@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
+from zturbo.graph.prompt_run import error_report
 from zturbo.server.events import EventHub, preview_frame
 from zturbo.server.history import HistoryRecord, HistoryStore
-from zturbo.server.ports import ExecutorLike
+from zturbo.server.protocols import ExecutorLike
 from zturbo.server.queue import PromptQueue, RunningJob
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,12 @@ class JobChannel:
 
     def emit(self, event: str, data: dict) -> None:
         if event == "executing":
-            if data.get("node") is None:
-                # Held back until history is saved: clients fetch /history/{id} when they see it.
-                return
             self.last_node = data.get("node")
         self.hub.send_sync(event, data, self.client_id)
 
     def finish(self) -> None:
-        """`executing` with node None, ComfyUI's "this prompt is done" signal, sent exactly once."""
+        """`executing` with node None, ComfyUI's "this prompt is done" signal: sent here, exactly once,
+        after history is saved (clients fetch /history/{id} when they see it)."""
         self.hub.send_sync("executing", {"node": None, "prompt_id": self.prompt_id}, self.client_id)
 
     def emit_preview(self, image: bytes) -> None:
@@ -62,18 +60,7 @@ class JobChannel:
 
 def crash_messages(prompt_id: str, exc: BaseException, started: int) -> tuple[list, dict]:
     """The status messages ComfyUI would record for a prompt whose executor raised."""
-    error = {
-        "prompt_id": prompt_id,
-        "node_id": None,
-        "node_type": None,
-        "executed": [],
-        "exception_message": str(exc),
-        "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "traceback": traceback.format_exception(exc),
-        "current_inputs": {},
-        "current_outputs": {},
-        "timestamp": now_ms(),
-    }
+    error = {**error_report(prompt_id, exc), "timestamp": now_ms()}
     return [
         ["execution_start", {"prompt_id": prompt_id, "timestamp": started}],
         ["execution_error", error],

@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from zturbo.server import models, paths
+from zturbo.checkpoints import layout
+from zturbo.server import paths
 from zturbo.server.deps import Config, State
 from zturbo.server.errors import NotFoundError
 from zturbo.server.routes.frontend import user_path, user_root
@@ -44,16 +45,15 @@ def node_replacements() -> dict:
 
 @router.get("/experiment/models")
 def model_folders(config: Config) -> list[dict[str, Any]]:
-    return [{"name": name, "folders": [str(config.models_dir / name)]} for name in models.MODEL_FOLDERS]
+    return [{"name": name, "folders": [str(config.models_dir / name)]} for name in layout.MODEL_FOLDERS]
 
 
 @router.get("/experiment/models/{folder}")
 def folder_models(folder: str, state: State) -> Any:
-    name = models.canonical_folder(folder)
+    name = layout.canonical_folder(folder)
     if name is None:
         return JSONResponse({"error": f"unknown model folder {folder!r}"}, status_code=404)
-    context = getattr(state.executor, "context", None)
-    files = models.list_models(context, state.config.models_dir, name)
+    files = layout.model_names(state.config.models_dir, name)
     return [{"name": file, "pathIndex": 0} for file in files]
 
 
@@ -74,11 +74,11 @@ def _safetensors_metadata(path: Any) -> dict:
 @router.get("/view_metadata/{folder}")
 def view_metadata(folder: str, filename: str, config: Config) -> Any:
     """The `__metadata__` of a safetensors model file (404 for other files or unknown folders)."""
-    name = models.canonical_folder(folder)
+    name = layout.canonical_folder(folder)
     if name is None or not filename.endswith((".safetensors", ".sft")):
         raise NotFoundError(f"no metadata for {filename!r}")
     *sub, base = filename.split("/")
-    for root in (config.models_dir / d for d in (name, *models.EXTRA_DIRS.get(name, ()))):
+    for root in layout.folder_dirs(config.models_dir, name):
         path = paths.readable_file(root, "/".join(sub), base)
         if path.is_file():
             try:

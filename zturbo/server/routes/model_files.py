@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from zturbo.server.app_objects import app_object
 from zturbo.server.deps import Config, get_config
 from zturbo.server.downloads import ModelDownloads, inventory
-from zturbo.server.singletons import app_object
 
 router = APIRouter(prefix="/zturbo/models", tags=["models"])
 

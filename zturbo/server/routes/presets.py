@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from zturbo.server.app_objects import app_object
 from zturbo.server.deps import get_config
 from zturbo.server.presets import Preset, PresetStore
 from zturbo.server.routes.frontend import user_root
-from zturbo.server.singletons import app_object
 
 router = APIRouter(prefix="/zturbo/presets", tags=["presets"])
 

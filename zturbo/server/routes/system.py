@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from zturbo.server import models
+from zturbo.checkpoints import layout
 from zturbo.server.deps import Queue, State
 from zturbo.server.errors import NotFoundError
 from zturbo.server.schemas import FreeRequest
@@ -116,22 +116,20 @@ def features(state: State) -> dict:
 
 @router.get("/models")
 def model_folders() -> list[str]:
-    return list(models.MODEL_FOLDERS)
+    return list(layout.MODEL_FOLDERS)
 
 
 @router.get("/models/{folder}")
 def model_files(folder: str, state: State) -> list[str]:
-    name = models.canonical_folder(folder)
+    name = layout.canonical_folder(folder)
     if name is None:
         raise NotFoundError(f"unknown model folder {folder!r}")
-    return models.list_models(getattr(state.executor, "context", None), state.config.models_dir, name)
+    return layout.model_names(state.config.models_dir, name)
 
 
 @router.get("/embeddings")
 def embeddings(state: State) -> list[str]:
-    files = models.list_models(
-        getattr(state.executor, "context", None), state.config.models_dir, "embeddings"
-    )
+    files = layout.model_names(state.config.models_dir, "embeddings")
     return [os.path.splitext(name)[0] for name in files]
 
 

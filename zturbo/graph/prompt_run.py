@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import Interrupted
 from zturbo.graph.cache import CachedNode, GraphError, OutputCache, SignatureBuilder
-from zturbo.graph.context import ExecutionContext, NodeContext
 from zturbo.graph.prompt import coerce, is_link, normalize_prompt, unwrap
 from zturbo.graph.validation import full_type_name
 from zturbo.nodes.base import NodeOutput
+from zturbo.nodes.context import ExecutionContext, NodeContext
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
@@ -46,6 +46,30 @@ class ExecutionResult:
     error: dict[str, Any] | None = None
     interrupted: bool = False
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def error_report(
+    prompt_id: str,
+    exc: BaseException,
+    *,
+    node_id: str | None = None,
+    node_type: str | None = None,
+    executed: list[str] | None = None,
+    inputs: dict[str, Any] | None = None,
+    outputs: list[str] | None = None,
+) -> dict[str, Any]:
+    """ComfyUI's `execution_error` data for a prompt that failed at `node_id` (None: outside any node)."""
+    return {
+        "prompt_id": prompt_id,
+        "node_id": node_id,
+        "node_type": node_type,
+        "executed": executed or [],
+        "exception_message": str(exc),
+        "exception_type": full_type_name(type(exc)),
+        "traceback": traceback.format_tb(exc.__traceback__),
+        "current_inputs": {name: [format_value(v)] for name, v in (inputs or {}).items()},
+        "current_outputs": outputs or [],
+    }
 
 
 def format_value(value: Any) -> Any:
@@ -144,7 +168,6 @@ class PromptRun:
                     break
             else:
                 self.add_message("execution_success", {"prompt_id": self.prompt_id})
-        self.emit("executing", {"node": None, "prompt_id": self.prompt_id})
         return self._result()
 
     def _prepare(self) -> None:
@@ -281,23 +304,20 @@ class PromptRun:
 
     def _fail(self, node_id: str, exc: BaseException, inputs: dict[str, Any]) -> None:
         log.error("prompt %s: node %s failed: %s", self.prompt_id, node_id, exc, exc_info=exc)
-        data = {
-            "prompt_id": self.prompt_id,
-            "node_id": node_id,
-            "node_type": self._node_type(node_id),
-            "executed": list(self.executed),
-            "exception_message": str(exc),
-            "exception_type": full_type_name(type(exc)),
-            "traceback": traceback.format_tb(exc.__traceback__),
-            "current_inputs": {name: [format_value(v)] for name, v in inputs.items()},
-            "current_outputs": list(self.cached_at_start),
-        }
+        data = error_report(
+            self.prompt_id,
+            exc,
+            node_id=node_id,
+            node_type=self._node_type(node_id),
+            executed=list(self.executed),
+            inputs=inputs,
+            outputs=list(self.cached_at_start),
+        )
         self.error = self.add_message("execution_error", data)
 
     def crash(self, exc: BaseException) -> ExecutionResult:
-        """Report an executor bug as this prompt's error and still finish the event sequence."""
+        """Report an executor bug as this prompt's error."""
         self._fail("", exc, {})
-        self.emit("executing", {"node": None, "prompt_id": self.prompt_id})
         return self._result()
 
     def _result(self) -> ExecutionResult:

@@ -24,18 +24,8 @@ from gguf import GGMLQuantizationType as Q
 from torch import Tensor
 
 from zturbo.checkpoints.gguf import hf_to_llama_cpp_qwen3
-from zturbo.checkpoints.gguf_quantize import can_quantize, quantize
-
-_DIT_QUANTIZED = re.compile(r"^layers\.\d+\..+\.weight$")
-
-
-def dit_tensor_is_quantized(name: str, shape: tuple[int, ...]) -> bool:
-    """True for the tensors published DiT GGUFs quantize: 2-D weights of the main blocks (`layers.N.`).
-
-    The same rule decides which weights `--weight-dtype fp8` quantizes on load (names are identical in
-    the original and diffusers layouts for these tensors).
-    """
-    return len(shape) == 2 and _DIT_QUANTIZED.match(name) is not None
+from zturbo.quant.gguf_quantize import can_quantize, quantize
+from zturbo.quant.selection import dit_tensor_is_quantized
 
 
 def _stored_type(tensor: Tensor, qtype: Q, quantized: bool, plain: Q) -> Q:

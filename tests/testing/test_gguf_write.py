@@ -8,10 +8,9 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.checkpoints.fp8 import Fp8Weight
-from zturbo.checkpoints.gguf import GGUFWeight, dequantize_raw
-from zturbo.checkpoints.gguf_quantize import can_quantize, quantize
-from zturbo.runtime.quant import quantize_to_fp8
+from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant.gguf import GGUFWeight, dequantize_raw
+from zturbo.quant.gguf_quantize import can_quantize, quantize
 
 
 def weights(shape: tuple[int, int], seed: int) -> torch.Tensor:

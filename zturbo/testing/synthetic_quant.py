@@ -19,9 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from zturbo.checkpoints.gguf import llama_cpp_qwen3_to_hf
-from zturbo.checkpoints.gguf_write import dit_tensor_is_quantized, write_dit_gguf, write_text_encoder_gguf
-from zturbo.checkpoints.synthetic import TINY_VAE, ModelSet
 from zturbo.models.configs import DiTConfig, TextEncoderConfig
+from zturbo.quant.selection import dit_tensor_is_quantized
+from zturbo.testing.gguf_write import write_dit_gguf, write_text_encoder_gguf
+from zturbo.testing.synthetic import TINY_VAE, ModelSet
 
 # Rows of 768/2048/256 values are whole blocks for every type, K-quants included (256 a block).
 GGUF_TINY = ModelSet(

@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
 from zturbo import sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.models import vae as vae_ops
-from zturbo.models.dit import ZImageDenoiser
+from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
+from zturbo.progress import ProgressFn
 from zturbo.runtime import residency
 from zturbo.runtime.compile import SpeedOptions, accelerate, accelerate_vae
 from zturbo.runtime.device import Placement
@@ -38,7 +39,6 @@ from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Progress = Callable[[int, int, "Image.Image | None"], None]  # (step, total, preview image or None)
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class Engine:
         start_step: int | None = None,
         end_step: int | None = None,
         return_with_leftover_noise: bool = False,
-        progress: Progress | None = None,
+        progress: ProgressFn | None = None,
         preview: bool = False,
     ) -> torch.Tensor:
         """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention).

@@ -11,10 +11,11 @@ from gguf import GGMLQuantizationType as Q
 from torch import nn
 
 from zturbo.checkpoints.fp8 import split_fp8_state_dict
-from zturbo.checkpoints.gguf import GGUFWeight
 from zturbo.errors import ModelFileError
-from zturbo.runtime import quant
-from zturbo.runtime.quant import QuantLinear, load_state_dict_with_quant, quantize_to_fp8
+from zturbo.quant import linear as quant
+from zturbo.quant.fp8 import quantize_to_fp8
+from zturbo.quant.gguf import GGUFWeight
+from zturbo.quant.linear import QuantLinear, load_state_dict_with_quant
 
 
 def gen(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""Static web UIs on the app: the creator page (this package's `static/`), the real ComfyUI frontend
+"""Static web UIs on the app: the creator page (`zturbo/web/static/`), the real ComfyUI frontend
 (PyPI `comfyui-frontend-package`) at `/comfy/`, and ComfyUI's core workflow templates at `/templates/`.
 
 `zturbo serve --ui creator` (default) puts the creator page at `/`; `--ui comfy` puts the ComfyUI
@@ -22,8 +22,9 @@ from fastapi.staticfiles import StaticFiles
 
 from zturbo.errors import InputError
 from zturbo.server.config import ServerConfig
+from zturbo.web import STATIC_DIR
 
-CREATOR_DIR = Path(__file__).resolve().parent / "static"
+CREATOR_DIR = STATIC_DIR
 COMFY_PREFIX = "/comfy"
 # Paths below the frontend's mount that are really API routes (everything else there is a static file).
 FORWARDED = ("/api/", "/ws", "/templates/", "/internal/")

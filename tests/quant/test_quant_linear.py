@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.checkpoints.fp8 import Fp8Weight
-from zturbo.checkpoints.gguf import GGUFWeight
-from zturbo.runtime.quant import QuantLinear, quantize_to_fp8
+from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant.gguf import GGUFWeight
+from zturbo.quant.linear import QuantLinear
 
 
 def gen(seed: int) -> torch.Generator:

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.checkpoints.fp8 import Fp8Weight
-from zturbo.checkpoints.gguf import DEQUANTIZERS, GGUFWeight
-from zturbo.checkpoints.gguf_quantize import quantize as torch_quantize
-from zturbo.runtime import quant
-from zturbo.runtime.quant import EAGER_ENV, FP8_KEY, QuantLinear, quantize_to_fp8
+from zturbo.quant import linear as quant
+from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant.gguf import DEQUANTIZERS, GGUFWeight
+from zturbo.quant.gguf_quantize import quantize as torch_quantize
+from zturbo.quant.linear import EAGER_ENV, FP8_KEY, QuantLinear
 
 
 def gen(seed: int) -> torch.Generator:

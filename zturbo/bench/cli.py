@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-
     args = parse(argv, default_results)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     if args.vram_plans:
-        from zturbo.bench_memory import run_memory
+        from zturbo.bench.memory import run_memory
 
         run_memory(
             args.models_dir,
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-
             repeats=args.repeats,
         )
         return
-    from zturbo.bench import run
+    from zturbo.bench.harness import run
 
     run(
         args.models_dir,

@@ -18,7 +18,8 @@ import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.checkpoints.gguf import GGUFWeight, dequantize, dequantize_raw, read_gguf
+from zturbo.checkpoints.gguf import read_gguf
+from zturbo.quant.gguf import GGUFWeight, dequantize, dequantize_raw
 
 # Byte offsets of the fp16 fields (d, dmin/m) in each block: random bytes there could be inf/NaN.
 F16_FIELDS = {

@@ -21,8 +21,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zturbo.checkpoints.layout import ModelPaths
+from zturbo.engine import Engine
 from zturbo.generate import run_request
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accelerate, accelerate_vae
 

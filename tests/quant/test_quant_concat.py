@@ -8,10 +8,10 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from torch import nn
 
-from zturbo.checkpoints.fp8 import Fp8Weight
-from zturbo.checkpoints.gguf import GGUFWeight
-from zturbo.checkpoints.gguf_quantize import quantize as torch_quantize
-from zturbo.runtime.quant import QuantLinear, quantize_to_fp8
+from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant.gguf import GGUFWeight
+from zturbo.quant.gguf_quantize import quantize as torch_quantize
+from zturbo.quant.linear import QuantLinear
 
 IN = 512  # two K-quant super-blocks a row
 OUTS = (64, 32, 32)  # q, k, v of a GQA attention

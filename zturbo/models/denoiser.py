@@ -12,7 +12,6 @@ to every forward of zturbo's DiT: lossy first-block caching, off by default.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,7 +21,6 @@ from zturbo.models.zimage_dit import StepCache, ZImageDiT
 
 log = logging.getLogger(__name__)
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # With the step cache on, the calls of the schedule's last k steps always run every layer (ComfyUI's
 # FBCache/TeaCache nodes also let the end of sampling compute fully): the last step's estimate is the
 # image, so it should not be built on a stale remainder. Sampler-agnostic: decided by sigma, so a

@@ -6,31 +6,20 @@ node of one prompt, so a node never needs global state to report progress or fin
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zturbo.checkpoints.layout import folder_dirs, model_names
 from zturbo.errors import Interrupted, MissingModelError
 from zturbo.paths import relative_parts, safe_join, split_annotation
+from zturbo.progress import ProgressFn
 
 if TYPE_CHECKING:
     from PIL import Image
 
-MODEL_EXTENSIONS = (".safetensors", ".gguf", ".sft")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# ComfyUI's folder aliases: old names ("unet", "clip") still hold models for the new ones.
-FOLDER_ALIASES: dict[str, tuple[str, ...]] = {
-    "diffusion_models": ("diffusion_models", "unet"),
-    "unet": ("diffusion_models", "unet"),
-    "text_encoders": ("text_encoders", "clip"),
-    "clip": ("text_encoders", "clip"),
-    "vae": ("vae",),
-}
-
-ProgressHook = Callable[[int, int, "Image.Image | None"], None]
 
 
 @dataclass
@@ -53,25 +42,11 @@ class ExecutionContext:
 
     def model_dirs(self, folder: str) -> list[Path]:
         """The directories that hold models of `folder` (aliases included)."""
-        names = FOLDER_ALIASES.get(folder, (folder,))
-        return [self.models_dir / name for name in names]
+        return folder_dirs(self.models_dir, folder)
 
     def list_models(self, folder: str) -> list[str]:
         """Model files under `models_dir/<folder>` (recursive, aliases merged), as relative posix names."""
-        found: set[str] = set()
-        for base in self.model_dirs(folder):
-            if not base.is_dir():
-                continue
-            seen: set[str] = set()
-            for root, dirs, files in os.walk(base, followlinks=True):
-                seen.add(os.path.realpath(root))
-                dirs[:] = [
-                    d for d in dirs if os.path.realpath(os.path.join(root, d)) not in seen
-                ]  # symlink loops
-                for name in files:
-                    if name.lower().endswith(MODEL_EXTENSIONS):
-                        found.add((Path(root) / name).relative_to(base).as_posix())
-        return sorted(found)
+        return model_names(self.models_dir, folder)
 
     def resolve_model(self, folder: str, name: str) -> Path:
         """The file a loader's `name` refers to. Symlinked model files are fine (people share
@@ -116,7 +91,7 @@ class NodeContext:
     prompt_id: str
     prompt: dict[str, Any] = field(default_factory=dict)
     extra_pnginfo: dict[str, Any] | None = None
-    on_progress: ProgressHook | None = None
+    on_progress: ProgressFn | None = None
     interrupt: threading.Event | None = None
     wants_preview: bool = False  # someone listens for preview images: worth computing them
 

@@ -26,16 +26,16 @@ from pathlib import Path
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.bench import PROMPT, Row, print_table, write_full_size_models
+from zturbo.bench.harness import PROMPT, Row, print_table, write_full_size_models
 from zturbo.checkpoints.layout import ModelPaths
-from zturbo.checkpoints.synthetic_quant import gguf_dit_from
+from zturbo.engine import Engine
 from zturbo.errors import GenerationError
 from zturbo.generate import ModelFiles, run_request, save_generated
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import GIB, MemoryPlan, Workload, parse_vram, plan_memory, system_ram, usable_vram
 from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.testing.synthetic_quant import gguf_dit_from
 
 GGUF_TYPES = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_k": Q.Q4_K, "q6_k": Q.Q6_K}
 

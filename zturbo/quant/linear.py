@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES
 from torch import Tensor, nn
 
-from zturbo.checkpoints.fp8 import Fp8Weight, dequantize_fp8
-from zturbo.checkpoints.gguf import GGUFWeight, dequantize_raw
 from zturbo.errors import ModelFileError
+from zturbo.quant.fp8 import Fp8Weight, dequantize_fp8, fp8_scaled_linear
+from zturbo.quant.gguf import GGUFWeight, dequantize_raw
 
 log = logging.getLogger(__name__)
 
 QuantWeight = GGUFWeight | Fp8Weight
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 _LOAD_CHUNK_ELEMENTS = 1 << 24  # bounds the float32 temporary when dequantizing at load (64 MB)
 EAGER_ENV = "ZTURBO_EAGER_DEQUANT"
 FP8_KEY = "fp8"  # dequantizer cache key of fp8 weights (GGUF ones are keyed by their qtype)
@@ -342,38 +341,6 @@ def _to(t: Tensor, device: torch.device) -> Tensor:
 
 def _as_int(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.view(torch.int32)
-
-
-def fp8_scaled_linear(
-    x: Tensor, weight: Tensor, weight_scale: Tensor, bias: Tensor | None, input_scale: Tensor | None = None
-) -> Tensor:
-    """Row-wise scaled fp8 matmul: activations quantized per row (or with the file's static scale)."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    if input_scale is None:
-        x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    else:
-        x_scale = input_scale.float().reshape(1, 1).expand(x2.shape[0], 1).contiguous()
-    xq = (x2.float() / x_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    w_scale = weight_scale.float().reshape(-1, 1).expand(weight.shape[0], 1).reshape(1, -1).contiguous()
-    out = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=w_scale, bias=bias, out_dtype=x.dtype)
-    return out.reshape(*shape[:-1], weight.shape[0])
-
-
-def quantize_to_fp8(
-    weight: Tensor, *, per_row: bool = True, dtype: torch.dtype = torch.float8_e4m3fn
-) -> Fp8Weight:
-    """fp8 with amax scaling; per-row scales (the default) keep small rows precise and suit `_scaled_mm`.
-
-    `dtype` is e4m3 (3 mantissa bits, the default) or e5m2 (UNETLoader's `fp8_e5m2`: more range, less
-    precision); either way the scale maps each row's largest magnitude onto the format's maximum.
-    """
-    fp8_max = torch.finfo(dtype).max
-    w = weight.detach().float()
-    amax = w.abs().amax(dim=1, keepdim=True) if per_row else w.abs().amax()
-    scale = amax.clamp(min=1e-12) / fp8_max
-    data = (w / scale).clamp(-fp8_max, fp8_max).to(dtype)
-    return Fp8Weight(data, scale)
 
 
 def load_state_dict_with_quant(

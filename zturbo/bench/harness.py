@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from zturbo.bench_speed import (
+from zturbo.bench.speed import (
     graph_facts,
     guard_reference,
     print_quality,
@@ -31,12 +31,12 @@ from zturbo.bench_speed import (
     zturbo_modes,
 )
 from zturbo.checkpoints.layout import ModelPaths, resolve_models, tokenizer_dir
-from zturbo.checkpoints.synthetic import ModelSet, write_comfy_models
+from zturbo.engine import Engine
 from zturbo.generate import ModelFiles, run_request, save_generated
-from zturbo.pipeline import Engine
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import SpeedOptions
 from zturbo.runtime.device import Placement
+from zturbo.testing.synthetic import ModelSet, write_comfy_models
 
 PROMPT = (
     "A cozy reading nook by a rain-streaked window at dusk, warm lamp light, a cat asleep on a knitted "
@@ -115,7 +115,7 @@ def bench_zturbo(
 
     model, clip, vae = engine.load_all(paths, weight_dtype)
     cond = engine.encode_text(clip, PROMPT)
-    from zturbo.models.dit import ZImageDenoiser
+    from zturbo.models.denoiser import ZImageDenoiser
 
     den = ZImageDenoiser(model.transformer, cond.embeds, None, 1.0)
     x = torch.randn(batch, 16, height // 8, width // 8, device="cuda")
