@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zturbo import pipeline
+from zturbo import engine as engine_module
 from zturbo.checkpoints.layout import resolve_models
 from zturbo.engine import Engine
 from zturbo.errors import GenerationError
@@ -46,7 +46,7 @@ def expected(tiny_models_fp32):
 
 def test_oom_while_sampling_retries_with_the_next_plan(monkeypatch, tiny_models_fp32, expected) -> None:
     engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
-    calls = fail_first(monkeypatch, pipeline.sampling, "sample")
+    calls = fail_first(monkeypatch, engine_module.sampling, "sample")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"
     _, clip, _ = engine.load_all(resolve_models(tiny_models_fp32))
@@ -57,7 +57,7 @@ def test_oom_while_sampling_retries_with_the_next_plan(monkeypatch, tiny_models_
 def test_oom_while_decoding_moves_down_the_chain(monkeypatch, tiny_models_fp32, expected) -> None:
     plan = ladder().fallback  # te-streamed, untiled; next: tiled VAE
     engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=plan))
-    fail_first(monkeypatch, pipeline.vae_ops, "decode")
+    fail_first(monkeypatch, engine_module.vae_ops, "decode")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert engine.memory.plan.level == "te-streamed+tiled-vae" and engine.memory.vae_tiled()
     assert torch.equal(result.latents, expected.latents)
@@ -65,7 +65,7 @@ def test_oom_while_decoding_moves_down_the_chain(monkeypatch, tiny_models_fp32, 
 
 def test_a_second_oom_fails_with_a_clear_message(monkeypatch, tiny_models_fp32) -> None:
     engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
-    fail_first(monkeypatch, pipeline.sampling, "sample", times=2)
+    fail_first(monkeypatch, engine_module.sampling, "sample", times=2)
     with pytest.raises(
         GenerationError, match=r"out of GPU memory while sampling with memory plan.*--vram 4G"
     ):
@@ -77,13 +77,13 @@ def test_the_last_plan_has_no_fallback(monkeypatch, tiny_models_fp32) -> None:
     while last.fallback is not None:
         last = last.fallback
     engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=last))
-    fail_first(monkeypatch, pipeline.sampling, "sample")
+    fail_first(monkeypatch, engine_module.sampling, "sample")
     with pytest.raises(GenerationError, match="out of GPU memory while sampling"):
         run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
 
 
 def test_without_a_memory_manager_the_error_is_not_hidden(monkeypatch, tiny_models_fp32) -> None:
-    fail_first(monkeypatch, pipeline.sampling, "sample")
+    fail_first(monkeypatch, engine_module.sampling, "sample")
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_request(Engine(PLACEMENT), resolve_models(tiny_models_fp32), REQUEST)
 
@@ -94,7 +94,7 @@ def test_replanning_never_climbs_back_above_the_fallback(monkeypatch, tiny_model
     paths = resolve_models(tiny_models_fp32)
     run_request(engine, paths, REQUEST)
     assert memory.plan.level == "resident" and memory.plan.name == "48G"
-    fail_first(monkeypatch, pipeline.sampling, "sample")
+    fail_first(monkeypatch, engine_module.sampling, "sample")
     run_request(engine, paths, REQUEST)
     assert memory.plan.level == "te-streamed"
     run_request(engine, paths, GenerationRequest("a boat", width=32, height=32, steps=1, sampler="euler"))
@@ -103,7 +103,7 @@ def test_replanning_never_climbs_back_above_the_fallback(monkeypatch, tiny_model
 
 def test_oom_while_loading_retries_the_load(monkeypatch, tiny_models_fp32, expected) -> None:
     engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
-    calls = fail_first(monkeypatch, pipeline.load, "load_dit")
+    calls = fail_first(monkeypatch, engine_module.load, "load_dit")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"
     assert torch.equal(result.latents, expected.latents)
