@@ -29,8 +29,7 @@ from zturbo.engine import Engine
 from zturbo.generate import ModelFiles, save_generated
 from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.output.png import save_png
-from zturbo.runtime.compile import SpeedOptions
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic import TINY, write_comfy_models
 
 
@@ -229,8 +228,9 @@ def main() -> None:
         paths = write_full_size_models(args.models_dir)
     width, height = (int(v) for v in args.size.split("x"))
     request = bench_request(width, height, args.batch, 8)
-    placement = Placement.create(device.type, "bf16")
-    engine = Engine(placement, speed=SpeedOptions(args.speed, cache_dir=args.compile_cache))
+    engine = Engine(
+        EngineSettings(device.type, "bf16", speed=args.speed, compile_cache=args.compile_cache)
+    )
     started = time.perf_counter()
     model, clip, vae = engine.load_all(paths, args.weight_dtype)
     report: dict = {

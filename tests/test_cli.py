@@ -167,8 +167,8 @@ def test_run_and_serve_take_the_speed_options(tiny_models, tmp_path, monkeypatch
 
     seen = {}
 
-    def fake_run(workflow, sets, **kwargs):
-        seen["run"] = kwargs["speed"]
+    def fake_run(workflow, sets, settings, **kwargs):
+        seen["run"] = settings.speed_options
         return []
 
     monkeypatch.setattr(zturbo.workflows, "run_workflow_cli", fake_run)
@@ -176,6 +176,6 @@ def test_run_and_serve_take_the_speed_options(tiny_models, tmp_path, monkeypatch
     assert invoke("run", "w.json", "--speed", "compile", "--step-cache", "0.1").exit_code == 0
     assert (seen["run"].mode, seen["run"].step_cache) == ("compile", 0.1)
     assert invoke("serve", "--speed", "max", "--output-dir", str(tmp_path / "o")).exit_code == 0
-    assert seen["serve"].speed_options().mode == "max"
+    assert seen["serve"].engine.speed_options.mode == "max"
     bad = runner.invoke(app, ["run", "w.json", "--speed", "turbo"])
     assert bad.exit_code != 0 and "speed must be one of" in str(bad.exception)

@@ -14,7 +14,7 @@ from zturbo.engine import Engine
 from zturbo.generate import run_request
 from zturbo.models.vae import process_in
 from zturbo.request import GenerationRequest
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.sampling.noise import seeded_noise
 
 WIDTH, HEIGHT = 96, 64
@@ -31,7 +31,7 @@ def reference_pipeline(tiny_diffusers):
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(Placement.create("cpu", "fp32"))
+    return Engine(EngineSettings("cpu", "fp32"))
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -126,13 +126,11 @@ def generate(
     from zturbo.engine import Engine
     from zturbo.generate import model_files, run_request, save_generated
     from zturbo.request import GenerationRequest, size_for_aspect
-    from zturbo.runtime.compile import SpeedOptions
-    from zturbo.runtime.device import Placement
-    from zturbo.runtime.memory import Workload, parse_vram
-    from zturbo.runtime.memory_manager import MemoryManager
+    from zturbo.runtime.memory import Workload
+    from zturbo.runtime.settings import EngineSettings
 
-    parse_vram(vram)  # a typo fails here, before any model is read
-    speed_options = SpeedOptions(speed, step_cache=step_cache)  # as is a bad --speed/--step-cache
+    # Every engine choice is checked here, before any model is read.
+    settings = EngineSettings(device, dtype, vram, speed, step_cache, weight_dtype or "default")
     if from_png is not None:
         request, position, recorded = request_from_png(from_png)
         weight_dtype = weight_dtype or recorded
@@ -158,20 +156,18 @@ def generate(
             batch=batch,
         )
         position = None
-    weight_dtype = weight_dtype or "default"
+    settings = settings.replace(weight_dtype=weight_dtype or "default")
     paths = resolve_models(models_dir, model)
-    placement = Placement.create(device, dtype)
-    memory = MemoryManager(placement, vram=vram)
-    engine = Engine(placement, speed=speed_options, memory=memory)
-    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
-    if memory.plan is not None and memory.plan.level != "resident":
-        console.print(str(memory.plan), highlight=False)
+    engine = Engine(settings)
+    plan = engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg))
+    if plan is not None and plan.level != "resident":
+        console.print(str(plan), highlight=False)
     bar, update = _step_progress("sampling")
     with bar:
-        result = run_request(engine, paths, request, progress=update, weight_dtype=weight_dtype)
+        result = run_request(engine, paths, request, progress=update)
     if position is not None:  # --from: keep only the image that PNG held
         result = replace(result, images=result.images[position : position + 1])
-    files = model_files(paths, None if model else (models_dir or default_models_dir()), weight_dtype)
+    files = model_files(paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype)
     for path in save_generated(result, files, out):
         typer.echo(str(path))
 
@@ -232,21 +228,12 @@ def run(
     step_cache: StepCacheOpt = 0.0,
 ) -> None:
     """Run a ComfyUI workflow without a server; prints the images written."""
-    from zturbo.runtime.compile import SpeedOptions
+    from zturbo.runtime.settings import EngineSettings
     from zturbo.workflows import run_workflow_cli
 
-    speed_options = SpeedOptions(speed, step_cache=step_cache)  # a bad value fails before any work
+    settings = EngineSettings(device, dtype, vram, speed, step_cache)  # a bad value fails before any work
     for path in run_workflow_cli(
-        workflow,
-        set_ or [],
-        models_dir=models_dir,
-        out=out,
-        input_dir=input_dir,
-        device=device,
-        dtype=dtype,
-        console=console,
-        vram=vram,
-        speed=speed_options,
+        workflow, set_ or [], settings, models_dir=models_dir, out=out, input_dir=input_dir, console=console
     ):
         typer.echo(str(path))
 
@@ -286,6 +273,7 @@ def serve(
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
+    from zturbo.runtime.settings import EngineSettings
     from zturbo.server.app import serve as run_server
     from zturbo.server.config import ServerConfig
 
@@ -295,12 +283,8 @@ def serve(
         models_dir=models_dir or default_models_dir(),
         output_dir=output_dir,
         input_dir=input_dir,
-        device=device,
-        dtype=dtype,
+        engine=EngineSettings(device, dtype, vram, speed, step_cache),
         auth_token=auth_token,
-        vram=vram,
-        speed=speed,
-        step_cache=step_cache,
         preview_method=preview_method,
         ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
     )

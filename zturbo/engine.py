@@ -2,7 +2,13 @@
 
 `Engine` holds loaded components (cached by file, so a server keeps models loaded between prompts)
 and exposes the small set of operations both the CLI and the workflow nodes are built from; there is
-one data path whatever the front end.
+one data path whatever the front end. It is configured by one `EngineSettings`.
+
+Every component goes the same way: the memory plan decides its residence (once per workload change),
+the file is read into the reference module (`checkpoints.load`), and `_realize_*` puts it in the form
+and place that residence asks for (zturbo's DiT, compiled or graphed as the speed settings allow there;
+blocks streamed or resident). A later plan (another workload, an out-of-memory fallback) calls the same
+`_realize_*` again for the components whose residence changed.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 
 from zturbo import sampling
 from zturbo.checkpoints import load
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.models import vae as vae_ops
 from zturbo.models.denoiser import ZImageDenoiser
@@ -29,10 +36,11 @@ from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
 from zturbo.progress import ProgressFn
 from zturbo.runtime import residency
-from zturbo.runtime.compile import SpeedOptions, accelerate, accelerate_vae
-from zturbo.runtime.device import Placement
-from zturbo.runtime.memory import Workload
+from zturbo.runtime.compile import accelerate, accelerate_vae
+from zturbo.runtime.graphs import GraphCache
+from zturbo.runtime.memory import MemoryPlan, Residence, Workload
 from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 from zturbo.sampling.noise import seeded_noise
 from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 
@@ -82,12 +90,18 @@ class Conditioning:
 class Engine:
     """Loads components on demand and runs the model operations."""
 
-    placement: Placement = field(default_factory=Placement.auto)
+    settings: EngineSettings = field(default_factory=EngineSettings)
     tokenizer: Path | None = None
-    speed: SpeedOptions = field(default_factory=SpeedOptions)  # which DiT runs, compiled or not
-    # VRAM plan, streaming and the out-of-memory retry; None: every component resident (no planning).
-    memory: MemoryManager | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.placement = self.settings.placement
+        self.speed = self.settings.speed_options  # which DiT runs, compiled or not
+        # VRAM plan, streaming and the out-of-memory retry; None: every component resident (no planning).
+        self.memory: MemoryManager | None = None
+        if self.settings.plans_memory:
+            vram = None if self.settings.plan is not None else self.settings.vram
+            self.memory = MemoryManager(self.placement, vram=vram, plan=self.settings.plan)
 
     # --- loading (cached by path and options) ---
 
@@ -102,21 +116,16 @@ class Engine:
         dtype = self.placement.dit_dtype(weight_dtype)
 
         def build() -> ZImageModel:
-            streamed = self._home("dit", path, weight_dtype)
-            home = torch.device("cpu") if streamed else self.placement.device
+            residence = self._residence(DIT, path, weight_dtype)
             component = load.load_dit(
-                path, dtype=dtype, device=home, weight_dtype=weight_dtype, work_device=self.placement.device
+                path,
+                dtype=dtype,
+                device=self._home(residence),
+                weight_dtype=weight_dtype,
+                work_device=self.placement.device,
             )
-            # Streamed blocks change addresses every step: compiled graphs and CUDA graphs need fixed ones.
-            speed = (
-                dataclasses.replace(self.speed, mode="eager")
-                if streamed and self.speed.compiles
-                else self.speed
-            )
-            module = accelerate(component.module, speed)
-            if self.memory is not None:
-                self.memory.register("dit", module)
-            return ZImageModel(dataclasses.replace(component, module=module))
+            self._track(DIT, component, self._realize_dit)
+            return ZImageModel(component)
 
         key = ("dit", path, weight_dtype)
         return self._guarded(lambda: self._cached(key, build), "loading the diffusion model")  # type: ignore[return-value]
@@ -126,30 +135,57 @@ class Engine:
         dtype = self.placement.text_encoder_dtype(target)
 
         def build() -> TextEncoder:
-            planned = device != "cpu" and self.memory is not None
-            home = torch.device("cpu") if planned and self._home("text_encoder", path) else target
+            planned = device != "cpu"  # CLIPLoader's device "cpu" keeps the encoder out of the plan
+            residence = self._residence(TEXT_ENCODER, path) if planned else Residence()
+            home = self._home(residence) if planned else target
             component = load.load_text_encoder(path, dtype=dtype, device=home)
             if planned:
-                self.memory.register("text_encoder", component.module)  # type: ignore[union-attr]
+                self._track(TEXT_ENCODER, component, self._realize_text_encoder)
             tok = self.tokenizer or tokenizer_dir(path.parent if path.name == "text_encoder" else None)
-            graphs = self.speed.mode != "reference"  # used only while resident on CUDA
-            return TextEncoder(component, PromptEncoder(component.module, tok, cuda_graphs=graphs))
+            encoder = PromptEncoder(component.module, tok)
+            if self.speed.mode != "reference":  # replayed only while the encoder is resident on CUDA
+                encoder.graphs = GraphCache(encoder.features, "text encoder")
+            return TextEncoder(component, encoder)
 
         key = ("text_encoder", path, device)
         return self._guarded(lambda: self._cached(key, build), "loading the text encoder")  # type: ignore[return-value]
 
-    def _home(self, kind: str, path: Path, weight_dtype: str = "default") -> bool:
-        """Plan with this file's real size; True when the component should load into RAM (streamed)."""
+    def _residence(self, kind: str, path: Path, weight_dtype: str = "default") -> Residence:
+        """The plan's decision for this file (its header read once; a new plan only if sizes changed)."""
         if self.memory is None:
-            return False
-        self.memory.measure(kind, path, weight_dtype)  # header read once per file (cached)
+            return Residence()
+        self.memory.measure(kind, path, weight_dtype)
         self.memory.replan()
-        return self.memory.streams(kind)
+        return self.memory.residence(kind)
 
-    def prepare(self, paths: ModelPaths, workload: Workload, weight_dtype: str = "default") -> None:
-        """Plan memory for these files and this job before loading anything (no-op without a manager)."""
+    def _home(self, residence: Residence) -> torch.device:
+        """Where a component's weights load: host RAM when they stream, else the device."""
+        return torch.device("cpu") if residence.streamed else self.placement.device
+
+    def _track(self, kind: str, component: load.LoadedComponent, realize) -> None:
+        """Realise the current residence for a loaded component, and again whenever the plan changes."""
         if self.memory is not None:
-            self.memory.prepare(paths, workload, weight_dtype)
+            self.memory.register(kind, component, realize)
+        else:
+            realize(component, Residence())
+
+    def _realize_dit(self, component: load.LoadedComponent, residence: Residence) -> None:
+        """Convert (zturbo's DiT, compiled/graphed as `residence` allows) and place, in one step."""
+        module = accelerate(component.module, self.speed.within(residence))
+        residency.place_dit(module, residence, self.placement.device)
+        component.module = module
+
+    def _realize_text_encoder(self, component: load.LoadedComponent, residence: Residence) -> None:
+        residency.place_text_encoder(component.module, residence, self.placement.device)
+
+    def prepare(
+        self, paths: ModelPaths, workload: Workload, weight_dtype: str | None = None
+    ) -> MemoryPlan | None:
+        """Plan memory for these files and this job before loading anything (None without planning).
+        Asked again for the same files and workload, it returns the same plan without recomputing it."""
+        if self.memory is None:
+            return None
+        return self.memory.prepare(paths, workload, weight_dtype or self.settings.weight_dtype)
 
     def _guarded(self, op: Callable[[], T], what: str) -> T:
         return op() if self.memory is None else self.memory.guard(op, what)

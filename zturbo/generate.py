@@ -29,17 +29,13 @@ class Generated:
 
 
 def run_request(
-    engine: Engine,
-    paths: ModelPaths,
-    request: GenerationRequest,
-    progress: ProgressFn | None = None,
-    *,
-    weight_dtype: str = "default",
+    engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: ProgressFn | None = None
 ) -> Generated:
-    """`weight_dtype` is UNETLoader's choice ("default" or an fp8 type that quantizes on load)."""
+    """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
+    quantizes on load, as UNETLoader's choice does)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
-    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
-    model, clip, vae = engine.load_all(paths, weight_dtype)
+    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg))
+    model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
     positive = engine.encode_text(clip, request.prompt)
     negative = engine.encode_text(clip, request.negative) if request.cfg != 1.0 else None

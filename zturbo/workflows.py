@@ -14,62 +14,41 @@ from zturbo.checkpoints.layout import default_models_dir
 from zturbo.engine import Engine
 from zturbo.errors import GenerationError, Interrupted
 from zturbo.nodes.context import ExecutionContext
-from zturbo.runtime.compile import SpeedOptions
-from zturbo.runtime.device import Placement
-from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 
 
 def make_context(
+    settings: EngineSettings,
     *,
     models_dir: Path | None,
     output_dir: Path,
     input_dir: Path,
     temp_dir: Path | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    vram: str | None = None,
-    speed: SpeedOptions | None = None,
 ) -> ExecutionContext:
-    """`vram` ("auto", "8G", ...) gives the engine a memory plan; None keeps every model resident.
-    `speed`: how the diffusion model runs (default: eager)."""
-    placement = Placement.create(device, dtype)
-    memory = MemoryManager(placement, vram=vram) if vram is not None else None
+    """The folders and an engine configured by `settings`."""
     return ExecutionContext(
         models_dir=models_dir or default_models_dir(),
         output_dir=output_dir,
         input_dir=input_dir,
         temp_dir=temp_dir or output_dir.parent / "temp",
-        device=device,
-        dtype=dtype,
-        engine=Engine(placement, speed=speed or SpeedOptions(), memory=memory),
+        engine=Engine(settings),
     )
 
 
 def run_workflow_cli(
     workflow: Path,
     sets: list[str],
+    settings: EngineSettings,
     *,
     models_dir: Path | None,
     out: Path,
     input_dir: Path,
-    device: str,
-    dtype: str,
     console: Console,
-    vram: str | None = None,
-    speed: SpeedOptions | None = None,
 ) -> list[Path]:
     """Run a workflow with a progress line per sampling node; return the images written."""
     from zturbo.graph.run import run_workflow
 
-    context = make_context(
-        models_dir=models_dir,
-        output_dir=out,
-        input_dir=input_dir,
-        device=device,
-        dtype=dtype,
-        vram=vram,
-        speed=speed,
-    )
+    context = make_context(settings, models_dir=models_dir, output_dir=out, input_dir=input_dir)
 
     def on_event(event: str, data: dict) -> None:
         if event == "progress":

@@ -28,7 +28,7 @@ from zturbo.generate import run_request
 from zturbo.quant.fp8 import quantize_to_fp8
 from zturbo.quant.linear import QuantLinear
 from zturbo.request import GenerationRequest
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.gguf_write import write_gguf
 from zturbo.testing.synthetic import TINY, write_comfy_models
 from zturbo.testing.synthetic_quant import (
@@ -51,9 +51,9 @@ TE_TYPES = [Q.Q8_0, Q.Q4_K]
 
 
 def generate(dit: Path, te: Path, vae: Path, weight_dtype: str = "default"):
-    engine = Engine(Placement.create("cpu", "fp32"), speed=_reference())
+    engine = Engine(EngineSettings("cpu", "fp32", speed="reference", weight_dtype=weight_dtype))
     paths = ModelPaths(dit, te, vae, tokenizer_dir(None))
-    return run_request(engine, paths, REQUEST, weight_dtype=weight_dtype)
+    return run_request(engine, paths, REQUEST)
 
 
 def _reference():
@@ -94,9 +94,7 @@ def test_gguf_model_equals_its_dequantized_twin(gguf_models: Path, dit_type: Q, 
 
 def test_streamed_gguf_model_equals_resident(gguf_models: Path) -> None:
     """Quantized blocks stream in their stored form (zturbo's DiT, eager) and compute the same image."""
-    from zturbo.runtime.compile import SpeedOptions
     from zturbo.runtime.memory import MemoryPlan
-    from zturbo.runtime.memory_manager import MemoryManager
 
     paths = ModelPaths(
         gguf_models / "dit-Q4_0.gguf",
@@ -104,11 +102,10 @@ def test_streamed_gguf_model_equals_resident(gguf_models: Path) -> None:
         gguf_models / COMFY_FILES[VAE],
         tokenizer_dir(None),
     )
-    placement = Placement.create("cpu", "fp32")
-    resident = run_request(Engine(placement, speed=SpeedOptions("eager")), paths, REQUEST)
+    settings = EngineSettings("cpu", "fp32", speed="eager")
+    resident = run_request(Engine(settings), paths, REQUEST)
     plan = MemoryPlan(level="dit-streamed", text_encoder="streamed", dit="streamed", dit_resident_blocks=1)
-    memory = MemoryManager(placement, vram=None, plan=plan)
-    streamed = run_request(Engine(placement, speed=SpeedOptions("eager"), memory=memory), paths, REQUEST)
+    streamed = run_request(Engine(settings.replace(plan=plan)), paths, REQUEST)
     assert torch.equal(streamed.latents, resident.latents)
 
 

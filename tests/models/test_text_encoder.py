@@ -8,6 +8,7 @@ import torch
 from zturbo.checkpoints.layout import tokenizer_dir
 from zturbo.checkpoints.load import load_text_encoder
 from zturbo.models.text_encoder import GRAPH_BUCKET, MAX_TOKENS, PromptEncoder, padded_ids
+from zturbo.runtime.graphs import GraphCache
 
 PROMPTS = [
     "a red fox in the snow, photo",
@@ -85,11 +86,18 @@ def test_graph_bucket_padding_leaves_real_tokens_unchanged(tiny_models_fp32):
         assert ((ours - exact[row]).norm() / exact[row].norm()) < 1e-5
 
 
+def graphed(module: torch.nn.Module) -> PromptEncoder:
+    """An encoder set up as the engine sets it up outside the reference mode."""
+    encoder = PromptEncoder(module, tokenizer_dir(None))
+    encoder.graphs = GraphCache(encoder.features, "text encoder")
+    return encoder
+
+
 def test_graphs_are_not_used_off_cuda(tiny_models_fp32):
     component = load_text_encoder(
         tiny_models_fp32 / "text_encoders" / "qwen_3_4b.safetensors", dtype=torch.float32
     )
-    encoder = PromptEncoder(component.module, tokenizer_dir(None), cuda_graphs=True)
+    encoder = graphed(component.module)
     encoder.encode(PROMPTS[:1])
     assert encoder.graphs is not None and encoder.graphs.buckets() == (0, 0)
 
@@ -100,12 +108,12 @@ def test_graphed_encoder_matches_eager_on_gpu(tiny_models_fp32):
         tiny_models_fp32 / "text_encoders" / "qwen_3_4b.safetensors", dtype=torch.float32, device="cuda"
     )
     eager = PromptEncoder(component.module, tokenizer_dir(None))
-    graphed = PromptEncoder(component.module, tokenizer_dir(None), cuda_graphs=True)
+    replayed = graphed(component.module)
     for prompts in (PROMPTS[:1], PROMPTS[1:2], PROMPTS[:1]):  # the third replays the first bucket
-        for ours, ref in zip(graphed.encode(prompts), eager.encode(prompts), strict=True):
+        for ours, ref in zip(replayed.encode(prompts), eager.encode(prompts), strict=True):
             assert ours.shape == ref.shape
             assert ((ours - ref).norm() / ref.norm()) < 1e-5
-    assert graphed.graphs.buckets()[0] >= 1 and graphed.graphs.buckets()[1] == 0
+    assert replayed.graphs.buckets()[0] >= 1 and replayed.graphs.buckets()[1] == 0
     # Every call replayed a graph. (transformers installs hooks on the first forward to record hidden
     # states; a hook-based "is it streamed?" check once sent every later call down the eager path.)
-    assert graphed.graphs.replays == 3
+    assert replayed.graphs.replays == 3

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from zturbo.cli import app
 from zturbo.errors import InputError
+from zturbo.runtime.settings import EngineSettings
 from zturbo.server.config import ServerConfig
 
 runner = CliRunner()
@@ -41,7 +42,21 @@ def test_bad_vram_is_refused_before_loading(tiny_models: Path, tmp_path: Path) -
 
 
 def test_server_config_carries_vram(tmp_path: Path) -> None:
-    assert ServerConfig(models_dir=tmp_path, vram="8G").vram == "8G"
-    assert ServerConfig(models_dir=tmp_path).vram == "auto"
+    assert ServerConfig(models_dir=tmp_path, engine=EngineSettings(vram="8G")).engine.vram == "8G"
+    assert ServerConfig(models_dir=tmp_path).engine.vram == "auto"
     with pytest.raises(InputError, match="--vram"):
-        ServerConfig(models_dir=tmp_path, vram="8 bananas")
+        EngineSettings(vram="8 bananas")
+
+
+@pytest.mark.parametrize("vram", ["4G", "0.01G"], ids=["resident", "streamed"])
+def test_one_cli_image_computes_one_memory_plan(tiny_models: Path, tmp_path: Path, monkeypatch, vram: str):
+    """The plan is decided once for the job (the CLI shows it, run_request, the loaders and the sampler
+    reuse it); before the redesign one image planned four times."""
+    from zturbo.runtime import memory_manager
+
+    calls = []
+    real = memory_manager.plan_memory
+    monkeypatch.setattr(memory_manager, "plan_memory", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = generate(tiny_models, tmp_path, "--vram", vram)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1

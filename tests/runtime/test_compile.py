@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import ZImageTransformer2DModel
 
+from zturbo.checkpoints.detect import DIT
 from zturbo.checkpoints.layout import resolve_models
 from zturbo.engine import Engine
 from zturbo.errors import InputError
@@ -18,7 +19,7 @@ from zturbo.generate import run_request
 from zturbo.models.zimage_dit import ZImageDiT, call_block
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import GraphedDiT, SpeedOptions, accelerate
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 
@@ -96,8 +97,10 @@ def test_compiled_blocks_match_eager(compile_cache):
 
 @pytest.fixture(scope="module")
 def engines():
-    cpu = Placement.create("cpu", "fp32")
-    return Engine(cpu, speed=SpeedOptions("reference")), Engine(cpu, speed=SpeedOptions("eager"))
+
+    return Engine(EngineSettings("cpu", "fp32", speed="reference")), Engine(
+        EngineSettings("cpu", "fp32", speed="eager")
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,7 +149,7 @@ def test_a_graphed_dit_can_be_placed_resident():
     dit = accelerate(reference_dit(), SpeedOptions("eager"))
     graphed = GraphedDiT(dit)
     assert residency.dit_blocks(graphed) == dit.blocks()
-    residency.place_dit(graphed, MemoryPlan(), torch.device("cpu"))
+    residency.place_dit(graphed, MemoryPlan().residence(DIT), torch.device("cpu"))
 
 
 def test_compile_modes_run_eagerly_without_triton(monkeypatch, caplog):

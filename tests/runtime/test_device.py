@@ -11,6 +11,7 @@ from zturbo.errors import GenerationError, InputError
 from zturbo.generate import run_request
 from zturbo.request import GenerationRequest
 from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 
 
 def test_cpu_defaults_to_fp32_and_gpu_to_bf16():
@@ -34,7 +35,7 @@ def test_bad_choices_are_named():
 
 
 def test_nan_latents_are_reported_with_the_step(tiny_models):
-    engine = Engine(Placement.create("cpu", "fp32"))
+    engine = Engine(EngineSettings("cpu", "fp32"))
     paths = resolve_models(tiny_models)
     model = engine.load_dit(paths.dit)
     calls = {"n": 0}

@@ -32,9 +32,10 @@ class RecordingPlacement(Placement):
 def manager(monkeypatch) -> MemoryManager:
     placement = RecordingPlacement(torch.device("cpu"))
     manager = MemoryManager(placement, vram=None)
-    monkeypatch.setattr(
-        MemoryManager, "_place", lambda self, kind, module, plan: placement.events.append(kind)
-    )
+    def recorder(self, kind):  # the default realize step, recording instead of moving weights
+        return lambda target, residence: placement.events.append(kind)
+
+    monkeypatch.setattr(MemoryManager, "_place_module", recorder)
     return manager
 
 

@@ -18,10 +18,8 @@ from zturbo.checkpoints.layout import resolve_models
 from zturbo.engine import Engine
 from zturbo.generate import run_request
 from zturbo.request import GenerationRequest
-from zturbo.runtime.compile import SpeedOptions
-from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
-from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic_quant import gguf_dit_from
 
 CUDA_ONLY = (
@@ -62,8 +60,8 @@ REQUEST = GenerationRequest("a lighthouse, 灯塔", width=64, height=64, steps=2
 @pytest.mark.parametrize("speed", ["reference", "eager", "max"])
 @pytest.mark.parametrize("weight_dtype", ["default", "fp8_e4m3fn_fast"])
 def test_cpu_jobs_never_call_cuda(no_cuda, tiny_models, speed, weight_dtype):
-    engine = Engine(Placement.create("cpu", "fp32"), speed=SpeedOptions(speed))
-    result = run_request(engine, resolve_models(tiny_models), REQUEST, weight_dtype=weight_dtype)
+    engine = Engine(EngineSettings("cpu", "fp32", speed=speed, weight_dtype=weight_dtype))
+    result = run_request(engine, resolve_models(tiny_models), REQUEST)
     assert torch.isfinite(result.images).all()
 
 
@@ -71,9 +69,8 @@ def test_streamed_gguf_plan_on_cpu_never_calls_cuda(no_cuda, tiny_models, tmp_pa
     """The tiny model fits any budget, so the streamed plan (pinned, as on a small card) is forced."""
     paths = resolve_models(tiny_models)
     paths = dataclasses.replace(paths, dit=gguf_dit_from(paths.dit, tmp_path / "dit_q8.gguf", Q.Q8_0))
-    placement = Placement.create("cpu", "fp32")
-    memory = MemoryManager(placement, vram=None)  # no re-planning: keep the forced plan
-    engine = Engine(placement, memory=memory)
+    engine = Engine(EngineSettings("cpu", "fp32", plan=MemoryPlan()))  # a fixed plan: no re-planning
+    memory = engine.memory
     engine.load_all(paths)
     streamed = MemoryPlan(
         level="dit-streamed", text_encoder="streamed", dit="streamed", pin_dit=True, pin_text_encoder=True

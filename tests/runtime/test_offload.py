@@ -10,6 +10,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 from torch import nn
 
+from zturbo.checkpoints.detect import DIT
 from zturbo.checkpoints.layout import COMFY_FILES, resolve_models
 from zturbo.checkpoints.load import load_dit, load_vae
 from zturbo.engine import Engine
@@ -20,14 +21,15 @@ from zturbo.quant.linear import QuantLinear
 from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.compile import SpeedOptions, accelerate
-from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
-from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.runtime.offload import BlockStreamer, on_device
+from zturbo.runtime.settings import EngineSettings
 
 CPU = torch.device("cpu")
 STREAMED = MemoryPlan(level="dit-streamed", text_encoder="streamed", dit="streamed", dit_resident_blocks=2)
 ALL_STREAMED = MemoryPlan(level="dit-streamed-all", text_encoder="streamed", dit="streamed", vae_tiled=True)
+
+SETTINGS = EngineSettings("cpu", "fp32")
 
 
 def gen(seed: int) -> torch.Generator:
@@ -115,11 +117,11 @@ def test_place_dit_streams_either_dit_class(tiny_models_fp32, speed: str) -> Non
         return dit(list(x.unsqueeze(2)), t, caption, return_dict=False)[0][0]
 
     expected = run()
-    residency.place_dit(dit, STREAMED, CPU)
+    residency.place_dit(dit, STREAMED.residence(DIT), CPU)
     streamer = residency.streamer_of(dit)
     assert streamer is not None and len(streamer.order) == len(residency.dit_blocks(dit)) - 2
     assert torch.equal(run(), expected)
-    residency.place_dit(dit, dataclasses.replace(STREAMED, dit="resident"), CPU)
+    residency.place_dit(dit, dataclasses.replace(STREAMED, dit="resident").residence(DIT), CPU)
     assert residency.streamer_of(dit) is None and torch.equal(run(), expected)
 
 
@@ -127,10 +129,8 @@ def test_place_dit_streams_either_dit_class(tiny_models_fp32, speed: str) -> Non
 def test_engine_with_streamed_plans_gives_the_same_image(tiny_models_fp32, speed: str) -> None:
     request = GenerationRequest("a cat", width=64, height=48, steps=2, seed=3, sampler="euler")
     paths = resolve_models(tiny_models_fp32)
-    placement = Placement.create("cpu", "fp32")
-    resident = run_request(Engine(placement, speed=SpeedOptions(speed)), paths, request)
-    memory = MemoryManager(placement, vram=None, plan=STREAMED)
-    engine = Engine(placement, speed=SpeedOptions(speed), memory=memory)
+    resident = run_request(Engine(SETTINGS.replace(speed=speed)), paths, request)
+    engine = Engine(SETTINGS.replace(speed=speed, plan=STREAMED))
     streamed = run_request(engine, paths, request)
     assert torch.equal(streamed.latents, resident.latents)
     assert torch.equal(streamed.images, resident.images)
@@ -196,10 +196,10 @@ def test_streaming_on_cuda_with_side_stream_equals_resident(pin: bool) -> None:
 def test_engine_streamed_plan_on_cuda_matches_resident(tiny_models_fp32) -> None:
     request = GenerationRequest("a cat", width=64, height=48, steps=2, seed=3, sampler="euler")
     paths = resolve_models(tiny_models_fp32)
-    placement = Placement.create("cuda", "fp32")
-    resident = run_request(Engine(placement), paths, request)
+    settings = EngineSettings("cuda", "fp32")
+    resident = run_request(Engine(settings), paths, request)
     plan = dataclasses.replace(ALL_STREAMED, pin_dit=True, pin_text_encoder=True, vae_tiled=False)
-    engine = Engine(placement, memory=MemoryManager(placement, vram=None, plan=plan))
+    engine = Engine(settings.replace(plan=plan))
     streamed = run_request(engine, paths, request)
     assert torch.allclose(streamed.latents, resident.latents, rtol=1e-5, atol=1e-5)
 

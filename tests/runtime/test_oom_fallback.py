@@ -14,10 +14,12 @@ from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import plan_memory
-from zturbo.runtime.memory_manager import MemoryManager, released_size
+from zturbo.runtime.memory_manager import released_size
+from zturbo.runtime.settings import EngineSettings
 
 REQUEST = GenerationRequest("a boat", width=64, height=48, steps=2, seed=11, sampler="euler")
 PLACEMENT = Placement.create("cpu", "fp32")
+SETTINGS = EngineSettings("cpu", "fp32")
 
 
 def ladder():
@@ -41,11 +43,11 @@ def fail_first(monkeypatch: pytest.MonkeyPatch, target, name: str, times: int = 
 
 @pytest.fixture(scope="module")
 def expected(tiny_models_fp32):
-    return run_request(Engine(PLACEMENT), resolve_models(tiny_models_fp32), REQUEST)
+    return run_request(Engine(SETTINGS), resolve_models(tiny_models_fp32), REQUEST)
 
 
 def test_oom_while_sampling_retries_with_the_next_plan(monkeypatch, tiny_models_fp32, expected) -> None:
-    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    engine = Engine(SETTINGS.replace(plan=ladder()))
     calls = fail_first(monkeypatch, engine_module.sampling, "sample")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"
@@ -56,7 +58,7 @@ def test_oom_while_sampling_retries_with_the_next_plan(monkeypatch, tiny_models_
 
 def test_oom_while_decoding_moves_down_the_chain(monkeypatch, tiny_models_fp32, expected) -> None:
     plan = ladder().fallback  # te-streamed, untiled; next: tiled VAE
-    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=plan))
+    engine = Engine(SETTINGS.replace(plan=plan))
     fail_first(monkeypatch, engine_module.vae_ops, "decode")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert engine.memory.plan.level == "te-streamed+tiled-vae" and engine.memory.vae_tiled()
@@ -64,7 +66,7 @@ def test_oom_while_decoding_moves_down_the_chain(monkeypatch, tiny_models_fp32, 
 
 
 def test_a_second_oom_fails_with_a_clear_message(monkeypatch, tiny_models_fp32) -> None:
-    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    engine = Engine(SETTINGS.replace(plan=ladder()))
     fail_first(monkeypatch, engine_module.sampling, "sample", times=2)
     with pytest.raises(
         GenerationError, match=r"out of GPU memory while sampling with memory plan.*--vram 4G"
@@ -76,7 +78,7 @@ def test_the_last_plan_has_no_fallback(monkeypatch, tiny_models_fp32) -> None:
     last = ladder()
     while last.fallback is not None:
         last = last.fallback
-    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=last))
+    engine = Engine(SETTINGS.replace(plan=last))
     fail_first(monkeypatch, engine_module.sampling, "sample")
     with pytest.raises(GenerationError, match="out of GPU memory while sampling"):
         run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
@@ -85,12 +87,13 @@ def test_the_last_plan_has_no_fallback(monkeypatch, tiny_models_fp32) -> None:
 def test_without_a_memory_manager_the_error_is_not_hidden(monkeypatch, tiny_models_fp32) -> None:
     fail_first(monkeypatch, engine_module.sampling, "sample")
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_request(Engine(PLACEMENT), resolve_models(tiny_models_fp32), REQUEST)
+        run_request(Engine(SETTINGS), resolve_models(tiny_models_fp32), REQUEST)
 
 
 def test_replanning_never_climbs_back_above_the_fallback(monkeypatch, tiny_models_fp32) -> None:
-    memory = MemoryManager(PLACEMENT, vram="48G", ram=64 * 2**30)
-    engine = Engine(PLACEMENT, memory=memory)
+    engine = Engine(SETTINGS.replace(vram="48G"))
+    memory = engine.memory
+    memory.ram = 64 * 2**30
     paths = resolve_models(tiny_models_fp32)
     run_request(engine, paths, REQUEST)
     assert memory.plan.level == "resident" and memory.plan.name == "48G"
@@ -102,7 +105,7 @@ def test_replanning_never_climbs_back_above_the_fallback(monkeypatch, tiny_model
 
 
 def test_oom_while_loading_retries_the_load(monkeypatch, tiny_models_fp32, expected) -> None:
-    engine = Engine(PLACEMENT, memory=MemoryManager(PLACEMENT, vram=None, plan=ladder()))
+    engine = Engine(SETTINGS.replace(plan=ladder()))
     calls = fail_first(monkeypatch, engine_module.load, "load_dit")
     result = run_request(engine, resolve_models(tiny_models_fp32), REQUEST)
     assert len(calls) == 2 and engine.memory.plan.level == "te-streamed"

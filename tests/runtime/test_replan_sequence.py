@@ -21,9 +21,8 @@ from zturbo.engine import Engine
 from zturbo.generate import run_request
 from zturbo.request import GenerationRequest
 from zturbo.runtime import offload, residency
-from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
-from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic import write_comfy_models
 from zturbo.testing.synthetic_quant import GGUF_TINY, gguf_dit_from
 
@@ -65,9 +64,8 @@ def replan_models(tmp_path_factory) -> dict[str, ModelPaths]:
 def _run_sequence(
     paths: ModelPaths, device: str, request: GenerationRequest
 ) -> list[tuple[str, torch.Tensor]]:
-    placement = Placement.create(device, "bf16")
-    memory = MemoryManager(placement, vram=None)
-    engine = Engine(placement, memory=memory)
+    engine = Engine(EngineSettings(device, "bf16", plan=MemoryPlan()))  # a fixed plan, switched below
+    memory = engine.memory
     engine.load_all(paths)
     outputs = []
     for plan in _plans(len(residency.dit_blocks(engine.load_dit(paths.dit).transformer))):

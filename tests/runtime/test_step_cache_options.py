@@ -25,9 +25,8 @@ from zturbo.models.zimage_dit import StepCache, ZImageDiT, call_block
 from zturbo.request import GenerationRequest
 from zturbo.runtime import residency
 from zturbo.runtime.compile import SpeedOptions, accelerate
-from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import MemoryPlan
-from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic import TINY_DIT, build_random_dit
 
 FULL = 2 * TINY_DIT.n_refiner_layers + TINY_DIT.n_layers
@@ -98,11 +97,11 @@ def paths(tiny_models_fp32):
 
 @pytest.fixture(scope="module")
 def plain_engine():
-    return Engine(Placement.create("cpu", "fp32"))
+    return Engine(EngineSettings("cpu", "fp32"))
 
 
 def test_engine_threshold_zero_is_bit_identical(paths, plain_engine):
-    off = Engine(Placement.create("cpu", "fp32"), speed=SpeedOptions("eager", step_cache=0.0))
+    off = Engine(EngineSettings("cpu", "fp32", speed="eager", step_cache=0.0))
     blocks = count_blocks(off, paths)
     got = run_request(off, paths, request())
     assert len(blocks) == STEPS * FULL
@@ -113,7 +112,7 @@ def test_engine_threshold_zero_is_bit_identical(paths, plain_engine):
 def test_engine_state_does_not_leak_between_jobs(paths, caplog, cfg, batch):
     """Two jobs on one engine: each starts with an empty cache (first call in full), skips the same
     calls and gives the same latents; the engine logs the count."""
-    engine = Engine(Placement.create("cpu", "fp32"), speed=SpeedOptions("eager", step_cache=1e9))
+    engine = Engine(EngineSettings("cpu", "fp32", speed="eager", step_cache=1e9))
     blocks = count_blocks(engine, paths)
     skipped = STEPS - 1 - STEP_CACHE_FULL_LAST_STEPS
     per_job = (STEPS - skipped) * FULL + skipped * SKIPPED
@@ -128,7 +127,7 @@ def test_engine_state_does_not_leak_between_jobs(paths, caplog, cfg, batch):
 
 
 def test_engine_with_cache_differs_from_exact_but_stays_finite(paths, plain_engine):
-    cached = Engine(Placement.create("cpu", "fp32"), speed=SpeedOptions("eager", step_cache=1e9))
+    cached = Engine(EngineSettings("cpu", "fp32", speed="eager", step_cache=1e9))
     got = run_request(cached, paths, request(2.5)).latents
     exact = run_request(plain_engine, paths, request(2.5)).latents
     assert torch.isfinite(got).all() and not torch.equal(got, exact)
@@ -138,14 +137,12 @@ def test_engine_with_cache_differs_from_exact_but_stays_finite(paths, plain_engi
 def test_streamed_blocks_with_skips_equal_resident(paths, resident_blocks):
     """Skipped layers never reach the block streamer's hooks; the next call's first block then lands in
     the slot the prefetch of layer 1 used (CPU: synchronous copies, same slot logic)."""
-    placement = Placement.create("cpu", "fp32")
-    options = SpeedOptions("eager", step_cache=1e9)
-    resident = run_request(Engine(placement, speed=options), paths, request(2.5)).latents
+    settings = EngineSettings("cpu", "fp32", speed="eager", step_cache=1e9)
+    resident = run_request(Engine(settings), paths, request(2.5)).latents
     plan = MemoryPlan(
         level="dit-streamed", text_encoder="streamed", dit="streamed", dit_resident_blocks=resident_blocks
     )
-    memory = MemoryManager(placement, vram=None, plan=plan)
-    streamed = Engine(placement, speed=options, memory=memory)
+    streamed = Engine(settings.replace(plan=plan))
     for _ in range(2):
         assert torch.equal(run_request(streamed, paths, request(2.5)).latents, resident)
     assert residency.streamer_of(streamed.load_dit(paths.dit).transformer) is not None
@@ -223,9 +220,9 @@ def test_cli_step_cache_reaches_the_engine(tiny_models, tmp_path, caplog, monkey
     seen: list[SpeedOptions] = []
     real_engine = zturbo.engine.Engine
 
-    def engine(*args, **kwargs):
-        seen.append(kwargs["speed"])
-        return real_engine(*args, **kwargs)
+    def engine(settings, **kwargs):
+        seen.append(settings.speed_options)
+        return real_engine(settings, **kwargs)
 
     monkeypatch.setattr(zturbo.engine, "Engine", engine)
     with caplog.at_level(logging.INFO, logger="zturbo.engine"):
@@ -243,7 +240,7 @@ def test_cli_step_cache_defaults_off_and_rejects_negative_values(tiny_models, tm
     seen: list[SpeedOptions] = []
     real_engine = zturbo.engine.Engine
     monkeypatch.setattr(
-        zturbo.engine, "Engine", lambda *a, **k: seen.append(k["speed"]) or real_engine(*a, **k)
+        zturbo.engine, "Engine", lambda settings: seen.append(settings.speed_options) or real_engine(settings)
     )
     assert runner.invoke(app, generate_args(tiny_models, tmp_path)).exit_code == 0
     assert seen == [SpeedOptions("eager")] and seen[0].step_cache == 0.0

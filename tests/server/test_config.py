@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zturbo.errors import InputError
+from zturbo.runtime.settings import EngineSettings
 from zturbo.server.config import ServerConfig
 
 
@@ -22,18 +23,17 @@ def test_previews_default_to_none_like_comfyui(tmp_path):
         ServerConfig(preview_method="taesd-xl")
 
 
-def test_speed_settings_are_validated_and_reach_the_engine(tmp_path):
+def test_engine_settings_are_validated_and_reach_the_engine(tmp_path):
     from zturbo.workflows import make_context
 
-    config = ServerConfig(output_dir=tmp_path / "o", speed="compile", step_cache=0.1)
-    options = config.speed_options()
-    assert (options.mode, options.step_cache) == ("compile", 0.1)
-    context = make_context(
-        models_dir=tmp_path, output_dir=tmp_path / "o", input_dir=tmp_path / "i", device="cpu", speed=options
-    )
-    assert context.engine.speed == options
-    assert ServerConfig(output_dir=tmp_path / "o").speed_options().mode == "eager"
+    settings = EngineSettings("cpu", speed="compile", step_cache=0.1)
+    config = ServerConfig(output_dir=tmp_path / "o", engine=settings)
+    context = make_context(config.engine, models_dir=tmp_path, output_dir=tmp_path / "o", input_dir=tmp_path / "i")
+    assert context.engine.settings == settings
+    assert (context.engine.speed.mode, context.engine.speed.step_cache) == ("compile", 0.1)
+    default = ServerConfig(output_dir=tmp_path / "o").engine
+    assert (default.speed, default.vram) == ("eager", "auto")  # a server plans its GPU memory
     with pytest.raises(InputError, match="speed must be one of"):
-        ServerConfig(speed="turbo")
+        EngineSettings(speed="turbo")
     with pytest.raises(InputError, match="step cache must be a finite number"):
-        ServerConfig(step_cache=-1.0)
+        EngineSettings(step_cache=-1.0)

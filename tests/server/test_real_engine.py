@@ -28,7 +28,7 @@ from zturbo.generate import run_request
 from zturbo.graph.formats import load_workflow_file
 from zturbo.output.png import to_pil
 from zturbo.request import GenerationRequest
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.server import ServerConfig, create_app
 
 
@@ -93,7 +93,7 @@ def test_converted_template_over_http_equals_generate(real_server: LiveServer, t
         seed=ks["seed"],
         shift=prompt["57:11"]["inputs"]["shift"],
     )
-    ours = run_request(Engine(Placement.create("cpu", "auto")), resolve_models(tiny_models), request)
+    ours = run_request(Engine(EngineSettings("cpu")), resolve_models(tiny_models), request)
     assert np.array_equal(np.asarray(to_pil(ours.images[0])), served)
 
 

@@ -34,8 +34,7 @@ from zturbo.checkpoints.layout import ModelPaths, resolve_models, tokenizer_dir
 from zturbo.engine import Engine
 from zturbo.generate import ModelFiles, run_request, save_generated
 from zturbo.request import GenerationRequest
-from zturbo.runtime.compile import SpeedOptions
-from zturbo.runtime.device import Placement
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic import ModelSet, write_comfy_models
 
 PROMPT = (
@@ -96,13 +95,12 @@ def bench_zturbo(
     steps: int,
     out_dir: Path,
     mode: str = "eager",
-    weight_dtype: str = "default",
 ) -> Row:
     request = bench_request(width, height, batch, steps)
     files = _files(paths)
 
     def end_to_end() -> None:
-        result = run_request(engine, paths, request, weight_dtype=weight_dtype)
+        result = run_request(engine, paths, request)
         save_generated(result, files, out_dir, prefix="bench")
 
     started = time.perf_counter()
@@ -113,7 +111,7 @@ def bench_zturbo(
     e2e = cuda_time(end_to_end, repeats=3)
     peak = torch.cuda.max_memory_allocated() / 2**30
 
-    model, clip, vae = engine.load_all(paths, weight_dtype)
+    model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     cond = engine.encode_text(clip, PROMPT)
     from zturbo.models.denoiser import ZImageDenoiser
 
@@ -258,7 +256,7 @@ class _Session:
             row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode, weights)
             row.system = system
             request = bench_request(*bucket, self.steps)
-            guard = quality(engine, self.paths, request, self.guards[bucket], weights)
+            guard = quality(engine, self.paths, request, self.guards[bucket])
             row.extra.update(extra, weight_dtype=weights, **guard, **graph_facts(engine, self.paths, weights))
             self.record(row)
 
@@ -286,8 +284,7 @@ def run(
     """Rows on the diffusers modules first (zturbo `reference`, diffusers eager/compiled), then zturbo's
     own DiT on freshly loaded weights (the first engine freed, so peak VRAM compares), mode by mode."""
     paths = write_full_size_models(models_dir)
-    placement = Placement.create("cuda", "bf16")
-    engine = Engine(placement, speed=SpeedOptions("reference"))
+    engine = Engine(EngineSettings("cuda", "bf16", speed="reference"))
     started = time.perf_counter()
     engine.load_all(paths)
     print(f"loaded in {time.perf_counter() - started:.1f}s", flush=True)
@@ -304,7 +301,7 @@ def run(
         session.diffusers_rows(engine, diffusers_systems)
     for weights in dict.fromkeys(system_weight_dtype(s) for s, m in runs if m != "reference"):
         _release(engine)  # each weight dtype on freshly loaded weights, so peak VRAM compares
-        engine = Engine(placement, speed=SpeedOptions("eager"))
+        engine = Engine(EngineSettings("cuda", "bf16", speed="eager", weight_dtype=weights))
         engine.load_all(paths, weights)
         resident = {"resident_gib_before": round(torch.cuda.memory_allocated() / 2**30, 2)}
         for system, mode in runs:

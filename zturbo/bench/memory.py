@@ -32,9 +32,8 @@ from zturbo.engine import Engine
 from zturbo.errors import GenerationError
 from zturbo.generate import ModelFiles, run_request, save_generated
 from zturbo.request import GenerationRequest
-from zturbo.runtime.device import Placement
 from zturbo.runtime.memory import GIB, MemoryPlan, Workload, parse_vram, plan_memory, system_ram, usable_vram
-from zturbo.runtime.memory_manager import MemoryManager
+from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.synthetic_quant import gguf_dit_from
 
 GGUF_TYPES = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_k": Q.Q4_K, "q6_k": Q.Q6_K}
@@ -175,13 +174,13 @@ def run_memory(
     out_dir.mkdir(parents=True, exist_ok=True)
     request = GenerationRequest(PROMPT, width=size[0], height=size[1], steps=steps, seed=1)
     workload = Workload(size[0], size[1])
-    placement = Placement.create("cuda", "bf16")
     rows: list[Row] = []
     for w in weights:
         wpaths = dataclasses.replace(paths, dit=files[w])
-        memory = MemoryManager(placement, vram=None)
-        memory.prepare(wpaths, workload)  # sizes only: with vram=None the plan is ours to set
-        engine = Engine(placement, memory=memory)
+        engine = Engine(EngineSettings("cuda", "bf16", plan=MemoryPlan()))  # a fixed plan: ours to set
+        memory = engine.memory
+        assert memory is not None
+        memory.prepare(wpaths, workload)  # sizes only
         job = _Job(engine, wpaths, request, out_dir, repeats)
         budgets = [("unconstrained", None)] + sorted(((p, parse_vram(p)) for p in plans), key=lambda e: -e[1])
         for name, gib in budgets:

@@ -90,10 +90,9 @@ def guard_reference(engine: Engine, paths: ModelPaths, request: GenerationReques
     )
 
 
-def quality(
-    engine: Engine, paths: ModelPaths, request: GenerationRequest, ref: GuardReference, weight_dtype: str
-) -> dict:
-    result = run_request(engine, paths, request, weight_dtype=weight_dtype)
+def quality(engine: Engine, paths: ModelPaths, request: GenerationRequest, ref: GuardReference) -> dict:
+    """This engine's result (its speed mode and weight dtype) against the bf16 reference."""
+    result = run_request(engine, paths, request)
     return {
         "latent_rel_err_vs_bf16_reference": rel_error(result.latents, ref.latents),
         "psnr_db_vs_bf16_reference": psnr_db(result.images, ref.images),

@@ -5,20 +5,20 @@ truncated to 512 tokens (template included), and the features are the hidden sta
 decoder layer. Pads are dropped, so instead of padding every prompt to 512 we pad a batch only to its
 longest prompt: with causal attention and right padding the real tokens' states are the same.
 
-On CUDA the forward runs through CUDA graphs (`cuda_graphs=True`, the engine's default outside the
-reference mode): the encoder is ~60 ms of Python and kernel launches for ~9 ms of GPU work. Token ids
-are right-padded to a multiple of `GRAPH_BUCKET` so a handful of graphs serve every prompt length;
-causal attention keeps the real tokens' states independent of the pads.
+On CUDA the forward can run through CUDA graphs (the engine sets `graphs` to a
+`runtime.graphs.GraphCache` of `features` outside the reference mode): the encoder is ~60 ms of Python
+and kernel launches for ~9 ms of GPU work. Token ids are then right-padded to a multiple of
+`GRAPH_BUCKET` so a handful of graphs serve every prompt length; causal attention keeps the real
+tokens' states independent of the pads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-
-from zturbo.runtime.graphs import GraphCache
 
 MAX_TOKENS = 512
 PAD_TOKEN_ID = 151643  # <|endoftext|>
@@ -45,14 +45,16 @@ def padded_ids(ids: list[list[int]], multiple: int = 1) -> tuple[Tensor, Tensor]
 class PromptEncoder:
     """Tokenizer + Qwen3Model. `encode` returns one (tokens, hidden) tensor per prompt."""
 
-    def __init__(self, model: nn.Module, tokenizer_dir: Path, *, cuda_graphs: bool = False) -> None:
+    def __init__(self, model: nn.Module, tokenizer_dir: Path) -> None:
         from tokenizers import Tokenizer
 
         self.model = model
         self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.graphs = GraphCache(self.features, "text encoder") if cuda_graphs else None
+        # A replaying wrapper of `features` (input ids -> hidden states), used while the whole encoder
+        # is resident on CUDA; None: always run `features` directly.
+        self.graphs: Callable[[Tensor], Tensor] | None = None
 
     def token_ids(self, prompts: list[str]) -> list[list[int]]:
         encodings = self.tokenizer.encode_batch([chat_prompt(p) for p in prompts], add_special_tokens=False)

@@ -30,8 +30,6 @@ class ExecutionContext:
     output_dir: Path
     input_dir: Path
     temp_dir: Path
-    device: str = "auto"
-    dtype: str = "auto"
     engine: Any = None
 
     def __post_init__(self) -> None:
@@ -114,14 +112,6 @@ class NodeContext:
     @property
     def temp_dir(self) -> Path:
         return self.execution.temp_dir
-
-    @property
-    def device(self) -> str:
-        return self.execution.device
-
-    @property
-    def dtype(self) -> str:
-        return self.execution.dtype
 
     def check_interrupt(self) -> None:
         """Raise `Interrupted` if the user asked to stop; long loops call this between steps."""

@@ -36,6 +36,7 @@ from zturbo.models.zimage_convert import SplitLinear, from_diffusers
 from zturbo.models.zimage_dit import DEFAULT_SDPA_BACKENDS, ZImageDiT, call_block
 from zturbo.quant.linear import QuantLinear
 from zturbo.runtime.graphs import GraphCache
+from zturbo.runtime.memory import Residence
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,14 @@ class SpeedOptions:
     def graphs(self) -> bool:
         """Whole-forward CUDA graphs: as requested, unless the step cache is on (it wins)."""
         return self.graphs_requested and self.step_cache == 0
+
+    def within(self, residence: Residence) -> SpeedOptions:
+        """These options as a component placed at `residence` can run them: weights that stream change
+        addresses every step, and compiled blocks and CUDA graphs need fixed ones, so a streamed
+        component runs eagerly (the step cache, decided per step in Python, stays)."""
+        if residence.fixed_addresses or not (self.compiles or self.graphs_requested):
+            return self
+        return replace(self, mode="eager" if self.compiles else self.mode, cuda_graphs=False)
 
 
 def accelerate(module: nn.Module, options: SpeedOptions) -> nn.Module:
@@ -198,6 +207,7 @@ class GraphedDiT(nn.Module):
     """Runs `ZImageDiT` through CUDA graphs captured per (shapes, dtypes) bucket (`runtime.graphs`)."""
 
     batched_api = True
+    streamable = False  # captured graphs replay fixed weight addresses
 
     def __init__(self, dit: ZImageDiT) -> None:
         super().__init__()

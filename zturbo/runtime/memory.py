@@ -151,6 +151,25 @@ def vae_decode_bytes(width: int, height: int, batch: int, dtype_bytes: int) -> i
 
 
 @dataclass(frozen=True)
+class Residence:
+    """One component's part of a plan: where its weights live and what that allows when running it.
+
+    `streamed`: the weights stay in host RAM (page-locked when `pinned`) and pass through the device
+    per use, except `resident_blocks` DiT blocks kept there anyway. Streamed weights change addresses
+    every use, so compiled blocks and CUDA graphs (which need weights at fixed addresses) are off for
+    that component: `fixed_addresses` is what the speed settings consult.
+    """
+
+    streamed: bool = False
+    resident_blocks: int = 0
+    pinned: bool = False
+
+    @property
+    def fixed_addresses(self) -> bool:
+        return not self.streamed
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     """Where each component lives. `str(plan)` is the one-paragraph summary the CLI and log print."""
 
@@ -168,6 +187,14 @@ class MemoryPlan:
     needs: int = 0  # the most any phase needs free: its estimate plus `phase_headroom`
     ram: int = 0  # estimated RAM held (pinned copies + baseline)
     fallback: MemoryPlan | None = None
+
+    def residence(self, kind: str) -> Residence:
+        """Where the DiT or the text encoder lives under this plan (the VAE is always resident)."""
+        if kind == DIT:
+            return Residence(self.dit == "streamed", self.dit_resident_blocks, self.pin_dit)
+        if kind == TEXT_ENCODER:
+            return Residence(self.text_encoder == "streamed", 0, self.pin_text_encoder)
+        return Residence()
 
     @property
     def fits(self) -> bool:

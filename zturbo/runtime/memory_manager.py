@@ -1,8 +1,11 @@
 """The engine's memory policy: the current plan, re-planning as files and image sizes become known,
 and the one retry with a lower plan when CUDA runs out of memory anyway.
 
-The engine owns one `MemoryManager` (passed in, never global). Components are registered when
-loaded and placed by the current plan; a new plan re-places them in place (`residency.py`).
+The engine owns one `MemoryManager` (never global). The plan is the one decision per component
+(`MemoryPlan.residence`: where its weights live, which blocks stream, and so which speed mode it may
+use); it is computed once per change of what it depends on (the files' sizes, the workload, the
+budget setting), never per call. Components are registered when loaded with the function that
+realises a residence for them; a new plan calls it for each component whose residence changed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from torch import nn
 
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.errors import GenerationError
@@ -28,6 +30,7 @@ from zturbo.runtime.memory import (
     DEQUANT_EAGER_BYTES,
     GIB,
     MemoryPlan,
+    Residence,
     Workload,
     plan_memory,
     system_ram,
@@ -54,13 +57,11 @@ def released_size(kind: str, dtype_bytes: int) -> ComponentSize:
     )
 
 
-def _placement(plan: MemoryPlan | None, kind: str | None = None) -> tuple:
-    """What decides where a component's weights live (both components when `kind` is None)."""
-    if plan is None:
-        return ()
-    dit = (plan.dit, plan.dit_resident_blocks, plan.pin_dit)
-    te = (plan.text_encoder, plan.pin_text_encoder)
-    return dit if kind == DIT else te if kind == TEXT_ENCODER else dit + te
+def _residence(plan: MemoryPlan | None, kind: str) -> Residence | None:
+    return None if plan is None else plan.residence(kind)
+
+
+Realize = Callable[[object, Residence], None]  # (registered object, its residence under the new plan)
 
 
 @dataclass
@@ -74,7 +75,9 @@ class MemoryManager:
     sizes: dict[str, ComponentSize] = field(default_factory=dict)
     workload: Workload = Workload()
     _floor: int = 0  # ladder rung an out-of-memory error pushed us to; never plan above it again
-    _components: list[tuple[str, weakref.ref]] = field(default_factory=list, repr=False)
+    plans_computed: int = 0  # how often `plan_memory` ran (once per change of what the plan depends on)
+    _planned_for: tuple | None = field(default=None, repr=False)
+    _components: list[tuple[str, weakref.ref, Realize]] = field(default_factory=list, repr=False)
     _measured: dict[tuple, ComponentSize] = field(default_factory=dict, repr=False)
 
     @property
@@ -110,17 +113,26 @@ class MemoryManager:
         return self.replan()
 
     def set_workload(self, workload: Workload) -> None:
-        if workload != self.workload:
-            self.workload = workload
-            self.replan()
+        self.workload = workload
+        self.replan()
+
+    def residence(self, kind: str) -> Residence:
+        """Where `kind` lives under the current plan (resident without one)."""
+        return Residence() if self.plan is None else self.plan.residence(kind)
 
     def replan(self) -> MemoryPlan | None:
-        """Compute the plan for what is known now; re-place loaded components if it changed."""
+        """The plan for what is known now: computed only when sizes, workload or floor changed since
+        the last one; loaded components whose residence changes are re-placed."""
         if self.vram is None:
             return self.plan
-        budget, name = usable_vram(self.vram, self.device)
         dtype_bytes = self._dtype_bytes()
         sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
+        key = (tuple(sizes.values()), self.workload, self.vram, self._floor, dtype_bytes, self.dequant_bytes())
+        if key == self._planned_for:
+            return self.plan
+        self._planned_for = key
+        self.plans_computed += 1
+        budget, name = usable_vram(self.vram, self.device)
         plan = plan_memory(
             sizes,
             self.workload,
@@ -132,11 +144,7 @@ class MemoryManager:
         )
         while LEVELS.index(plan.level) < self._floor and plan.fallback is not None:
             plan = plan.fallback
-        if (
-            self.plan is None
-            or _placement(plan) != _placement(self.plan)
-            or plan.vae_tiled != self.plan.vae_tiled
-        ):
+        if self.plan is None or _decisions(plan) != _decisions(self.plan):
             log.info("%s", plan)
         self.use(plan)
         return plan
@@ -148,15 +156,11 @@ class MemoryManager:
 
     # --- components ---
 
-    def streams(self, kind: str) -> bool:
-        """Whether `kind` should be loaded into host RAM (streamed) rather than onto the device."""
-        if self.plan is None or self.device.type == "cpu":
-            return False
-        return (self.plan.dit if kind == DIT else self.plan.text_encoder) == "streamed"
-
-    def register(self, kind: str, module: nn.Module) -> None:
-        """Track a loaded DiT or text encoder and place it by the current plan, then return the
-        allocator's free segments.
+    def register(self, kind: str, target: object, realize: Realize | None = None) -> None:
+        """Track a loaded DiT or text encoder and realise the current plan's residence for it, then
+        return the allocator's free segments. `realize(target, residence)` is the one function that
+        puts the component in the form and place a residence asks for (the engine passes its own,
+        which also switches speed modes); the default places a bare module (`residency.place`).
 
         Loading leaves freed segments behind: converting a resident bf16 DiT fuses Q‖K‖V and W1‖W3 into
         new tensors and frees the 8.4 GB of separate ones. Left cached, the components loaded next (the
@@ -164,20 +168,17 @@ class MemoryManager:
         reserved for good: holes no large allocation (the text encoder's 0.7 GiB embedding, a streamed
         block's slot) can use, which the planner's headroom would otherwise have to cover.
         """
-        self._components.append((kind, weakref.ref(module)))
+        realize = realize or self._place_module(kind)
+        self._components.append((kind, weakref.ref(target), realize))
         if self.plan is not None:
-            self._place(kind, module, self.plan)
+            realize(target, self.residence(kind))
         self.placement.empty_cache()
 
-    def _place(self, kind: str, module: nn.Module, plan: MemoryPlan) -> None:
-        try:
-            if kind == DIT:
-                residency.place_dit(module, plan, self.device)
-            else:
-                residency.place_text_encoder(module, plan, self.device)
-        except residency.NotStreamable as exc:
-            log.warning("%s; it stays resident", exc)
-            module.to(self.device)
+    def _place_module(self, kind: str) -> Realize:
+        def place(module: object, residence: Residence) -> None:
+            residency.place(kind, module, residence, self.device)  # type: ignore[arg-type]
+
+        return place
 
     def _apply(self, plan: MemoryPlan, previous: MemoryPlan | None) -> None:
         """Re-place the components whose placement changes.
@@ -187,15 +188,15 @@ class MemoryManager:
         such weight keeps its whole segment reserved for as long as it stays resident (planner headroom,
         `memory.py`), so every re-plan would leave the card more fragmented than the one before.
         """
-        live = [(kind, m) for kind, ref in self._components if (m := ref()) is not None]
-        self._components = [(k, weakref.ref(m)) for k, m in live]
-        changed = [(kind, m) for kind, m in live if _placement(plan, kind) != _placement(previous, kind)]
+        live = [(kind, t, realize) for kind, ref, realize in self._components if (t := ref()) is not None]
+        self._components = [(k, weakref.ref(t), r) for k, t, r in live]
+        changed = [e for e in live if _residence(plan, e[0]) != _residence(previous, e[0])]
         if not changed:
             return
         gc.collect()  # a failed attempt's tensors may still be held by reference cycles
         self.placement.empty_cache()
-        for kind, module in sorted(changed, key=lambda e: e[0] != DIT):  # the DiT first: it frees the most
-            self._place(kind, module, plan)
+        for kind, target, realize in sorted(changed, key=lambda e: e[0] != DIT):  # the DiT frees the most
+            realize(target, self.residence(kind))
         self.placement.empty_cache()
 
     # --- running ---
@@ -241,6 +242,11 @@ class MemoryManager:
             f"allocated {allocated / GIB:.2f} GiB, reserved {reserved / GIB:.2f} GiB, "
             f"peak allocated {peak / GIB:.2f} GiB{planned}"
         )
+
+
+def _decisions(plan: MemoryPlan) -> tuple:
+    """What a plan decides (without its estimates): a change is worth logging."""
+    return (plan.residence(DIT), plan.residence(TEXT_ENCODER), plan.vae_tiled)
 
 
 def _oom_message(what: str, plan: MemoryPlan | None) -> str:

@@ -14,15 +14,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from zturbo.runtime.memory import VAE_TILE, MemoryPlan
+from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
+from zturbo.runtime.memory import VAE_TILE, Residence
 from zturbo.runtime.offload import BlockStreamer, on_device
 
 log = logging.getLogger(__name__)
 _STREAMER = "_zturbo_streamer"
-
-
-class NotStreamable(RuntimeError):
-    """The module runs through captured CUDA graphs, whose weights must stay at fixed addresses."""
 
 
 def dit_blocks(module: nn.Module) -> list[nn.Module]:
@@ -81,23 +78,25 @@ def choose_resident(sizes: list[int], count: int) -> set[int]:
     return chosen
 
 
-def place_dit(module: nn.Module, plan: MemoryPlan, device: torch.device) -> None:
-    """Resident: everything on `device`. Streamed: blocks in (pinned) RAM, the rest on `device`."""
+def place_dit(module: nn.Module, residence: Residence, device: torch.device) -> None:
+    """Resident: everything on `device`. Streamed: blocks in (pinned) RAM, the rest on `device`.
+
+    The module must already run in a form that tolerates moving weights when streamed (eager blocks:
+    the engine converts it with `SpeedOptions.within(residence)` first); `GraphedDiT`, whose captured
+    graphs hold fixed weight addresses, is refused.
+    """
     _detach(module)
-    if plan.dit == "resident":
+    if not residence.streamed:
         module.to(device)
         forget_host_copies(dit_blocks(module))
         return
-    if hasattr(module, "_graphs"):  # zturbo.runtime.compile.GraphedDiT
-        raise NotStreamable("a DiT running through CUDA graphs cannot stream its blocks")
+    if not getattr(module, "streamable", True):
+        raise TypeError(f"{type(module).__name__} keeps weights at fixed addresses and cannot stream")
     blocks = dit_blocks(module)
     _move_direct(_non_block_modules(module, blocks), device)
-    if hasattr(module, "run_block"):  # zturbo's DiT: compiled block functions assume fixed weights
-        from zturbo.models.zimage_dit import call_block
-
-        module.run_block = call_block  # type: ignore[assignment]
-    keep = choose_resident([block_bytes(b) for b in blocks], min(plan.dit_resident_blocks, len(blocks)))
-    streamer = BlockStreamer(blocks, device, pin=plan.pin_dit, resident=keep)
+    count = min(residence.resident_blocks, len(blocks))
+    keep = choose_resident([block_bytes(b) for b in blocks], count)
+    streamer = BlockStreamer(blocks, device, pin=residence.pinned, resident=keep)
     module.__dict__[_STREAMER] = streamer
     log.info(
         "DiT: %d blocks streamed (%.2f GiB), %d resident",
@@ -107,16 +106,26 @@ def place_dit(module: nn.Module, plan: MemoryPlan, device: torch.device) -> None
     )
 
 
-def place_text_encoder(module: nn.Module, plan: MemoryPlan, device: torch.device) -> None:
+def place_text_encoder(module: nn.Module, residence: Residence, device: torch.device) -> None:
     """Resident: on `device`. Streamed: all of it in RAM; `text_encoder_ready` brings it in per prompt."""
     _detach(module)
-    if plan.text_encoder == "resident":
+    if not residence.streamed:
         module.to(device)
         forget_host_copies(list(module.layers))  # type: ignore[arg-type]
         return
     blocks = list(module.layers)  # type: ignore[arg-type]
     _move_direct(_non_block_modules(module, blocks), torch.device("cpu"))
-    module.__dict__[_STREAMER] = BlockStreamer(blocks, device, pin=plan.pin_text_encoder)
+    module.__dict__[_STREAMER] = BlockStreamer(blocks, device, pin=residence.pinned)
+
+
+def place(kind: str, module: nn.Module, residence: Residence, device: torch.device) -> None:
+    """Place a DiT or a text encoder (the VAE is always resident)."""
+    if kind == DIT:
+        place_dit(module, residence, device)
+    elif kind == TEXT_ENCODER:
+        place_text_encoder(module, residence, device)
+    else:
+        module.to(device)
 
 
 @contextmanager

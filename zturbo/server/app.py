@@ -55,14 +55,11 @@ def default_executor(config: ServerConfig) -> ExecutorLike:
     from zturbo.workflows import make_context
 
     context = make_context(
+        config.engine,
         models_dir=config.models_dir,
         output_dir=config.output_dir,
         input_dir=config.input_dir,
         temp_dir=config.temp_dir,
-        device=config.device,
-        dtype=config.dtype,
-        vram=config.vram,
-        speed=config.speed_options(),
     )
     return PromptExecutor(default_registry(context), context)
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from zturbo.errors import InputError
-
-if TYPE_CHECKING:
-    from zturbo.runtime.compile import SpeedOptions
+from zturbo.runtime.settings import EngineSettings
 
 MIB = 1024 * 1024
 UiKind = Literal["creator", "comfy"]
@@ -45,13 +43,8 @@ class ServerConfig:
     temp_dir: Path = field(default_factory=lambda: Path("temp"))
     # Frontend settings and saved workflows (ComfyUI's `user/default/`).
     user_dir: Path = field(default_factory=lambda: Path("user"))
-    device: str = "auto"
-    dtype: str = "auto"
-    # GPU memory to plan for (`--vram`): auto (free VRAM), a size such as 8G, or unlimited.
-    vram: str = "auto"
-    # How the diffusion model runs (`--speed`, `--step-cache`): see zturbo.runtime.compile.SpeedOptions.
-    speed: str = "eager"
-    step_cache: float = 0.0
+    # Device, dtype, `--vram` (a server plans memory: "auto" by default), `--speed`, `--step-cache`.
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(vram="auto"))
     # Required when `host` is not a loopback address; then every route (WebSocket too) needs it.
     auth_token: str | None = None
     max_upload_bytes: int = 100 * MIB
@@ -74,22 +67,12 @@ class ServerConfig:
             raise InputError(
                 f"preview_method must be one of {', '.join(PREVIEW_METHODS)}, got {self.preview_method!r}"
             )
-        from zturbo.runtime.memory import parse_vram
-
-        parse_vram(self.vram)  # raises InputError naming the choices
-        self.speed_options()  # likewise for a bad speed mode or step-cache threshold
         if self.ui not in ("creator", "comfy"):
             raise InputError(f"ui must be 'creator' or 'comfy', got {self.ui!r}")
         if self.max_upload_bytes <= 0 or self.max_request_bytes <= 0:
             raise InputError("max_upload_bytes and max_request_bytes must be positive")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port must be 0-65535, got {self.port}")
-
-    def speed_options(self) -> SpeedOptions:
-        """The engine's speed settings (imported lazily, as parse_vram is: importing this module stays light)."""
-        from zturbo.runtime.compile import SpeedOptions
-
-        return SpeedOptions(self.speed, step_cache=self.step_cache)
 
     @property
     def is_loopback(self) -> bool:
