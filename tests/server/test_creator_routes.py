@@ -16,6 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.request import GenerationRequest
+from zturbo.runtime.settings import EngineSettings
 from zturbo.server import ServerConfig, create_app
 
 MODELS = ModelFiles("z_image_turbo_bf16.safetensors", "qwen_3_4b.safetensors", "ae.safetensors")
@@ -31,7 +32,7 @@ def real_config(tmp_path: Path, tiny_models: Path) -> ServerConfig:
         input_dir=tmp_path / "input",
         temp_dir=tmp_path / "temp",
         user_dir=tmp_path / "user",
-        device="cpu",
+        engine=EngineSettings("cpu", vram="auto"),
     )
 
 

@@ -48,7 +48,7 @@ def real_server(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
         input_dir=root / "input",
         temp_dir=root / "temp",
         user_dir=root / "user",
-        device="cpu",
+        engine=EngineSettings("cpu", vram="auto"),
     )
     yield from run_live(create_app(config))
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from server.conftest import LiveServer, run_live
 
+from zturbo.runtime.settings import EngineSettings
 from zturbo.server import ServerConfig, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -62,7 +63,7 @@ def web_config(tmp_path: Path, tiny_models: Path) -> ServerConfig:
         input_dir=tmp_path / "input",
         temp_dir=tmp_path / "temp",
         user_dir=tmp_path / "user",
-        device="cpu",
+        engine=EngineSettings("cpu", vram="auto"),
     )
 
 
