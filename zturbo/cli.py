@@ -130,6 +130,7 @@ def generate(
     from zturbo.runtime.device import Placement
     from zturbo.runtime.memory import Workload, parse_vram
     from zturbo.runtime.memory_manager import MemoryManager
+    from zturbo.sampling.samplers import UNCOND_SAMPLERS
 
     parse_vram(vram)  # a typo fails here, before any model is read
     speed_options = SpeedOptions(speed, step_cache=step_cache)  # as is a bad --speed/--step-cache
@@ -163,7 +164,9 @@ def generate(
     placement = Placement.create(device, dtype)
     memory = MemoryManager(placement, vram=vram)
     engine = Engine(placement, speed=speed_options, memory=memory)
-    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
+    cfg_pp = request.sampler in UNCOND_SAMPLERS
+    workload = Workload(request.width, request.height, request.batch, request.cfg, uncond_at_cfg1=cfg_pp)
+    engine.prepare(paths, workload, weight_dtype)
     if memory.plan is not None and memory.plan.level != "resident":
         console.print(str(memory.plan), highlight=False)
     bar, update = _step_progress("sampling")

@@ -17,6 +17,7 @@ from zturbo.output.png import save_png
 from zturbo.pipeline import Engine, Progress
 from zturbo.request import GenerationRequest
 from zturbo.runtime.memory import Workload
+from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
 
 LATENT_CHANNELS = 16
 
@@ -38,11 +39,15 @@ def run_request(
 ) -> Generated:
     """`weight_dtype` is UNETLoader's choice ("default" or an fp8 type that quantizes on load)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
-    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg), weight_dtype)
+    cfg_pp = request.sampler in UNCOND_SAMPLERS
+    workload = Workload(request.width, request.height, request.batch, request.cfg, uncond_at_cfg1=cfg_pp)
+    engine.prepare(paths, workload, weight_dtype)
     model, clip, vae = engine.load_all(paths, weight_dtype)
     model = engine.with_shift(model, request.shift)
     positive = engine.encode_text(clip, request.prompt)
-    negative = engine.encode_text(clip, request.negative) if request.cfg != 1.0 else None
+    negative = None
+    if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1
+        negative = engine.encode_text(clip, request.negative)
     empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
     latents = engine.sample(
         model,
