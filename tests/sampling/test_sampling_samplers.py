@@ -34,7 +34,7 @@ OFFSET_FIRST_SIGMA |= {"sa_solver", "sa_solver_pece"}
 # These integrate to the last positive sigma (dpm_fast, dpm_adaptive) or to 0.001 (uni_pc), as ComfyUI's do
 STOP_SHORT = {"dpm_fast", "dpm_adaptive", "uni_pc", "uni_pc_bh2"}
 # One callback per model evaluation point of their own making (not one per schedule step), or the state
-# after the step (UniPC): see test_sampling_sampler_families.py
+# after the step (UniPC): see test_sampling_formulas_solvers.py
 OWN_CALLBACKS = {"dpm_fast", "dpm_adaptive", "uni_pc", "uni_pc_bh2"}
 PER_STEP = sorted(set(SAMPLERS) - OWN_CALLBACKS)
 
