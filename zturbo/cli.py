@@ -124,9 +124,8 @@ def generate(
 
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
     from zturbo.engine import Engine
-    from zturbo.generate import model_files, run_request, save_generated
+    from zturbo.generate import model_files, run_request, save_generated, workload_of
     from zturbo.request import GenerationRequest, size_for_aspect
-    from zturbo.runtime.memory import Workload
     from zturbo.runtime.settings import EngineSettings
 
     # Every engine choice is checked here, before any model is read.
@@ -159,7 +158,7 @@ def generate(
     settings = settings.replace(weight_dtype=weight_dtype or "default")
     paths = resolve_models(models_dir, model)
     engine = Engine(settings)
-    plan = engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg))
+    plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
     bar, update = _step_progress("sampling")

@@ -42,6 +42,7 @@ from zturbo.runtime.memory import MemoryPlan, Residence, Workload
 from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.runtime.settings import EngineSettings
 from zturbo.sampling.noise import seeded_noise
+from zturbo.sampling.samplers import DISCARD_PENULTIMATE_SIGMA, UNCOND_SAMPLERS
 from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,14 @@ class Engine:
         `progress(step, total, image)` is called after each step; `image` is a latent preview when
         `preview` is set (a cheap projection, see models/preview.py), else None.
         """
-        sigmas = get_sigmas(scheduler, steps, shift=model.shift, denoise=denoise, multiplier=model.multiplier)
+        sigmas = get_sigmas(
+            scheduler,
+            steps,
+            shift=model.shift,
+            denoise=denoise,
+            multiplier=model.multiplier,
+            discard_penultimate=sampler_name in DISCARD_PENULTIMATE_SIGMA,
+        )
         sigmas = _slice_sigmas(
             sigmas, start_step, end_step, force_full_denoise=not return_with_leftover_noise
         )
@@ -273,6 +281,8 @@ class Engine:
         # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
         x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
         device = self.placement.device
+        # ComfyUI's CFG++ samplers read the negative prompt's estimate even at cfg 1
+        uncond_at_cfg1 = sampler_name in UNCOND_SAMPLERS and negative is not None
 
         def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             if progress is not None:
@@ -280,7 +290,7 @@ class Engine:
 
         if self.memory is not None:
             batch, _, h, w = latent.shape
-            self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg))
+            self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg, uncond_at_cfg1=uncond_at_cfg1))
 
         def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
             denoiser = ZImageDenoiser(
@@ -291,6 +301,7 @@ class Engine:
                 model.multiplier,
                 step_cache=self.speed.step_cache,  # 0: off; else a fresh cache for this run only
                 sigmas=sigmas,
+                uncond_at_cfg1=uncond_at_cfg1,
             )
             out = sampling.sample(
                 sampler_name,

@@ -19,6 +19,7 @@ from zturbo.output.png import save_png
 from zturbo.progress import ProgressFn
 from zturbo.request import GenerationRequest
 from zturbo.runtime.memory import Workload
+from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
 
 
 @dataclass(frozen=True)
@@ -28,17 +29,25 @@ class Generated:
     request: GenerationRequest
 
 
+def workload_of(request: GenerationRequest) -> Workload:
+    """What the memory plan must fit for `request` (CFG++ samplers run the negative even at cfg 1)."""
+    cfg_pp = request.sampler in UNCOND_SAMPLERS
+    return Workload(request.width, request.height, request.batch, request.cfg, uncond_at_cfg1=cfg_pp)
+
+
 def run_request(
     engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: ProgressFn | None = None
 ) -> Generated:
     """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
     quantizes on load, as UNETLoader's choice does)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
-    engine.prepare(paths, Workload(request.width, request.height, request.batch, request.cfg))
+    engine.prepare(paths, workload_of(request))
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
     positive = engine.encode_text(clip, request.prompt)
-    negative = engine.encode_text(clip, request.negative) if request.cfg != 1.0 else None
+    negative = None
+    if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1
+        negative = engine.encode_text(clip, request.negative)
     empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
     latents = engine.sample(
         model,

@@ -4,6 +4,8 @@ The network is called with t = 1 − σ (0 = pure noise) and its output points f
 so the flow velocity is −out and the denoised estimate is x + σ·out. With cfg == 1 only the positive
 prompt is evaluated; otherwise positive and negative run in one batched forward and are combined as
 `neg + cfg·(pos − neg)` on the denoised estimates (equivalent to doing it on velocities).
+`uncond_at_cfg1` evaluates the negative at cfg 1 too (ComfyUI does for its CFG++ samplers), and every
+call leaves its unconditional estimate in `uncond_denoised` (the output itself when no negative ran).
 
 With `step_cache > 0` the denoiser owns a `StepCache` (zturbo.models.zimage_dit) for its run and hands it
 to every forward of zturbo's DiT: lossy first-block caching, off by default.
@@ -76,14 +78,16 @@ class ZImageDenoiser:
         *,
         step_cache: float = 0.0,
         sigmas: torch.Tensor | None = None,
+        uncond_at_cfg1: bool = False,
     ) -> None:
         if cfg != 1.0 and negative is None:
             raise ValueError("cfg != 1 needs a negative conditioning")
         self.model = model
         self.positive = positive
-        self.negative = negative if cfg != 1.0 else None
+        self.negative = negative if cfg != 1.0 or uncond_at_cfg1 else None
         self.cfg = cfg
         self.multiplier = multiplier
+        self.uncond_denoised: torch.Tensor | None = None  # the last call's unconditional estimate
         self.calls = 0
         self._finite: list[tuple[torch.Tensor, torch.Tensor]] = []  # (all finite?, sigma) per call
         self.step_cache: StepCache | None = None
@@ -118,6 +122,7 @@ class ZImageDenoiser:
         if cache is not None:  # a device bool: read in the cache's one sync after layer 0
             below = self._full_below_sigma
             cache.force_full = False if below is None else sigma[0] <= below
+        neg: torch.Tensor | None = None
         if self.negative is None:
             out = transformer_forward(self.model, x, t, positive, cache)
         else:
@@ -130,7 +135,10 @@ class ZImageDenoiser:
         self.calls += 1
         self._finite.append((torch.isfinite(out).all(), sigma[0]))
         x_dev = x.to(out.device, torch.float32)
-        return x_dev + sigma.to(out.device).view(-1, 1, 1, 1) * out
+        sigma_dev = sigma.to(out.device).view(-1, 1, 1, 1)
+        denoised = x_dev + sigma_dev * out
+        self.uncond_denoised = denoised if neg is None else x_dev + sigma_dev * neg
+        return denoised
 
     def check_finite(self) -> None:
         """Raise if any call so far produced NaN/inf, naming the first (one host sync for all calls)."""

@@ -108,19 +108,23 @@ def system_ram() -> int | None:
 
 @dataclass(frozen=True)
 class Workload:
-    """What one job computes: image size, batch, whether CFG doubles the DiT batch."""
+    """What one job computes: image size, batch, whether CFG doubles the DiT batch.
+
+    The negative prompt also runs at cfg 1 for CFG++ samplers (`uncond_at_cfg1`).
+    """
 
     width: int = 1024
     height: int = 1024
     batch: int = 1
     cfg: float = 1.0
     caption_tokens: int = 512  # the encoder's maximum: prompt length is unknown when planning
+    uncond_at_cfg1: bool = False
 
 
 def dit_activation_bytes(w: Workload, hidden: int, dtype_bytes: int) -> int:
     """Peak activations of one DiT block: sequence × (~14 hidden-wide + 4 FFN-wide tensors)."""
     tokens = (w.width // 16) * (w.height // 16) + w.caption_tokens
-    batch = w.batch * (1 if w.cfg == 1.0 else 2)
+    batch = w.batch * (1 if w.cfg == 1.0 and not w.uncond_at_cfg1 else 2)
     return batch * tokens * (14 * hidden + 4 * int(hidden / 3 * 8)) * dtype_bytes + 64 * MIB
 
 

@@ -11,9 +11,15 @@ import torch
 from torch import Tensor
 
 from zturbo.errors import InputError
-from zturbo.sampling.base import Denoiser, SamplerFn, StepCallback
+from zturbo.sampling.base import Denoiser, GuidedDenoiser, SamplerFn, StepCallback
 from zturbo.sampling.noise import seeded_noise
-from zturbo.sampling.samplers import SAMPLERS, get_sampler
+from zturbo.sampling.samplers import (
+    DISCARD_PENULTIMATE_SIGMA,
+    SAMPLERS,
+    UNCOND_SAMPLERS,
+    evaluates_negative,
+    get_sampler,
+)
 from zturbo.sampling.schedules import SCHEDULERS, flow_sigma_table, get_sigmas
 
 
@@ -67,11 +73,15 @@ def sample(
 
 
 __all__ = [
+    "DISCARD_PENULTIMATE_SIGMA",
     "SAMPLERS",
     "SCHEDULERS",
+    "UNCOND_SAMPLERS",
     "Denoiser",
+    "GuidedDenoiser",
     "SamplerFn",
     "StepCallback",
+    "evaluates_negative",
     "flow_sigma_table",
     "get_sampler",
     "get_sigmas",

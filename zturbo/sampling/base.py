@@ -12,6 +12,10 @@ Conventions (k-diffusion's, as ComfyUI uses them):
   device: the same on a CPU, possibly a last-bit different on a GPU; the CPU choice also avoids a
   device sync per step for the `sigma == 0` tests).
 * Each step calls `callback(i, total, x, denoised)` with `x` the input of that step's model call.
+* The CFG++ samplers also need the *unconditional* estimate of the last call (ComfyUI captures it
+  with a post-CFG hook). A guiding denoiser exposes it as an `uncond_denoised` attribute, refreshed
+  by every call (`GuidedDenoiser`); any other denoiser is unguided and its estimate is its own
+  output. Such samplers read it through `uncond_of`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,26 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 StepCallback = Callable[[int, int, Tensor, Tensor], None]
 """`callback(step, total_steps, x, denoised)`, once per step; raising in it aborts sampling."""
+
+
+class GuidedDenoiser(Protocol):
+    """A denoiser that also exposes the unconditional estimate of its last call.
+
+    With cfg == 1 and no negative evaluated, `uncond_denoised` is the call's own output.
+    """
+
+    uncond_denoised: Tensor | None
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+
+def uncond_of(model: Denoiser, denoised: Tensor) -> Tensor:
+    """The unconditional estimate of the call that returned `denoised` (CFG++ samplers).
+
+    `model.uncond_denoised` where the denoiser guides (see `GuidedDenoiser`), else `denoised`.
+    """
+    uncond = getattr(model, "uncond_denoised", None)
+    return denoised if uncond is None else uncond
 
 
 class SamplerFn(Protocol):

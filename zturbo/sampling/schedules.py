@@ -231,12 +231,15 @@ def get_sigmas(
     shift: float = 3.0,
     denoise: float = 1.0,
     multiplier: float = 1.0,
+    discard_penultimate: bool = False,
 ) -> Tensor:
     """The sigmas ComfyUI's KSampler would use for `scheduler`, `steps` and `denoise`.
 
     denoise < 1 (img2img) follows `KSampler.set_steps`: compute `int(steps / denoise)` steps and
     keep the last `steps + 1` sigmas; denoise > 0.9999 counts as 1; denoise <= 0 gives an empty
-    tensor (nothing to sample). Returns float32 on the CPU.
+    tensor (nothing to sample). `discard_penultimate` is KSampler's treatment of some samplers
+    (`samplers.DISCARD_PENULTIMATE_SIGMA`): one more step is scheduled and its penultimate sigma
+    dropped, before the denoise cut. Returns float32 on the CPU.
     """
     if scheduler not in SCHEDULERS:
         raise InputError(f"unknown scheduler {scheduler!r}; valid schedulers: {', '.join(SCHEDULERS)}")
@@ -246,10 +249,16 @@ def get_sigmas(
         raise InputError(f"shift must be a positive number, got {shift!r}")
     if not math.isfinite(denoise):
         raise InputError(f"denoise must be a number between 0 and 1, got {denoise!r}")
-    schedule = SCHEDULERS[scheduler]
     ms = FlowSampling(shift=shift, multiplier=multiplier)
+
+    def schedule(n: int) -> Tensor:
+        if not discard_penultimate:
+            return SCHEDULERS[scheduler](ms, n)
+        sigmas = SCHEDULERS[scheduler](ms, n + 1)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+
     if denoise > 0.9999:
-        return schedule(ms, steps)
+        return schedule(steps)
     if denoise <= 0.0:
         return torch.zeros(0, dtype=torch.float32)
-    return schedule(ms, int(steps / denoise))[-(steps + 1) :]
+    return schedule(int(steps / denoise))[-(steps + 1) :]

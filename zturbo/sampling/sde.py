@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zturbo.sampling.base import Denoiser, StepCallback, notify, prepare_sigmas, sigma_batch
+from zturbo.sampling.base import Denoiser, StepCallback, notify, prepare_sigmas, sigma_batch, to_d
 from zturbo.sampling.noise import BrownianTreeNoiseSampler, default_noise_sampler
 from zturbo.sampling.schedules import percent_to_sigma
 
@@ -43,6 +43,19 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     return sigma_down, sigma_up
 
 
+def rf_ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """ComfyUI's ancestral split for rectified flow: σ_d, the rescale α'/α_d and the renoise amount.
+
+    σ_d = σ'·(1 + (σ'/σ - 1)·η) (= σ'²/σ at η = 1); after a deterministic step to σ_d, x is
+    rescaled by α'/α_d (α = 1 - σ) and gets sqrt(σ'² - σ_d²α'²/α_d²) of fresh noise, so that
+    the marginal at σ' is again (1-σ')·x0 + σ'·noise.
+    """
+    sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+    alpha_next, alpha_down = 1 - sigma_next, 1 - sigma_down
+    renoise = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_next / alpha_down, renoise
+
+
 @torch.no_grad()
 def sample_euler_ancestral(
     model: Denoiser,
@@ -55,35 +68,26 @@ def sample_euler_ancestral(
 ) -> Tensor:
     """Euler ancestral for rectified flow (ComfyUI `sample_euler_ancestral_RF`, eta 1).
 
-    ComfyUI switches to this variant for CONST models. Each step goes deterministically down to
-    σ_d = σ'·(1 + (σ'/σ - 1)·η) = σ'²/σ, then rescales by (1-σ')/(1-σ_d) and adds fresh noise
-    so that the marginal at σ' is again (1-σ')·x0 + σ'·noise. The step to 0 returns D.
+    ComfyUI switches to this variant for CONST models: a deterministic step down to σ_d, then
+    the rescale and fresh noise of `rf_ancestral_step`. The step to 0 returns D.
     """
     sigmas = prepare_sigmas(x, sigmas)
     noise_sampler = default_noise_sampler(x, seed)
-    eta = 1.0
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigma_batch(sigmas[i], x))
         notify(callback, i, sigmas, x, denoised)
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        sigma_down = sigmas[i + 1] * (1 + (sigmas[i + 1] / sigmas[i] - 1) * eta)
-        alpha_next, alpha_down = 1 - sigmas[i + 1], 1 - sigma_down
-        renoise = (sigmas[i + 1] ** 2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+        sigma_down, rescale, renoise = rf_ancestral_step(sigmas[i], sigmas[i + 1])
         ratio = sigma_down / sigmas[i]
         x = ratio * x + (1 - ratio) * denoised
-        x = (alpha_next / alpha_down) * x + noise_sampler(sigmas[i], sigmas[i + 1]) * renoise
+        x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * renoise
     return x
 
 
-def _brownian(x: Tensor, sigmas: Tensor, seed: int) -> BrownianTreeNoiseSampler:
-    """The Brownian tree over [smallest positive sigma, largest sigma], built before the offset."""
-    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
-
-
 @torch.no_grad()
-def sample_dpmpp_2m_sde(
+def sample_dpm_2_ancestral(
     model: Denoiser,
     x: Tensor,
     sigmas: Tensor,
@@ -92,11 +96,94 @@ def sample_dpmpp_2m_sde(
     seed: int = 0,
     shift: float = 3.0,
 ) -> Tensor:
-    """DPM-Solver++(2M) SDE (Lu et al. 2022, arXiv:2211.01095), midpoint, eta 1, in λ = -logit σ.
+    """DPM-Solver-2 ancestral for rectified flow (ComfyUI `sample_dpm_2_ancestral_RF`, eta 1).
+
+    The `sample_dpm_2` step (slope at the log-midpoint) down to σ_d, then `rf_ancestral_step`'s
+    rescale and noise. The step to 0 is an Euler step. ComfyUI's KSampler gives it one extra
+    step and drops the penultimate sigma.
+    """
+    sigmas = prepare_sigmas(x, sigmas)
+    noise_sampler = default_noise_sampler(x, seed)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigma_batch(sigmas[i], x))
+        sigma_down, rescale, renoise = rf_ancestral_step(sigmas[i], sigmas[i + 1])
+        notify(callback, i, sigmas, x, denoised)
+        d = to_d(x, sigmas[i], denoised)
+        if sigma_down == 0:
+            x = x + d * (sigma_down - sigmas[i])
+            continue
+        sigma_mid = sigmas[i].log().lerp(sigma_down.log(), 0.5).exp()
+        x_2 = x + d * (sigma_mid - sigmas[i])
+        d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_batch(sigma_mid, x)))
+        x = x + d_2 * (sigma_down - sigmas[i])
+        x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * renoise
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """DPM-Solver++(2S) ancestral for rectified flow (ComfyUI `sample_dpmpp_2s_ancestral_RF`, eta 1).
+
+    A single-step second-order step to σ_d: the model is evaluated at σ_s, the λ-midpoint of σ
+    and σ_d (λ = log((1-σ)/σ); ComfyUI uses σ_s = 0.9999 when σ = 1), reached by the flow's exact
+    interpolation u = (σ_s/σ)·x + (1 - σ_s/σ)·D; then x ← (σ_d/σ)·x + (1 - σ_d/σ)·D_s and
+    `rf_ancestral_step`'s rescale and noise. The step to 0 is an Euler step.
+    """
+    sigmas = prepare_sigmas(x, sigmas)
+    noise_sampler = default_noise_sampler(x, seed)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigma_batch(sigmas[i], x))
+        sigma_down, rescale, renoise = rf_ancestral_step(sigmas[i], sigmas[i + 1])
+        notify(callback, i, sigmas, x, denoised)
+        if sigmas[i + 1] == 0:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+            continue
+        sigma_s = 0.9999 if sigmas[i] == 1.0 else _rf_lambda_midpoint(sigmas[i], sigma_down)
+        ratio_s = sigma_s / sigmas[i]
+        u = ratio_s * x + (1 - ratio_s) * denoised
+        denoised_s = model(u, sigma_batch(sigma_s, x))
+        ratio_down = sigma_down / sigmas[i]
+        x = ratio_down * x + (1 - ratio_down) * denoised_s
+        x = rescale * x + noise_sampler(sigmas[i], sigmas[i + 1]) * renoise
+    return x
+
+
+def _rf_lambda_midpoint(sigma: Tensor, sigma_to: Tensor) -> Tensor:
+    """The σ halfway between σ and σ_to in λ = log((1-σ)/σ), with ComfyUI's formulas for λ and σ(λ)."""
+    lam, lam_to = ((1 - sigma) / sigma).log(), ((1 - sigma_to) / sigma_to).log()
+    lam_s = lam + 0.5 * (lam_to - lam)
+    return (lam_s.exp() + 1) ** -1
+
+
+def _brownian(x: Tensor, sigmas: Tensor, seed: int) -> BrownianTreeNoiseSampler:
+    """The Brownian tree over [smallest positive sigma, largest sigma], built before the offset."""
+    return BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+
+
+def dpmpp_2m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    callback: StepCallback | None,
+    seed: int,
+    shift: float,
+    *,
+    solver: str,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, arXiv:2211.01095), eta 1, in λ = -logit σ.
 
     ComfyUI's defaults: data-prediction SDE step x ← (σ'/σ)e^(-h)·x + α'(1 - e^(-2h))·D, a
-    midpoint correction 0.5·α'(1 - e^(-2h))/r·(D - D_prev), and Brownian-tree noise scaled by
-    σ'·sqrt(1 - e^(-2h)), with α' = σ'e^(λ') = 1 - σ'. The step to 0 returns D.
+    second-order correction from D - D_prev with r = h_prev/h, `solver` "midpoint"
+    (0.5·α'(1 - e^(-2h))/r) or "heun" (α'((1 - e^(-2h))/(-2h) + 1)/r), and Brownian-tree noise
+    scaled by σ'·sqrt(1 - e^(-2h)), with α' = σ'e^(λ') = 1 - σ'. The step to 0 returns D.
     """
     sigmas = prepare_sigmas(x, sigmas)
     if len(sigmas) <= 1:
@@ -104,6 +191,7 @@ def sample_dpmpp_2m_sde(
     noise_sampler = _brownian(x, sigmas, seed)
     sigmas = offset_first_sigma(sigmas, shift)
     old_denoised: Tensor | None = None
+    h: Tensor | None = None
     h_last: Tensor | None = None
     for i in range(len(sigmas) - 1):
         denoised = model(x, sigma_batch(sigmas[i], x))
@@ -118,11 +206,97 @@ def sample_dpmpp_2m_sde(
             x = sigmas[i + 1] / sigmas[i] * (-h).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
             if old_denoised is not None and h_last is not None:
                 r = h_last / h
-                x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
+                if solver == "heun":
+                    weight = alpha_t * ((-h_eta).expm1().neg() / (-h_eta) + 1)
+                else:
+                    weight = 0.5 * alpha_t * (-h_eta).expm1().neg()
+                x = x + weight * (1 / r) * (denoised - old_denoised)
             noise = noise_sampler(sigmas[i], sigmas[i + 1])
             x = x + noise * sigmas[i + 1] * (-2 * h).expm1().neg().sqrt()
-            h_last = h
-        old_denoised = denoised
+        old_denoised, h_last = denoised, h
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE, midpoint correction (see `dpmpp_2m_sde`)."""
+    return dpmpp_2m_sde(model, x, sigmas, callback, seed, shift, solver="midpoint")
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE, Heun correction (see `dpmpp_2m_sde`)."""
+    return dpmpp_2m_sde(model, x, sigmas, callback, seed, shift, solver="heun")
+
+
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """DPM-Solver++(3M) SDE, eta 1, in λ = -logit σ, Brownian-tree noise (ComfyUI `sample_dpmpp_3m_sde`).
+
+    The first-order SDE step of `dpmpp_2m_sde`, then with one previous estimate the 2M term
+    α'φ2·(D - D_1)/r, with two the 3M terms α'φ2·d1 - α'φ3·d2 from divided differences of
+    D, D_1, D_2 (r0 = h_1/h, r1 = h_2/h), where φ2 = (e^(-2h) - 1)/(2h) + 1, φ3 = φ2/(2h) - 1/2.
+    """
+    sigmas = prepare_sigmas(x, sigmas)
+    if len(sigmas) <= 1:
+        return x
+    noise_sampler = _brownian(x, sigmas, seed)
+    sigmas = offset_first_sigma(sigmas, shift)
+    denoised_1: Tensor | None = None
+    denoised_2: Tensor | None = None
+    h: Tensor | None = None
+    h_1: Tensor | None = None
+    h_2: Tensor | None = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigma_batch(sigmas[i], x))
+        notify(callback, i, sigmas, x, denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            lambda_s, lambda_t = half_log_snr(sigmas[i]), half_log_snr(sigmas[i + 1])
+            h = lambda_t - lambda_s
+            h_eta = h * 2.0
+            alpha_t = sigmas[i + 1] * lambda_t.exp()
+            x = sigmas[i + 1] / sigmas[i] * (-h).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            phi_2 = h_eta.neg().expm1() / h_eta + 1
+            if h_2 is not None and h_1 is not None and denoised_1 is not None and denoised_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + (alpha_t * phi_2) * d1 - (alpha_t * phi_3) * d2
+            elif h_1 is not None and denoised_1 is not None:
+                x = x + (alpha_t * phi_2) * ((denoised - denoised_1) / (h_1 / h))
+            noise = noise_sampler(sigmas[i], sigmas[i + 1])
+            x = x + noise * sigmas[i + 1] * (-2 * h).expm1().neg().sqrt()
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
     return x
 
 
@@ -248,3 +422,64 @@ def _er_sde_corrections(
         denoised_u = (denoised_d - old_d) / ((lam_s - lambdas[i - 2]) / 2)
         x = x + alpha_t * ((dt**2) / 2 + s_u * _er_sde_scaler(lam_t)) * denoised_u
     return x, denoised_d
+
+
+@torch.no_grad()
+def sample_ddpm(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """DDPM ancestral steps (Ho et al. 2020, eq. 11) in ComfyUI's variance-preserving form.
+
+    ComfyUI applies the VP formulas whatever the model: x is scaled by 1/sqrt(1+σ²), with
+    ᾱ = 1/(1+σ²) and α = ᾱ/ᾱ', x ← (x - (1-α)·ε/sqrt(1-ᾱ))/sqrt(α) plus
+    sqrt((1-α)(1-ᾱ')/(1-ᾱ)) of fresh noise, then scaled back by sqrt(1+σ'²); ε = (x - D)/σ.
+    """
+    sigmas = prepare_sigmas(x, sigmas)
+    noise_sampler = default_noise_sampler(x, seed)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma_batch(sigma, x))
+        notify(callback, i, sigmas, x, denoised)
+        eps = (x - denoised) / sigma
+        alpha_bar, alpha_bar_next = 1 / ((sigma * sigma) + 1), 1 / ((sigma_next * sigma_next) + 1)
+        alpha = alpha_bar / alpha_bar_next
+        x_vp = x / torch.sqrt(1.0 + sigma**2.0)
+        x = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - alpha_bar).sqrt())
+        if sigma_next > 0:
+            spread = ((1 - alpha) * (1.0 - alpha_bar_next) / (1.0 - alpha_bar)).sqrt()
+            x = x + spread * noise_sampler(sigma, sigma_next)
+        if sigma_next != 0:
+            x = x * torch.sqrt(1.0 + sigma_next**2.0)
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    callback: StepCallback | None = None,
+    seed: int = 0,
+    shift: float = 3.0,
+) -> Tensor:
+    """Latent-consistency sampling (Luo et al. 2023): jump to D, re-noise to σ' with fresh noise.
+
+    The re-noising is the flow interpolation σ'·noise + (1-σ')·D (ComfyUI's `noise_scaling` of a
+    CONST model). The step to 0 returns D.
+    """
+    sigmas = prepare_sigmas(x, sigmas)
+    noise_sampler = default_noise_sampler(x, seed)
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigma_batch(sigmas[i], x))
+        notify(callback, i, sigmas, x, denoised)
+        x = denoised
+        if sigmas[i + 1] > 0:
+            x = sigmas[i + 1] * noise_sampler(sigmas[i], sigmas[i + 1]) + (1.0 - sigmas[i + 1]) * x
+    return x
