@@ -127,7 +127,8 @@ class LoRA(_AdapterBase):
 def _tucker(core: Tensor, wb: Tensor, wa: Tensor, device) -> Tensor:
     """LyCORIS's Tucker rebuild (wa: (rank, out), wb: (rank, in)); trailing 1×1 kernel dims dropped."""
     out = torch.einsum("i j ..., j r, i p -> p r ...", _f32(core, device), _f32(wb, device), _f32(wa, device))
-    return out.reshape(out.shape[0], out.shape[1]) if out.dim() > 2 and out[0, 0].numel() == 1 else out
+    out = out.reshape(out.shape[0], out.shape[1]) if out.dim() > 2 and out[0, 0].numel() == 1 else out
+    return out.contiguous()  # einsum may return a permuted view, which torch.kron cannot take
 
 
 @dataclass(frozen=True, eq=False)
