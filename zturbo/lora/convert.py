@@ -238,7 +238,11 @@ def _split_rows(p: WeightPatch) -> list[tuple[str, LoRA]]:
     for target, rows in zip(p.targets, p.rows, strict=True):
         up = a.up[start : start + rows]
         keep = up.abs().sum(dim=0) != 0
-        keep = keep if bool(keep.any()) else torch.ones_like(keep)  # an all-zero block keeps its shape
+        if not bool(keep.any()):
+            if a.dora is None:  # a zero block (a projection the fused LoRA did not train): no patch at all
+                start += rows
+                continue
+            keep = torch.ones_like(keep)
         rank = int(keep.sum())
         alpha = None if a.alpha is None and rank == a.rank else a.scale * rank
         dora = None

@@ -271,14 +271,10 @@ _FAMILIES = [
 
 
 def foreign_family(paths: list[str]) -> str | None:
-    """Name the model family most of these module paths belong to, if they are recognisably another's."""
-    counts: dict[str, int] = {}
-    for path in paths:
-        for rx, label in _FAMILIES:
-            if rx.search(path):
-                counts[label] = counts.get(label, 0) + 1
-                break
-    if not counts:
+    """Name the family these module paths belong to, when most of them are recognisably another model's.
+    The most specific family with any evidence wins (an SDXL file also has SD-style UNet keys)."""
+    hits = {label: sum(bool(rx.search(p)) for p in paths) for rx, label in _FAMILIES}
+    recognised = sum(any(rx.search(p) for rx, _ in _FAMILIES) for p in paths)
+    if recognised * 2 < len(paths):
         return None
-    label = max(counts, key=counts.__getitem__)
-    return label if counts[label] * 2 >= len(paths) else None
+    return next((label for _, label in _FAMILIES if hits[label]), None)
