@@ -116,7 +116,7 @@ class Module:
 
     component: str  # DIT | TEXT_ENCODER
     names: tuple[str, ...]  # reference-layout module names (several: a fused native module)
-    naming: str  # "diffusers" | "native" (Z-Image's original names) | "hf"
+    naming: str  # "diffusers" | "native" (Z-Image's original names) | "shared" (the same in both) | "hf"
     group: str  # "layers", "noise_refiner", "context_refiner", "top" (DiT); "layers", "top" (encoder)
     index: int | None  # block index, None for top-level modules
     part: str  # the module within its block, as written: "attention.to_q", "attention.qkv", ...
@@ -143,14 +143,14 @@ _DIT_BLOCK = {
     "attention_norm_k": (("attention.norm_k",), "diffusers"),
     "attention_q_norm": (("attention.norm_q",), "native"),
     "attention_k_norm": (("attention.norm_k",), "native"),
-    "feed_forward_w1": (("feed_forward.w1",), "diffusers"),
-    "feed_forward_w2": (("feed_forward.w2",), "diffusers"),
-    "feed_forward_w3": (("feed_forward.w3",), "diffusers"),
-    "attention_norm1": (("attention_norm1",), "diffusers"),
-    "attention_norm2": (("attention_norm2",), "diffusers"),
-    "ffn_norm1": (("ffn_norm1",), "diffusers"),
-    "ffn_norm2": (("ffn_norm2",), "diffusers"),
-    "adaLN_modulation_0": (("adaLN_modulation.0",), "diffusers"),
+    "feed_forward_w1": (("feed_forward.w1",), "shared"),
+    "feed_forward_w2": (("feed_forward.w2",), "shared"),
+    "feed_forward_w3": (("feed_forward.w3",), "shared"),
+    "attention_norm1": (("attention_norm1",), "shared"),
+    "attention_norm2": (("attention_norm2",), "shared"),
+    "ffn_norm1": (("ffn_norm1",), "shared"),
+    "ffn_norm2": (("ffn_norm2",), "shared"),
+    "adaLN_modulation_0": (("adaLN_modulation.0",), "shared"),
 }
 _DIT_TOP = {
     "all_x_embedder_2-1": ("all_x_embedder.2-1", "diffusers"),
@@ -159,10 +159,10 @@ _DIT_TOP = {
     "final_layer_linear": ("all_final_layer.2-1.linear", "native"),
     "all_final_layer_2-1_adaLN_modulation_1": ("all_final_layer.2-1.adaLN_modulation.1", "diffusers"),
     "final_layer_adaLN_modulation_1": ("all_final_layer.2-1.adaLN_modulation.1", "native"),
-    "cap_embedder_0": ("cap_embedder.0", "diffusers"),
-    "cap_embedder_1": ("cap_embedder.1", "diffusers"),
-    "t_embedder_mlp_0": ("t_embedder.mlp.0", "diffusers"),
-    "t_embedder_mlp_2": ("t_embedder.mlp.2", "diffusers"),
+    "cap_embedder_0": ("cap_embedder.0", "shared"),
+    "cap_embedder_1": ("cap_embedder.1", "shared"),
+    "t_embedder_mlp_0": ("t_embedder.mlp.0", "shared"),
+    "t_embedder_mlp_2": ("t_embedder.mlp.2", "shared"),
 }
 _DIT_PARAMS = {"x_pad_token", "cap_pad_token"}
 _TE_BLOCK = {
@@ -217,7 +217,7 @@ def _resolve_dit(flat: str) -> Module | None:
         name, naming = _DIT_TOP[flat]
         return Module(DIT, (name,), naming, "top", None, name)
     if flat in _DIT_PARAMS:
-        return Module(DIT, (flat,), "diffusers", "top", None, flat, is_param=True)
+        return Module(DIT, (flat,), "shared", "top", None, flat, is_param=True)
     return None
 
 

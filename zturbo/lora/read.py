@@ -428,12 +428,18 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 def _report(path, metadata, tensors, groups, patches, unmatched, notes, peft) -> R.LoraReport:
-    styles = R.count(
-        R.describe_layout(g.styles, g.module.naming, g.suffix or "lora_down/lora_up", g.module.component)
-        for g in groups.values()
-        if g.suffix
-    )
-    fmt = "; ".join(label for label, _ in R._by_count(styles)) or "unknown"
+    layouts: dict[tuple, set[str]] = {}
+    counts: dict[tuple, int] = {}
+    for g in groups.values():
+        if g.suffix:
+            key = (R.main_style(g.styles), g.suffix, g.module.component)
+            layouts.setdefault(key, set()).add(g.module.naming)
+            counts[key] = counts.get(key, 0) + 1
+    labels = [
+        R.describe_layout(*key[:1], layouts[key], *key[1:])
+        for key in sorted(counts, key=lambda k: -counts[k])
+    ]
+    fmt = "; ".join(labels) or "unknown"
     weights = [p for p in patches if p.targets[0].endswith(".weight") or len(p.targets[0].split(".")) == 1]
     report = R.LoraReport(path=path, format=fmt, producer=R.describe_producer(metadata, fmt))
     report.adapters = R.count(p.adapter.label for p in patches)

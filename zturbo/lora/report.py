@@ -136,10 +136,19 @@ def _parts(names: list[str]) -> str:
 # --- format and producer labels ---
 
 
-def describe_layout(styles: tuple[str, ...], naming: str, suffix: str, component: str) -> str:
-    """A human label for one key style, e.g. "kohya/musubi-tuner (lora_unet_ + underscored diffusers names)"."""
-    style = next((s for s in styles if s != "peft"), "peft" if "peft" in styles else "bare")
-    names = {"native": "original Z-Image names", "diffusers": "diffusers names", "hf": "Qwen3 names"}[naming]
+_NAMINGS = {"native": "original Z-Image", "diffusers": "diffusers", "hf": "Qwen3"}
+
+
+def main_style(styles: tuple[str, ...]) -> str:
+    return next((s for s in styles if s != "peft"), "peft" if "peft" in styles else "bare")
+
+
+def describe_layout(style: str, namings: set[str], suffix: str, component: str) -> str:
+    """A human label for one key style, e.g. "kohya/musubi-tuner (lora_unet_ + underscored diffusers names)".
+    A ComfyUI file mixes namings (native qkv/out next to to_q on another block): both are named."""
+    specific = (namings - {"shared"}) or {"diffusers"}  # ffn/adaLN/embedder names are the same in both
+    names = " and ".join(_NAMINGS[n] for n in sorted(specific, key=list(_NAMINGS).index)) + " names"
+    naming = "diffusers" if "diffusers" in specific else next(iter(specific))
     if component == TEXT_ENCODER:
         prefix = {
             "kohya": "lora_te_",
@@ -163,7 +172,7 @@ def describe_layout(styles: tuple[str, ...], naming: str, suffix: str, component
     }
     if style == "diffusion_model":
         who = "ai-toolkit" if naming == "diffusers" and suffix.startswith("lora_A") else "ComfyUI"
-        if suffix.startswith(("lokr", "loha")) and naming == "diffusers":
+        if suffix in ("LoKr", "LoHa") and naming == "diffusers":
             who = "ai-toolkit/LyCORIS"
         return f"{who} (diffusion_model. + {names}, {suffix})"
     if style == "bare" and suffix == "lora_A.default/lora_B.default":
