@@ -93,8 +93,6 @@ def unsupported_kind(key: str) -> str | None:
 
 _PREFIXES = [
     ("base_model.model.", None, "peft"),
-    ("text_encoders.qwen3_4b.transformer.", TEXT_ENCODER, "comfyui"),
-    ("text_encoders.qwen3_4b.", TEXT_ENCODER, "comfyui"),
     ("text_encoder.", TEXT_ENCODER, "diffusers"),
     ("lora_qwen3-", TEXT_ENCODER, "invokeai"),
     ("lora_te1_", TEXT_ENCODER, "kohya"),
@@ -179,10 +177,15 @@ _DIT_BLOCK_RE = re.compile(r"^(layers|noise_refiner|context_refiner)_(\d+)_(.+)$
 _TE_BLOCK_RE = re.compile(r"^layers_(\d+)_(.+)$")
 
 
+_COMFY_TE = re.compile(r"^text_encoders\.[A-Za-z0-9_]+\.(transformer\.)?")
+
+
 def strip_prefixes(path: str) -> tuple[str, str | None, tuple[str, ...]]:
     """Remove known prefixes (they stack: `base_model.model.transformer.`). → (rest, component, styles)."""
     component: str | None = None
     styles: list[str] = []
+    if m := _COMFY_TE.match(path):  # ComfyUI's generic `text_encoders.<clip name>.transformer.` keys
+        path, component, styles = path[m.end() :], TEXT_ENCODER, ["comfyui"]
     changed = True
     while changed:
         changed = False

@@ -101,7 +101,8 @@ def coverage_lines(modules: list[Module]) -> list[str]:
             continue
         by_group.setdefault(module.group, {}).setdefault(module.part, set()).add(module.index)
     lines = []
-    for group, parts in by_group.items():
+    order = list(_GROUP_NAMES)
+    for group, parts in sorted(by_group.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         by_indices: dict[tuple[int, ...], list[str]] = {}
         for part, indices in parts.items():
             by_indices.setdefault(tuple(sorted(indices)), []).append(part)
@@ -153,7 +154,7 @@ def describe_layout(style: str, namings: set[str], suffix: str, component: str) 
         prefix = {
             "kohya": "lora_te_",
             "diffusers": "text_encoder.",
-            "comfyui": "text_encoders.qwen3_4b.",
+            "comfyui": "text_encoders.<name>.transformer.",
             "invokeai": "lora_qwen3-",
             "peft": "base_model.model.",
         }.get(style, "bare names")
