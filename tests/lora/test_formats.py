@@ -151,3 +151,19 @@ def test_text_encoder_layouts(tmp_path, te_base, te_shapes, dit_base, dit_shapes
         assert_same(apply_patches(te_patches, te_base), hand_merge(te_base, alpha_te, 1.0))
         assert lora.report.patch_counts == {"dit": 1, "text_encoder": 6}
         assert "2 layers (0, 2) × self_attn q/k, mlp down" in lora.report.coverage["text_encoder"]
+
+
+def test_peft_metadata_unpacked_and_rslora(tmp_path, dit_base, dit_shapes):
+    """A plain LoraConfig dict (no `transformer.` packing); use_rslora: scale = lora_alpha / sqrt(r)."""
+    import json
+
+    from zturbo.testing.lora_files import lora_tensors, write_tensors
+
+    factors = random_factors(dit_shapes, ["layers.0.attention.to_q"], rank=4, seed=2)
+    meta = {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 6, "use_rslora": True})}
+    path = write_tensors(tmp_path / "r.safetensors", lora_tensors(factors, "bare"), meta)
+    (patch,) = read_lora(path, dit_shapes=dit_shapes).patches
+    assert patch.adapter.scale == pytest.approx(6 / 2)
+    f = factors["layers.0.attention.to_q"]
+    expected = dit_base["layers.0.attention.to_q.weight"] + (f.up @ f.down) * patch.adapter.scale
+    assert torch.equal(apply_patches([patch], dit_base)["layers.0.attention.to_q.weight"], expected)
