@@ -26,6 +26,7 @@ def test_unmatched_keys_are_named_with_reasons(tmp_path, dit_shapes):
         "lora_unet_layers_0_attention_to_q.lora_mid.weight": torch.zeros(2, 2),  # LoCon Tucker core
         "lora_unet_layers_0_attention_norm1.alpha": torch.tensor(1.0),  # alpha without weights
         "lora_unet_layers_1_feed_forward_w1.lora_up.weight": torch.zeros(170, 2),  # no lora_down
+        "lora_unet_layers_1_feed_forward_w1.alpha": torch.tensor(2.0),  # ... so its alpha is unused too
         "lora_unet_layers_1_feed_forward_w2.a1.weight": torch.zeros(2, 2),  # GLoRA
         "something_else": torch.zeros(1),
         "lora_unet_siglip_embedder_0.lora_down.weight": torch.zeros(2, 2),  # Omni-only module
@@ -40,7 +41,7 @@ def test_unmatched_keys_are_named_with_reasons(tmp_path, dit_shapes):
     assert "GLoRA" in reasons["lora_unet_layers_1_feed_forward_w2.a1.weight"]
     assert len(lora.patches) == 7
     text = str(lora.report)
-    assert "keys: 21 of 28 used, 7 not used:" in text
+    assert "keys: 21 of 29 used, 8 not used:" in text
     for key in extra:
         assert key in text
 

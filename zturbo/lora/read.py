@@ -250,7 +250,15 @@ def _patch(module: K.Module, role: str, adapter: Adapter, keys: list[str]) -> We
 def _weight_adapter(path, kind, group: _Group, tensors, peft, used: list, unmatched) -> Adapter | None:
     roles = group.roles
     get = {role: tensors[key] for role, key in roles.items()}
-    alpha = _alpha(path, roles, get, used)
+    alpha = _alpha(path, roles, get)
+    adapter = _make_adapter(path, kind, group, get, alpha, peft, used, unmatched)
+    if adapter is not None and "alpha" in roles and kind != "diff":
+        used.append(roles["alpha"])
+    return adapter
+
+
+def _make_adapter(path, kind, group: _Group, get, alpha, peft, used: list, unmatched) -> Adapter | None:
+    roles = group.roles
     if kind == "diff":
         used.append(roles["diff"])
         return Full(get["diff"])
@@ -280,7 +288,7 @@ def _weight_adapter(path, kind, group: _Group, tensors, peft, used: list, unmatc
     return _loha(path, roles, get, alpha, used, unmatched)
 
 
-def _alpha(path, roles, get, used) -> float | None:
+def _alpha(path, roles, get) -> float | None:
     if "alpha" not in get:
         return None
     value = get["alpha"]
@@ -288,7 +296,6 @@ def _alpha(path, roles, get, used) -> float | None:
         raise ModelFileError(
             path, f"is corrupt: {roles['alpha']} should be one number, has shape {tuple(value.shape)}"
         )
-    used.append(roles["alpha"])
     return float(value.float().item())
 
 
