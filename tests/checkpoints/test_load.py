@@ -146,6 +146,19 @@ def test_pickle_content_refused_whatever_the_name(tmp_path, writer):
         load_dit(path, dtype=torch.float32)
 
 
+def test_safetensors_header_length_with_low_byte_0x80_is_not_a_pickle(tmp_path):
+    """The first byte of a safetensors file is its header length's low byte: 0x80 is no pickle opcode there."""
+    from zturbo.checkpoints.reader import open_checkpoint
+
+    path = tmp_path / "x.safetensors"
+    for pad in range(256):
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"p": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert open_checkpoint(path).shape("w") == (2,)
+
+
 def test_no_pickle_is_ever_loaded(tiny_models, monkeypatch):
     """Loading every component must not touch pickle machinery at all."""
 

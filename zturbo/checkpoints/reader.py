@@ -103,9 +103,18 @@ def refuse_pickle(path: Path) -> None:
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelFileError(path, f"is a pickle-based file. {hint}")
     with path.open("rb") as f:
-        head = f.read(4)
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        head = f.read(9)
+    if head.startswith(_ZIP_MAGIC) or (head[:1] == b"\x80" and not _looks_like_safetensors(path, head)):
         raise ModelFileError(path, f"contains a pickle (torch.save format), whatever its name says. {hint}")
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    """A safetensors file starts with its header's length (u64, little-endian) and then "{": a length whose
+    low byte is 0x80 must not be taken for a pickle's protocol opcode."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return header_len <= path.stat().st_size - 8
 
 
 def open_checkpoint(path: Path | str) -> Checkpoint:
