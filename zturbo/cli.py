@@ -16,10 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zturbo.errors import InputError, ZTurboError
+from zturbo.lora.cli import lora_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run Z-Image-Turbo locally.")
 models_app = typer.Typer(help="Show or download the model files.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
+app.add_typer(lora_app, name="lora")
 console = Console(stderr=True)
 
 ModelsDir = Annotated[

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zturbo.checkpoints.synthetic import TINY, build_random_dit, build_random_text_encoder
+from zturbo.testing.synthetic import TINY, build_random_dit, build_random_text_encoder
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from zturbo.lora import read_lora
 from zturbo.lora.cli import lora_app
 from zturbo.lora.convert import convert_lora
+from zturbo.lora.read import read_lora
 from zturbo.testing.lora_files import (
     adapter_tensors,
     apply_patches,

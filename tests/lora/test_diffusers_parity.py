@@ -13,8 +13,7 @@ import json
 import pytest
 import torch
 
-from zturbo.checkpoints.synthetic import TINY
-from zturbo.lora import read_lora
+from zturbo.lora.read import read_lora
 from zturbo.testing.lora_files import (
     adapter_tensors,
     apply_patches,
@@ -24,6 +23,7 @@ from zturbo.testing.lora_files import (
     write_lora,
     write_tensors,
 )
+from zturbo.testing.synthetic import TINY
 
 pytest.importorskip("peft")
 

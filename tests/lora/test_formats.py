@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zturbo.lora import read_lora
+from zturbo.lora.read import read_lora
 from zturbo.testing.lora_files import (
     DIT_LAYOUTS,
     TE_LAYOUTS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zturbo.lora import read_lora
+from zturbo.lora.read import read_lora
 from zturbo.testing.lora_files import adapter_tensors, apply_patches, write_lora, write_tensors
 
 EPS = torch.finfo(torch.float32).eps

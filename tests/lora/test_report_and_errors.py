@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zturbo.errors import ModelFileError
-from zturbo.lora import read_lora
+from zturbo.lora.read import read_lora
 from zturbo.testing.lora_files import (
     block_modules,
     foreign_lora,

@@ -52,9 +52,3 @@ Adapter (every class):
 ``convert_lora(lora, to="comfy" | "diffusers") -> Converted`` (zturbo.lora.convert) re-writes a LoRA in
     another layout, exactly where that layout can represent it, and lists what it refused.
 """
-
-from zturbo.lora.adapters import Dora, Full, LoHa, LoKr, LoRA
-from zturbo.lora.read import LoraFile, WeightPatch, read_lora
-from zturbo.lora.report import LoraReport
-
-__all__ = ["Dora", "Full", "LoHa", "LoKr", "LoRA", "LoraFile", "LoraReport", "WeightPatch", "read_lora"]

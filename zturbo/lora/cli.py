@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from zturbo.errors import ModelFileError, ZTurboError
-from zturbo.lora.convert import TARGETS, convert_lora
-from zturbo.lora.read import read_lora
+
+# The LoRA code (torch) is imported inside the commands, so `zturbo --help` stays instant.
 
 lora_app = typer.Typer(help="Inspect or convert LoRA files.", no_args_is_help=True)
 
@@ -32,6 +32,8 @@ def _fail(exc: ZTurboError) -> None:
 @lora_app.command("inspect")
 def inspect(file: Path, model: ModelOpt = None) -> None:
     """Print what a LoRA file is and what it would patch, without generating anything."""
+    from zturbo.lora.read import read_lora
+
     try:
         lora = read_lora(file, dit_shapes=dit_shapes_of(model) if model else None)
     except ZTurboError as exc:
@@ -45,13 +47,16 @@ def inspect(file: Path, model: ModelOpt = None) -> None:
 def convert(
     file: Path,
     out: Path,
-    to: Annotated[str, typer.Option("--to", help=f"target layout: {' | '.join(TARGETS)}")],
+    to: Annotated[str, typer.Option("--to", help="target layout: comfy | diffusers")],
     skip_unsupported: Annotated[
         bool, typer.Option("--skip-unsupported", help="Write what the target layout can hold; list the rest.")
     ] = False,
     model: ModelOpt = None,
 ) -> None:
     """Write the LoRA in another layout, exactly, or refuse and say why."""
+    from zturbo.lora.convert import convert_lora
+    from zturbo.lora.read import read_lora
+
     try:
         lora = read_lora(file, dit_shapes=dit_shapes_of(model) if model else None)
         result = convert_lora(lora, to)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from zturbo.checkpoints.synthetic import TINY, build_random_dit, build_random_text_encoder
+from zturbo.testing.synthetic import TINY, build_random_dit, build_random_text_encoder
 
 Tensor = torch.Tensor
 
