@@ -30,10 +30,12 @@ from zturbo import sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
+from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
 from zturbo.models import vae as vae_ops
 from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
+from zturbo.patches import Patch, PatchSet, live
 from zturbo.progress import ProgressFn
 from zturbo.runtime import residency
 from zturbo.runtime.compile import accelerate, accelerate_vae
@@ -57,6 +59,7 @@ class ZImageModel:
     component: load.LoadedComponent
     shift: float = 3.0
     multiplier: float = 1.0
+    patches: PatchSet = PatchSet()  # LoRAs and the like, applied right before sampling
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -69,6 +72,7 @@ class TextEncoder:
 
     component: load.LoadedComponent
     encoder: PromptEncoder
+    patches: PatchSet = PatchSet()  # text-encoder LoRAs, applied right before encoding
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Engine:
     settings: EngineSettings = field(default_factory=EngineSettings)
     tokenizer: Path | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
+    _loras: LoraCache = field(default_factory=LoraCache, repr=False)
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -179,6 +184,45 @@ class Engine:
     def _realize_text_encoder(self, component: load.LoadedComponent, residence: Residence) -> None:
         residency.place_text_encoder(component.module, residence, self.placement.device)
 
+    # --- weight patches (LoRA): carried by MODEL/CLIP values, applied right before each run ---
+
+    def load_lora(
+        self,
+        model: ZImageModel,
+        clip: TextEncoder | None,
+        path: Path,
+        strength_model: float = 1.0,
+        strength_clip: float = 1.0,
+    ) -> tuple[ZImageModel, TextEncoder | None]:
+        """`model` and `clip` with the LoRA file's patches added (nothing computed yet: ComfyUI's
+        LoraLoader). The file is read once (cached while unchanged) and checked against the shapes of
+        the loaded models; what it could not match is in its report, logged here."""
+        te_shapes = live.reference_shapes(clip.component.module) if clip is not None else None
+        lora = self._loras.read(path, live.reference_shapes(model.component.module), te_shapes)
+
+        def added(component: str, strength: float) -> list[Patch]:
+            return [Patch(p, strength, path.name) for p in lora.patches if p.component == component]
+
+        model = dataclasses.replace(model, patches=model.patches.plus(added(DIT_PATCHES, strength_model)))
+        if clip is not None:
+            clip = dataclasses.replace(clip, patches=clip.patches.plus(added(TE_PATCHES, strength_clip)))
+        return model, clip
+
+    def _sync_dit(self, model: ZImageModel) -> None:
+        synced = live.sync(model.component, model.patches, self.placement.device)
+        if synced.structure:  # side paths added or removed: realise again (fresh CUDA graphs)
+            residence = self.memory.residence(DIT) if self.memory is not None else Residence()
+            self._realize_dit(model.component, residence)
+        elif synced.weights:
+            residency.weights_changed(model.component.module)
+
+    def _sync_text_encoder(self, clip: TextEncoder) -> None:
+        synced = live.sync(clip.component, clip.patches, self.placement.device)
+        if synced.weights:
+            residency.weights_changed(clip.component.module)
+        if synced.structure and clip.encoder.graphs is not None:
+            clip.encoder.graphs = GraphCache(clip.encoder.features, "text encoder")
+
     def prepare(
         self, paths: ModelPaths, workload: Workload, weight_dtype: str | None = None
     ) -> MemoryPlan | None:
@@ -221,6 +265,7 @@ class Engine:
 
     def encode_text(self, clip: TextEncoder, text: str) -> Conditioning:
         def encode() -> Conditioning:
+            self._sync_text_encoder(clip)
             with residency.text_encoder_ready(clip.component.module, self.placement.device):
                 return Conditioning(clip.encoder.encode([text]))
 
@@ -293,6 +338,7 @@ class Engine:
             self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg, uncond_at_cfg1=uncond_at_cfg1))
 
         def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
+            self._sync_dit(model)
             denoiser = ZImageDenoiser(
                 model.transformer,
                 positive.embeds,

@@ -7,7 +7,7 @@ shapes → build on meta → assign. The file name is never consulted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +43,8 @@ class LoadedComponent:
     source: Path
     detection: Detection
     dtype: torch.dtype
+    # What the engine keeps with the live module (e.g. which weight patches it carries now).
+    runtime: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
 
 def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object], Detection]:

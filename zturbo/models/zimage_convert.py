@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from zturbo.models.slots import WeightSlot
 from zturbo.models.zimage_dit import DiTSettings, ZImageBlock, ZImageDiT
 
 
@@ -123,3 +124,52 @@ def _check_supported(module: nn.Module) -> None:
         raise ValueError(f"only 2x2 patches are supported (got {module.all_patch_size})")
     if any(p.device.type == "meta" for p in module.parameters()):
         raise ValueError("the diffusers module holds meta tensors: was it converted already?")
+
+
+def _linear_slots(layer: nn.Module, names: tuple[str, ...]) -> dict[str, WeightSlot]:
+    """Reference weights `names` (equal row counts, stacked in order) inside one fused layer."""
+    if isinstance(layer, SplitLinear):  # kept apart: each part is its own layer
+        return {n: WeightSlot(part, "weight") for n, part in zip(names, layer.parts, strict=True)}
+    rows = layer.out_features // len(names)  # type: ignore[operator]
+    return {n: WeightSlot(layer, "weight", i * rows, (i + 1) * rows) for i, n in enumerate(names)}
+
+
+def _block_slots(block: ZImageBlock) -> dict[str, WeightSlot]:
+    slots = {
+        **_linear_slots(block.qkv, ("attention.to_q.weight", "attention.to_k.weight", "attention.to_v.weight")),
+        **_linear_slots(block.w13, ("feed_forward.w1.weight", "feed_forward.w3.weight")),
+        "attention.to_out.0.weight": WeightSlot(block.out, "weight"),
+        "feed_forward.w2.weight": WeightSlot(block.w2, "weight"),
+        "attention.norm_q.weight": WeightSlot(block, "q_norm"),
+        "attention.norm_k.weight": WeightSlot(block, "k_norm"),
+        "attention_norm1.weight": WeightSlot(block, "attn_norm1"),
+        "attention_norm2.weight": WeightSlot(block, "attn_norm2"),
+        "ffn_norm1.weight": WeightSlot(block, "ffn_norm1"),
+        "ffn_norm2.weight": WeightSlot(block, "ffn_norm2"),
+    }
+    if block.modulation is not None:
+        slots["adaLN_modulation.0.weight"] = WeightSlot(block.modulation, "weight")
+        slots["adaLN_modulation.0.bias"] = WeightSlot(block.modulation, "bias")
+    return slots
+
+
+def dit_slots(dit: ZImageDiT) -> dict[str, WeightSlot]:
+    """Where each of diffusers' `ZImageTransformer2DModel` weights lives in a converted `ZImageDiT`."""
+    layers = {
+        "all_x_embedder.2-1": dit.x_embedder,
+        "cap_embedder.1": dit.cap_linear,
+        "t_embedder.mlp.0": dit.t_mlp[0],  # type: ignore[index]
+        "t_embedder.mlp.2": dit.t_mlp[2],  # type: ignore[index]
+        "all_final_layer.2-1.linear": dit.final_linear,
+        "all_final_layer.2-1.adaLN_modulation.1": dit.final_modulation,
+    }
+    slots = {f"{name}.{p}": WeightSlot(layer, p) for name, layer in layers.items() for p in ("weight", "bias")}
+    slots |= {
+        "cap_embedder.0.weight": WeightSlot(dit, "cap_norm"),
+        "x_pad_token": WeightSlot(dit, "x_pad_token"),
+        "cap_pad_token": WeightSlot(dit, "cap_pad_token"),
+    }
+    for group in ("noise_refiner", "context_refiner", "layers"):
+        for i, block in enumerate(getattr(dit, group)):
+            slots |= {f"{group}.{i}.{k}": v for k, v in _block_slots(block).items()}
+    return {name: slot for name, slot in slots.items() if slot.exists}

@@ -60,6 +60,14 @@ def streamer_of(module: nn.Module) -> BlockStreamer | None:
     return module.__dict__.get(_STREAMER)
 
 
+def weights_changed(module: nn.Module) -> None:
+    """The host copies of a streamed component's blocks were written (patched): blocks already in
+    the device slots are stale, so the next use copies them again."""
+    streamer = streamer_of(getattr(module, "dit", module))
+    if streamer is not None:
+        streamer.release()
+
+
 def block_bytes(block: nn.Module) -> int:
     tensors = [*block.parameters(), *block.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
