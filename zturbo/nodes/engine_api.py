@@ -30,6 +30,11 @@ class EngineAPI(Protocol):
 
     def load_vae(self, path: Path) -> Any: ...
 
+    def load_lora(
+        self, model: Any, clip: Any | None, path: Path, strength_model: float, strength_clip: float
+    ) -> tuple[Any, Any | None]:
+        """MODEL and CLIP (None: model only) with the LoRA file's patches added at these strengths."""
+
     def encode_text(self, clip: Any, text: str) -> Any:
         """Return CONDITIONING for `text`."""
 

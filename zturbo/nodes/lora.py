@@ -1,0 +1,73 @@
+"""ComfyUI's LoRA loaders: the MODEL (and CLIP) they return carry the file's patches; nothing is
+computed until something runs the model (the engine then patches the live weights, see
+zturbo/patches). Inputs, defaults and ranges as ComfyUI's `LoraLoader` / `LoraLoaderModelOnly`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from zturbo.nodes.base import Node, require_engine
+from zturbo.nodes.loaders import model_files
+from zturbo.nodes.schema import Combo, Float, Link, NodeSchema, Output
+
+if TYPE_CHECKING:
+    from zturbo.nodes.context import NodeContext
+
+
+def _strength(name: str, tooltip: str) -> Any:
+    return Float(name, default=1.0, min=-100.0, max=100.0, step=0.01, tooltip=tooltip)
+
+
+LORA_NAME = Combo("lora_name", model_files("loras"), tooltip="The name of the LoRA.")
+MODEL_STRENGTH = _strength(
+    "strength_model", "How strongly to modify the diffusion model. This value can be negative."
+)
+
+
+class LoraLoader(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="LoraLoader",
+        display_name="Load LoRA",
+        category="loaders",
+        description="LoRAs are used to modify diffusion and CLIP models, altering the way in which "
+        "latents are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
+        inputs=(
+            Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+            Link("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
+            LORA_NAME,
+            MODEL_STRENGTH,
+            _strength("strength_clip", "How strongly to modify the CLIP model. This value can be negative."),
+        ),
+        outputs=(
+            Output("MODEL", tooltip="The modified diffusion model."),
+            Output("CLIP", tooltip="The modified CLIP model."),
+        ),
+    )
+
+    def execute(
+        self, ctx: NodeContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+    ) -> tuple[Any, Any]:
+        path = ctx.execution.resolve_model("loras", lora_name)
+        return require_engine(ctx).load_lora(model, clip, path, strength_model, strength_clip)
+
+
+class LoraLoaderModelOnly(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="LoraLoaderModelOnly",
+        display_name="LoraLoaderModelOnly",
+        category="loaders",
+        description="LoRAs are used to modify the diffusion model, altering the way in which latents are "
+        "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
+        inputs=(Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."), LORA_NAME,
+                MODEL_STRENGTH),
+        outputs=(Output("MODEL", tooltip="The modified diffusion model."),),
+    )
+
+    def execute(self, ctx: NodeContext, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
+        path = ctx.execution.resolve_model("loras", lora_name)
+        patched, _ = require_engine(ctx).load_lora(model, None, path, strength_model, 0.0)
+        return (patched,)
+
+
+NODES = (LoraLoader, LoraLoaderModelOnly)
