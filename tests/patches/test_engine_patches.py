@@ -128,7 +128,7 @@ def test_removing_and_reweighting_restores_the_base_bit_for_bit(tiny_models_fp32
     after = snapshot(engine, paths)
     assert all(torch.equal(after[k], v) for k, v in base_weights.items())
     state = live.patch_state(engine.load_dit(paths.dit).component)
-    assert state.backups == [] and state.wrapped == []  # nothing kept once the LoRA is gone
+    assert state.backups == {} and state.wrapped == []  # nothing kept once the LoRA is gone
 
 
 def test_strength_zero_is_the_base(tiny_models_fp32, lora_a):

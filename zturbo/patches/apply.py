@@ -8,8 +8,9 @@ How a patch meets each kind of weight (the choice is per target, made here and n
   the weight's dtype once) and written into the same storage, so tensor addresses never change:
   compiled blocks and captured CUDA graphs read the new values at their next run, and a streamed block
   copies the patched host rows to the GPU like any others. The rows' original values are kept on the
-  CPU (`backups`) and written back when the set changes: unloading restores the base bit for bit. A
-  target inside a fused matrix (a LoRA on `to_q`) touches only its rows of Q‖K‖V.
+  CPU (`backups`, page-locked for fast copies): a new set computes from them, and weights no patch
+  touches any more get them back, so unloading restores the base bit for bit. A target inside a fused
+  matrix (a LoRA on `to_q`) touches only its rows of Q‖K‖V.
   Merging costs nothing per step, which is why it is the default.
 - **Quantized weights** (GGUF, fp8: a layer that expands its weight on every call): merging would
   mean re-quantizing (lossy, and a restore would need the file again), so these get a side path
@@ -70,10 +71,17 @@ class Synced:
 
 @dataclass
 class PatchState:
-    """What a component's live weights carry now, and how to take it off."""
+    """What a component's live weights carry now, and how to take it off.
+
+    `backups` holds the original rows of every weight merged in place now, keyed by name. A new set
+    that patches the same weights again is computed from those originals (no restore-then-patch round
+    trip, and no second backup): switching between two LoRAs on the same layers moves each weight's
+    original rows to the device once. Weights the new set leaves alone are restored and their backups
+    dropped, so nothing is kept once no patch touches them.
+    """
 
     applied: PatchSet = field(default_factory=PatchSet)
-    backups: list[tuple[WeightSlot, Tensor]] = field(default_factory=list)
+    backups: dict[str, tuple[WeightSlot, Tensor]] = field(default_factory=dict)
     wrapped: list[tuple[nn.Module, str, PatchedLinear]] = field(default_factory=list)
 
     def sync(self, root: nn.Module, wanted: PatchSet, resolve: Resolve, device: torch.device) -> Synced:
@@ -81,50 +89,65 @@ class PatchState:
         if wanted.key == self.applied.key:
             return Synced(False, False)
         structure_changed = bool(self.wrapped)
-        self.clear(root)
+        self._unwrap()
+        slots = resolve() if wanted or self.backups else {}
+        plans = []
+        for patch in wanted.patches:
+            targets = [_slot(slots, t, patch) for t in patch.patch.targets]
+            plans.append((patch, targets, all(slot.parameter is not None for slot in targets)))
+        keep = {t for patch, _, merge in plans if merge for t in patch.patch.targets}
+        with torch.no_grad():
+            self._restore(set(self.backups) - keep)
+            work: dict[str, Tensor] = {}  # float32 values of the weights merged so far
+            for patch, targets, merge in plans:
+                if merge:
+                    self._merge(patch, targets, work, device)
+                else:
+                    self._side_path(root, patch, targets, device)
+            for target, value in work.items():
+                rows = slots[target].rows(slots[target].parameter)  # type: ignore[arg-type]
+                rows.copy_(value.to(rows.dtype))
         if wanted:
-            slots = resolve()
-            with torch.no_grad():
-                work: dict[str, Tensor] = {}  # float32 values of the weights merged so far
-                for patch in wanted.patches:
-                    targets = [_slot(slots, t, patch) for t in patch.patch.targets]
-                    if all(slot.parameter is not None for slot in targets):
-                        self._merge(patch, targets, work)
-                    else:
-                        self._side_path(root, patch, targets, device)
-                for target, value in work.items():
-                    rows = slots[target].rows(slots[target].parameter)  # type: ignore[arg-type]
-                    rows.copy_(value.to(rows.dtype))
-            structure_changed = structure_changed or bool(self.wrapped)
-            log.info(
-                "patched %d weights in place and %d layers with side paths", len(work), len(self.wrapped)
-            )
+            log.info("patched %d weights in place and %d layers with side paths", len(work), len(self.wrapped))
         self.applied = wanted
-        return Synced(True, structure_changed)
+        return Synced(True, structure_changed or bool(self.wrapped))
 
     def clear(self, root: nn.Module) -> None:
         """Restore every patched weight from its backup and unwrap every side path."""
+        self._unwrap()
         with torch.no_grad():
-            for slot, backup in reversed(self.backups):
-                slot.rows(slot.parameter).copy_(backup)  # type: ignore[arg-type]
-        for parent, name, wrapper in reversed(self.wrapped):
-            setattr(parent, name, wrapper.base)
-        self.backups.clear()
-        self.wrapped.clear()
+            self._restore(set(self.backups))
         self.applied = PatchSet()
 
-    def _merge(self, patch: Patch, slots: list[WeightSlot], work: dict[str, Tensor]) -> None:
+    def _restore(self, names: set[str]) -> None:
+        for name in names:
+            slot, backup = self.backups.pop(name)
+            slot.rows(slot.parameter).copy_(backup)  # type: ignore[arg-type]
+
+    def _unwrap(self) -> None:
+        for parent, name, wrapper in reversed(self.wrapped):
+            setattr(parent, name, wrapper.base)
+        self.wrapped.clear()
+
+    def _merge(self, patch: Patch, slots: list[WeightSlot], work: dict[str, Tensor], device) -> None:
         """Apply one patch to the float32 working values of its targets (all of them at once: a LoRA
-        on fused qkv, or DoRA's norms, see the whole matrix), loading and backing up each on first use."""
+        on fused qkv, or DoRA's norms, see the whole matrix), starting each from its original rows."""
         names = patch.patch.targets
         for name, slot in zip(names, slots, strict=True):
             if name not in work:
-                rows = slot.rows(slot.parameter)  # type: ignore[arg-type]
-                self.backups.append((slot, rows.detach().to("cpu", copy=True)))
-                work[name] = fp32(rows)
+                work[name] = fp32(self._original(name, slot)).to(slot.parameter.device)  # type: ignore[union-attr]
         merged = patch.patch.adapter.merged(torch.cat([work[n] for n in names]), patch.strength)
         for name, value in zip(names, merged.split(list(patch.patch.rows)), strict=True):
             work[name] = value
+
+    def _original(self, name: str, slot: WeightSlot) -> Tensor:
+        """The weight's unpatched rows: its backup, made now (page-locked on CUDA) if it has none."""
+        if name not in self.backups:
+            rows = slot.rows(slot.parameter)  # type: ignore[arg-type]
+            backup = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=rows.is_cuda)
+            backup.copy_(rows)
+            self.backups[name] = (slot, backup)
+        return self.backups[name][1]
 
     def _side_path(self, root: nn.Module, patch: Patch, slots: list[WeightSlot], device) -> None:
         """Add the patch to the outputs of its targets' layers (see the module docstring)."""
