@@ -93,7 +93,6 @@ def rows_for(weights: str, speed: str, paths, loras, rank: int, repeats: int) ->
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }
     print(json.dumps(row), flush=True)
-    del engine, model, with_a, with_b, clip, cond
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return row
