@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import datetime as dt
 import json
 import statistics
@@ -93,8 +94,6 @@ def rows_for(weights: str, speed: str, paths, loras, rank: int, repeats: int) ->
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
     }
     print(json.dumps(row), flush=True)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
     return row
 
 
@@ -116,6 +115,9 @@ def main() -> None:
         wpaths = dataclasses.replace(paths, dit=dit_file(paths, weights, args.models_dir))
         for speed in args.speeds.split(","):
             rows.append(rows_for(weights, speed, wpaths, loras, args.rank, args.repeats))
+            gc.collect()  # the row's engine and models are gone: give their memory back
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     device = torch.cuda.get_device_name().replace(" ", "_")
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{dt.date.today().isoformat()}-{device}-lora.json"
