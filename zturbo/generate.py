@@ -23,14 +23,14 @@ from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
 from zturbo.engine import Conditioning, Engine, ZImageModel
 from zturbo.errors import InputError
-from zturbo.images import load_image, load_mask
+from zturbo.images import image_size, load_image, load_mask
 from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.nodes.image import crop_image, scale_image
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
 from zturbo.output.png import save_png
 from zturbo.progress import ProgressFn
-from zturbo.request import GenerationRequest, fit_rule
+from zturbo.request import GenerationRequest, default_size, fit_rule, size_for_aspect
 from zturbo.runtime.memory import Workload
 from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
 
@@ -187,9 +187,31 @@ def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = 
     )
 
 
+def request_size(
+    width: int | None, height: int | None, aspect: str | None, megapixels: float | None, image: Path | None
+) -> tuple[int, int]:
+    """The CLI's size: --width/--height, or --aspect/--megapixels (1 MP by default); with an init image
+    and neither, the image's own size cropped to multiples of 16 (its aspect at --megapixels if given)."""
+    if aspect is not None and (width or height):
+        raise InputError("use either --aspect/--megapixels or --width/--height, not both")
+    if aspect:
+        return size_for_aspect(aspect, megapixels or 1.0)
+    if image is not None and not (width or height):
+        return default_size(*image_size(image, f"--image {image}"), megapixels)
+    return width or 1024, height or 1024
+
+
+def _graph_request(request: GenerationRequest) -> GenerationRequest:
+    """The request as its PNG's graph names files: by name, as in ComfyUI's input and models folders."""
+    name = lambda value: Path(value).name if value and value != "alpha" else value  # noqa: E731
+    return replace(request, image=name(request.image), mask=name(request.mask), upscale_model=name(request.upscale_model))
+
+
 def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:
     """Save as the embedded graph's SaveImage would: `{prefix}_{counter:05}_.png`, never overwriting."""
-    graph = api_graph(result.request, files, filename_prefix=prefix)
+    request = result.request
+    size = image_size(request.image) if request.image else None
+    graph = api_graph(_graph_request(request), files, filename_prefix=prefix, image_size=size)
     prompt = json.dumps(graph, ensure_ascii=False)
 
     def write(index: int, image: torch.Tensor, path: Path) -> None:
