@@ -49,6 +49,7 @@ from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNPLANNED_VAE_TILE_PIXELS = 2 * 1024 * 1024
 
 
 
@@ -334,7 +335,7 @@ class Engine:
     def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides."""
         def run() -> torch.Tensor:
-            with self._vae_tiles(vae, tile):
+            with self._vae_tiles(vae, tile, latent.shape[-1] * latent.shape[-2] * 64):
                 return vae_ops.decode(vae.module, latent).cpu()
 
         return self._guarded(run, "decoding the image")
@@ -342,15 +343,19 @@ class Engine:
     def encode(self, vae: VAE, image: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEEncodeTiled); else the memory plan decides."""
         def run() -> torch.Tensor:
-            with self._vae_tiles(vae, tile):
+            with self._vae_tiles(vae, tile, image.shape[1] * image.shape[2]):
                 return vae_ops.encode(vae.module, image).cpu()
 
         return self._guarded(run, "encoding the image")
 
-    def _vae_tiles(self, vae: VAE, tile: tuple[int, int] | None):
+    def _vae_tiles(self, vae: VAE, tile: tuple[int, int] | None, pixels: int = 0):
+        """Forced tiles; else the memory plan's choice; without a plan (CPU), tiles above 2 megapixels,
+        where the untiled VAE's mid-block attention alone would need gigabytes (and minutes)."""
         if tile is not None:
             return residency.vae_tiling(vae.module, True, tile[0], tile[1])
-        return residency.vae_tiling(vae.module, self.memory is not None and self.memory.vae_tiled())
+        if self.memory is None:
+            return residency.vae_tiling(vae.module, pixels > UNPLANNED_VAE_TILE_PIXELS)
+        return residency.vae_tiling(vae.module, self.memory.vae_tiled())
 
 
     # --- upscale models (UpscaleModelLoader, ImageUpscaleWithModel) ---
