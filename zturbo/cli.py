@@ -93,7 +93,9 @@ def generate(
     aspect: Annotated[
         str | None, typer.Option(help="Aspect ratio like 16:9 (instead of width/height).")
     ] = None,
-    megapixels: Annotated[float, typer.Option(help="Pixel budget with --aspect (1 = 1024x1024).")] = 1.0,
+    megapixels: Annotated[
+        float | None, typer.Option(help="Pixel budget with --aspect or --image (1 = 1024x1024).")
+    ] = None,
     steps: Annotated[int, typer.Option()] = 8,
     cfg: Annotated[float, typer.Option(help="ComfyUI cfg: 1 = no guidance (one model call a step).")] = 1.0,
     sampler: Annotated[str, typer.Option()] = "res_multistep",
@@ -120,14 +122,22 @@ def generate(
             "(half the VRAM; the main blocks only, like published GGUF files). With --from: the PNG's.",
         ),
     ] = None,
+    image: Annotated[Path | None, typer.Option(help=IMAGE_HELP)] = None,
+    denoise: Annotated[float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")] = 1.0,
+    mask: Annotated[str | None, typer.Option(help=MASK_HELP)] = None,
+    mask_grow: Annotated[int, typer.Option(help="Grow the mask by this many pixels (0..64).")] = 8,
+    mask_blur: Annotated[int, typer.Option(help="Blur the pasted-back edge by this radius (0..31).")] = 4,
+    hires: Annotated[bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")] = False,
+    hires_denoise: Annotated[float, typer.Option(help="Denoise of the --hires refine pass.")] = 0.33,
+    upscale_model: UpscaleModelOpt = None,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     import secrets
 
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
     from zturbo.engine import Engine
-    from zturbo.generate import model_files, run_request, save_generated, workload_of
-    from zturbo.request import GenerationRequest, size_for_aspect
+    from zturbo.generate import model_files, request_size, run_request, save_generated, workload_of
+    from zturbo.request import GenerationRequest
     from zturbo.runtime.settings import EngineSettings
 
     # Every engine choice is checked here, before any model is read.
@@ -140,9 +150,7 @@ def generate(
             raise InputError(
                 'give a prompt, e.g. zturbo generate "a red fox in the snow" (or --from IMAGE.png)'
             )
-        if aspect is not None and (width or height):
-            raise InputError("use either --aspect/--megapixels or --width/--height, not both")
-        w, h = size_for_aspect(aspect, megapixels) if aspect else (width or 1024, height or 1024)
+        w, h = request_size(width, height, aspect, megapixels, image)
         request = GenerationRequest(
             prompt=prompt,
             negative=negative,
@@ -155,6 +163,8 @@ def generate(
             shift=shift,
             seed=secrets.randbits(63) if seed is None else seed,
             batch=batch,
+            **image_fields(image, denoise, mask, mask_grow, mask_blur, 2.0 if hires else 1.0, hires_denoise),
+            upscale_model=upscale_model or "",
         )
         position = None
     settings = settings.replace(weight_dtype=weight_dtype or "default")
@@ -163,12 +173,88 @@ def generate(
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
+    upscaler = _upscaler(request.upscale_model, models_dir)
     bar, update = _step_progress("sampling")
     with bar:
-        result = run_request(engine, paths, request, progress=update)
+        result = run_request(engine, paths, request, progress=update, upscale_model=upscaler)
     if position is not None:  # --from: keep only the image that PNG held
         result = replace(result, images=result.images[position : position + 1])
     files = model_files(paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype)
+    for path in save_generated(result, files, out):
+        typer.echo(str(path))
+
+
+IMAGE_HELP = (
+    "Init image (img2img): sampled from it at --denoise, ComfyUI's way: int(steps/denoise) sigmas, the last "
+    "steps+1 run (diffusers' strength = steps/int(steps/denoise)). Without a size it keeps its own, centre-"
+    "cropped to multiples of 16; with one it is scaled (Lanczos) to cover it and centre-cropped."
+)
+MASK_HELP = (
+    "Inpaint mask, same size as --image: white = repaint; 'alpha' = the image's transparent pixels. "
+    "Pixels outside the grown, blurred mask come back exactly."
+)
+UpscaleModelOpt = Annotated[
+    str | None,
+    typer.Option("--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."),
+]
+
+
+def image_fields(image, denoise, mask, mask_grow, mask_blur, hires_scale, hires_denoise) -> dict:
+    """The GenerationRequest fields of the image options."""
+    return dict(
+        image=str(image) if image else "", denoise=denoise, mask=mask or "", mask_grow=mask_grow,
+        mask_blur=mask_blur, hires_scale=hires_scale, hires_denoise=hires_denoise,
+    )  # fmt: skip
+
+
+def _upscaler(name: str, models_dir: Path | None) -> Path | None:
+    from zturbo.checkpoints.layout import default_models_dir
+    from zturbo.generate import upscale_model_path
+
+    return upscale_model_path(models_dir or default_models_dir(), name) if name else None
+
+
+@app.command()
+def upscale(
+    image: Annotated[Path, typer.Argument(help="The image to enlarge.")],
+    prompt: Annotated[str, typer.Argument(help="What it shows (helps the refine pass).")] = "",
+    scale: Annotated[float, typer.Option(help="Enlargement factor.")] = 2.0,
+    denoise: Annotated[float, typer.Option(help="How much the refine pass may change (0.15-0.35).")] = 0.33,
+    steps: Annotated[int, typer.Option()] = 5,
+    sampler: Annotated[str, typer.Option()] = "dpmpp_2m_sde",
+    scheduler: Annotated[str, typer.Option()] = "beta",
+    seed: Annotated[int | None, typer.Option(help="Random if omitted.")] = None,
+    upscale_model: UpscaleModelOpt = None,
+    models_dir: ModelsDir = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    vram: VramOpt = "auto",
+    speed: SpeedOpt = "eager",
+) -> None:
+    """Enlarge an image and refine it with the model (the official 2K upscaler template's recipe:
+    an upscale model or Lanczos, then 5 steps of dpmpp_2m_sde/beta at denoise 0.33)."""
+    import secrets
+
+    from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.engine import Engine
+    from zturbo.generate import model_files, request_size, run_request, save_generated
+    from zturbo.request import GenerationRequest
+    from zturbo.runtime.settings import EngineSettings
+
+    engine = Engine(EngineSettings(device, dtype, vram, speed))
+    w, h = request_size(None, None, None, None, image)
+    request = GenerationRequest(
+        prompt=prompt, width=w, height=h, sampler=sampler, scheduler=scheduler, hires_steps=steps,
+        seed=secrets.randbits(63) if seed is None else seed, upscale_model=upscale_model or "",
+        **image_fields(image, 0.0, None, 0, 0, scale, denoise),
+    )  # fmt: skip
+    paths = resolve_models(models_dir, None)
+    upscaler = _upscaler(request.upscale_model, models_dir)
+    bar, update = _step_progress("refining")
+    with bar:
+        result = run_request(engine, paths, request, progress=update, upscale_model=upscaler)
+    files = model_files(paths, models_dir or default_models_dir(), engine.settings.weight_dtype)
     for path in save_generated(result, files, out):
         typer.echo(str(path))
 

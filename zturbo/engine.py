@@ -26,11 +26,12 @@ import torch
 if TYPE_CHECKING:
     pass
 
-from zturbo import sampling
+from zturbo import masks, sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
+from zturbo.models import upscale as upscale_ops
 from zturbo.models import vae as vae_ops
 from zturbo.models.denoiser import ZImageDenoiser
 from zturbo.models.preview import latent_preview
@@ -43,12 +44,14 @@ from zturbo.runtime.graphs import GraphCache
 from zturbo.runtime.memory import MemoryPlan, Residence, Workload
 from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.runtime.settings import EngineSettings
+from zturbo.sampling.inpaint import InpaintDenoiser
 from zturbo.sampling.noise import seeded_noise
 from zturbo.sampling.samplers import DISCARD_PENULTIMATE_SIGMA, UNCOND_SAMPLERS
 from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+UNPLANNED_VAE_TILE_PIXELS = 2 * 1024 * 1024
 
 
 
@@ -302,8 +305,12 @@ class Engine:
         return_with_leftover_noise: bool = False,
         progress: ProgressFn | None = None,
         preview: bool = False,
+        noise_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw VAE-space latent in, raw VAE-space latent out (ComfyUI's LATENT convention).
+
+        `noise_mask` (a LATENT's "noise_mask", pixel or latent sized; 1 = repaint) confines the changes
+        to the masked area, as ComfyUI's KSamplerX0Inpaint does (`sampling.inpaint`).
 
         `progress(step, total, image)` is called after each step; `image` is a latent preview when
         `preview` is set (a cheap projection, see models/preview.py), else None.
@@ -349,9 +356,13 @@ class Engine:
                 sigmas=sigmas,
                 uncond_at_cfg1=uncond_at_cfg1,
             )
+            model_fn = denoiser
+            if noise_mask is not None:
+                mask = masks.to_latent(noise_mask, x0.shape).to(device)
+                model_fn = InpaintDenoiser(denoiser, mask, x0.to(device), noise.to(device))
             out = sampling.sample(
                 sampler_name,
-                denoiser,
+                model_fn,
                 noise.to(device),
                 x0.to(device),
                 sigmas,
@@ -367,20 +378,56 @@ class Engine:
         out = self._guarded(run, "sampling")
         return vae_ops.process_out(out.float()).cpu()
 
-    def decode(self, vae: VAE, latent: torch.Tensor) -> torch.Tensor:
+    def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
+        """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides."""
         def run() -> torch.Tensor:
-            with residency.vae_tiling(vae.module, self.memory is not None and self.memory.vae_tiled()):
+            with self._vae_tiles(vae, tile, latent.shape[-1] * latent.shape[-2] * 64):
                 return vae_ops.decode(vae.module, latent).cpu()
 
         return self._guarded(run, "decoding the image")
 
-    def encode(self, vae: VAE, image: torch.Tensor) -> torch.Tensor:
+    def encode(self, vae: VAE, image: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
+        """`tile` = (tile, overlap) pixels forces tiling (VAEEncodeTiled); else the memory plan decides."""
         def run() -> torch.Tensor:
-            with residency.vae_tiling(vae.module, self.memory is not None and self.memory.vae_tiled()):
+            with self._vae_tiles(vae, tile, image.shape[1] * image.shape[2]):
                 return vae_ops.encode(vae.module, image).cpu()
 
         return self._guarded(run, "encoding the image")
 
+    def _vae_tiles(self, vae: VAE, tile: tuple[int, int] | None, pixels: int = 0):
+        """Forced tiles; else the memory plan's choice; without a plan (CPU), tiles above 2 megapixels,
+        where the untiled VAE's mid-block attention alone would need gigabytes (and minutes)."""
+        if tile is not None:
+            return residency.vae_tiling(vae.module, True, tile[0], tile[1])
+        if self.memory is None:
+            return residency.vae_tiling(vae.module, pixels > UNPLANNED_VAE_TILE_PIXELS)
+        return residency.vae_tiling(vae.module, self.memory.vae_tiled())
+
+
+    # --- upscale models (UpscaleModelLoader, ImageUpscaleWithModel) ---
+
+    def load_upscale_model(self, path: Path) -> upscale_ops.UpscaleModel:
+        build = lambda: upscale_ops.load_upscale_model(path, self.placement.device)  # noqa: E731
+        return self._cached(("upscale_model", path), build)  # type: ignore[return-value]
+
+    def upscale(
+        self, model: upscale_ops.UpscaleModel, image: torch.Tensor, progress: ProgressFn | None = None
+    ) -> torch.Tensor:
+        """IMAGE → IMAGE × the model's scale, in tiles (smaller ones under a tiled-VAE memory plan); on
+        running out of GPU memory the tiles are halved, down to 64 pixels, as ComfyUI does."""
+        small = self.memory is not None and self.memory.vae_tiled()
+        tile = upscale_ops.UPSCALE_TILE // 2 if small else upscale_ops.UPSCALE_TILE
+        overlap = upscale_ops.UPSCALE_OVERLAP
+        report = (lambda done, total: progress(done, total, None)) if progress is not None else None
+        while True:
+            try:
+                return upscale_ops.upscale_image(model, image, tile, overlap, report)
+            except torch.cuda.OutOfMemoryError:
+                self.placement.empty_cache()
+                if tile // 2 < upscale_ops.MIN_TILE:
+                    raise
+                tile, overlap = tile // 2, max(4, overlap // 2)
+                log.warning("upscale: out of GPU memory, retrying with %d-pixel tiles", tile)
 
 def _slice_sigmas(
     sigmas: torch.Tensor, start: int | None, end: int | None, *, force_full_denoise: bool

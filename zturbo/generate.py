@@ -1,23 +1,36 @@
-"""Text to image, end to end: request → plan → load → encode → sample → decode → save."""
+"""Generation end to end: request → plan → load → encode → sample → decode → save.
+
+Text to image, and on the same path the image passes (`generate --image/--mask/--hires`, `zturbo
+upscale`): an init image is fitted to the size (`request.fit_rule`), VAE-encoded and sampled at
+`denoise` (ComfyUI's KSampler: int(steps/denoise) sigmas, the last steps+1 kept), within the mask when
+there is one, then pasted back over the original through the (grown, blurred) mask so unmasked pixels
+stay exact; a hires pass upscales (a model or Lanczos) and refines at `hires_denoise`. Each stage is
+the function the matching ComfyUI node calls, and the PNG's embedded graph is those nodes
+(`output.metadata.api_graph`).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from zturbo import masks
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
-from zturbo.engine import Engine
+from zturbo.engine import Conditioning, Engine, ZImageModel
+from zturbo.errors import InputError
+from zturbo.images import image_size, load_image, load_mask
 from zturbo.models.vae import LATENT_CHANNELS
+from zturbo.nodes.image import crop_image, scale_image
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
 from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
 from zturbo.output.png import save_png
 from zturbo.progress import ProgressFn
-from zturbo.request import GenerationRequest
+from zturbo.request import GenerationRequest, default_size, fit_rule, size_for_aspect
 from zturbo.runtime.memory import Workload
 from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
 
@@ -30,17 +43,113 @@ class Generated:
 
 
 def workload_of(request: GenerationRequest) -> Workload:
-    """What the memory plan must fit for `request` (CFG++ samplers run the negative even at cfg 1)."""
+    """What the memory plan must fit for `request` (CFG++ samplers run the negative even at cfg 1;
+    a hires pass runs at its larger size)."""
     cfg_pp = request.sampler in UNCOND_SAMPLERS
-    return Workload(request.width, request.height, request.batch, request.cfg, uncond_at_cfg1=cfg_pp)
+    width, height = request.hires_size if request.hires_scale > 1 else (request.width, request.height)
+    return Workload(width, height, request.batch, request.cfg, uncond_at_cfg1=cfg_pp)
+
+
+@dataclass(frozen=True)
+class InitImage:
+    """An init image fitted to the request's size, and its mask (None: no inpainting) fitted alike."""
+
+    pixels: torch.Tensor  # (1, H, W, 3)
+    mask: torch.Tensor | None  # (1, H, W), 1 = repaint
+
+
+def fit_to(image: torch.Tensor, width: int, height: int, rule: str) -> torch.Tensor:
+    """IMAGE [B, H, W, C] to width×height by `fit_rule`'s rule (ImageCrop or ImageScale)."""
+    if rule == "crop":
+        x, y = (image.shape[2] - width) // 2, (image.shape[1] - height) // 2
+        return crop_image(image, width, height, x, y)
+    return scale_image(image, "lanczos", width, height, "center")
+
+
+def load_init(request: GenerationRequest) -> InitImage:
+    """Read `request.image` (and `request.mask`, same size) and fit both to the request's size."""
+    pixels, alpha = load_image(Path(request.image), f"--image {request.image}")
+    pixels, alpha = pixels[:1], alpha[:1]
+    mask = None
+    if request.mask == "alpha":
+        if alpha.shape[-2:] != pixels.shape[1:3]:
+            raise InputError(f"--mask alpha: {request.image} has no alpha channel")
+        mask = alpha
+    elif request.mask:
+        mask = load_mask(Path(request.mask), "red", f"--mask {request.mask}")
+        masks.check_size(mask, pixels, f"--mask {request.mask}")
+    rule = fit_rule(pixels.shape[2], pixels.shape[1], request.width, request.height)
+    pixels = fit_to(pixels, request.width, request.height, rule)
+    if mask is not None:  # as MaskToImage → the same crop/scale → ImageToMask
+        mask = fit_to(mask[..., None].expand(-1, -1, -1, 3), request.width, request.height, rule)[..., 0]
+    return InitImage(pixels, mask)
+
+
+def _sample(
+    engine: Engine, model: ZImageModel, positive: Conditioning, negative: Conditioning | None,
+    latent: torch.Tensor, request: GenerationRequest, progress: ProgressFn | None, **kw: object,
+) -> torch.Tensor:  # fmt: skip
+    return engine.sample(
+        model, positive, negative, latent, seed=request.seed, steps=request.steps, cfg=request.cfg,
+        sampler_name=request.sampler, scheduler=request.scheduler, progress=progress, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def image_pass(
+    engine: Engine, vae, model, positive, negative, init: InitImage, request: GenerationRequest, progress
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Img2img or inpaint: VAEEncode → [SetLatentNoiseMask(grown mask)] → KSampler(denoise) → VAEDecode →
+    [ImageCompositeMasked over the original through the grown, blurred mask]."""
+    latent = engine.encode(vae, init.pixels)
+    noise_mask = None if init.mask is None else masks.grow(init.mask, request.mask_grow)
+    latents = _sample(
+        engine, model, positive, negative, latent, request, progress, denoise=request.denoise, noise_mask=noise_mask
+    )
+    images = engine.decode(vae, latents)
+    if noise_mask is not None:
+        paste = masks.blur(noise_mask, request.mask_blur)
+        images = masks.composite(init.pixels.movedim(-1, 1), images.movedim(-1, 1), 0, 0, paste).movedim(1, -1)
+    return images, latents
+
+
+def hires_pass(
+    engine: Engine, vae, model, positive, negative, images: torch.Tensor, request: GenerationRequest,
+    progress: ProgressFn | None, upscale_model: Path | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """[UpscaleModelLoader → ImageUpscaleWithModel] → ImageScale(Lanczos, hires size) → VAEEncode →
+    KSampler(hires_steps, hires_denoise) → VAEDecode."""
+    if request.upscale_model:
+        path = upscale_model or upscale_model_path(None, request.upscale_model)
+        images = engine.upscale(engine.load_upscale_model(path), images, progress)
+    width, height = request.hires_size
+    images = scale_image(images, "lanczos", width, height, "disabled")
+    latent = engine.encode(vae, images)
+    refine = replace(request, steps=request.hires_steps)
+    latents = _sample(engine, model, positive, negative, latent, refine, progress, denoise=request.hires_denoise)
+    return engine.decode(vae, latents), latents
+
+
+def upscale_model_path(models_dir: Path | None, name: str) -> Path:
+    """An upscale model named by path, or by its name under the models folder's upscale_models/."""
+    candidates = [Path(name)] + ([models_dir / "upscale_models" / name] if models_dir is not None else [])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"upscale model {name!r} not found (looked in: {', '.join(map(str, candidates))})")
 
 
 def run_request(
-    engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: ProgressFn | None = None
+    engine: Engine,
+    paths: ModelPaths,
+    request: GenerationRequest,
+    progress: ProgressFn | None = None,
+    upscale_model: Path | None = None,
 ) -> Generated:
     """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
-    quantizes on load, as UNETLoader's choice does)."""
+    quantizes on load, as UNETLoader's choice does). `upscale_model`: the file `request.upscale_model`
+    names (else that name is taken as a path)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
+    init = load_init(request) if request.image else None  # bad files fail before any model loads
     engine.prepare(paths, workload_of(request))
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
@@ -48,21 +157,19 @@ def run_request(
     negative = None
     if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1
         negative = engine.encode_text(clip, request.negative)
-    empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
-    latents = engine.sample(
-        model,
-        positive,
-        negative,
-        empty,
-        seed=request.seed,
-        steps=request.steps,
-        cfg=request.cfg,
-        sampler_name=request.sampler,
-        scheduler=request.scheduler,
-        denoise=request.denoise,
-        progress=progress,
-    )
-    return Generated(engine.decode(vae, latents), latents, request)
+    if init is None:
+        empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
+        latents = _sample(engine, model, positive, negative, empty, request, progress, denoise=request.denoise)
+        images = engine.decode(vae, latents)
+    elif request.denoise > 0:
+        images, latents = image_pass(engine, vae, model, positive, negative, init, request, progress)
+    else:  # `zturbo upscale`: the image goes straight to the refine pass
+        images, latents = init.pixels, torch.empty(0)
+    if request.hires_scale > 1:
+        images, latents = hires_pass(
+            engine, vae, model, positive, negative, images, request, progress, upscale_model
+        )
+    return Generated(images, latents, request)
 
 
 def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = "default") -> ModelFiles:
@@ -80,9 +187,31 @@ def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = 
     )
 
 
+def request_size(
+    width: int | None, height: int | None, aspect: str | None, megapixels: float | None, image: Path | None
+) -> tuple[int, int]:
+    """The CLI's size: --width/--height, or --aspect/--megapixels (1 MP by default); with an init image
+    and neither, the image's own size cropped to multiples of 16 (its aspect at --megapixels if given)."""
+    if aspect is not None and (width or height):
+        raise InputError("use either --aspect/--megapixels or --width/--height, not both")
+    if aspect:
+        return size_for_aspect(aspect, megapixels or 1.0)
+    if image is not None and not (width or height):
+        return default_size(*image_size(image, f"--image {image}"), megapixels)
+    return width or 1024, height or 1024
+
+
+def _graph_request(request: GenerationRequest) -> GenerationRequest:
+    """The request as its PNG's graph names files: by name, as in ComfyUI's input and models folders."""
+    name = lambda value: Path(value).name if value and value != "alpha" else value  # noqa: E731
+    return replace(request, image=name(request.image), mask=name(request.mask), upscale_model=name(request.upscale_model))
+
+
 def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:
     """Save as the embedded graph's SaveImage would: `{prefix}_{counter:05}_.png`, never overwriting."""
-    graph = api_graph(result.request, files, filename_prefix=prefix)
+    request = result.request
+    size = image_size(request.image) if request.image else None
+    graph = api_graph(_graph_request(request), files, filename_prefix=prefix, image_size=size)
     prompt = json.dumps(graph, ensure_ascii=False)
 
     def write(index: int, image: torch.Tensor, path: Path) -> None:

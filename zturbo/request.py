@@ -2,6 +2,10 @@
 
 Defaults are the official ComfyUI Z-Image-Turbo workflow's: 1024×1024, 8 steps, cfg 1,
 `res_multistep` with the `simple` schedule, shift 3.
+
+Image to image (`image`, `denoise` < 1), inpainting (`mask`) and the refine-at-a-larger-size pass
+(`hires_scale` > 1, with an optional `upscale_model`) are fields of the same request; `fit_rule` says
+how an init image is brought to width×height.
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ class GenerationRequest:
     seed: int = 0
     batch: int = 1
     denoise: float = 1.0
+    image: str = ""  # init image: a path (CLI) or an input-folder name (server); "" = text to image
+    mask: str = ""  # inpaint mask, white = repaint; "alpha": the image's transparency (ComfyUI's LoadImage)
+    mask_grow: int = 8  # pixels the mask grows by before sampling (GrowMask)
+    mask_blur: int = 4  # radius of the blur of the pasted-back edge (ImageBlur); 0 = hard edge
+    hires_scale: float = 1.0  # > 1: upscale the result and refine it at this factor
+    hires_steps: int = 5  # the refine pass (the official 2K upscaler template's settings)
+    hires_denoise: float = 0.33
+    upscale_model: str = ""  # an upscale_models file for the upscale before refining; "" = Lanczos
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The refine pass's size: width and height × hires_scale, to multiples of 16."""
+        return (_to16(self.width * self.hires_scale), _to16(self.height * self.hires_scale))
 
     def validate(self, samplers: list[str], schedulers: list[str]) -> GenerationRequest:
         for name, text in (("prompt", self.prompt), ("negative", self.negative)):
@@ -58,7 +75,54 @@ class GenerationRequest:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(samplers)}")
         if self.scheduler not in schedulers:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(schedulers)}")
+        return self._validate_image_fields()
+
+    def _validate_image_fields(self) -> GenerationRequest:
+        if not 0.0 <= self.denoise <= 1.0:
+            raise InputError(f"denoise must be between 0 and 1 (got {self.denoise})")
+        if self.denoise < 1.0 and not self.image:
+            raise InputError("denoise below 1 needs an init image (--image)")
+        if self.mask and not self.image:
+            raise InputError("a mask needs the image it applies to (--image)")
+        if self.image and self.batch != 1:
+            raise InputError("with an init image the batch is 1; run again with other seeds for more")
+        if not 0 <= self.mask_grow <= 64:
+            raise InputError(f"mask grow must be between 0 and 64 pixels (got {self.mask_grow})")
+        if not 0 <= self.mask_blur <= 31:
+            raise InputError(f"mask blur must be between 0 and 31 pixels (got {self.mask_blur})")
+        if not 1.0 <= self.hires_scale <= 4.0:
+            raise InputError(f"hires scale must be between 1 and 4 (got {self.hires_scale})")
+        if not 1 <= self.hires_steps <= 1000:
+            raise InputError(f"hires steps must be between 1 and 1000 (got {self.hires_steps})")
+        if not 0.0 < self.hires_denoise <= 1.0:
+            raise InputError(f"hires denoise must be above 0 and at most 1 (got {self.hires_denoise})")
+        if self.image and self.denoise == 0 and self.hires_scale == 1.0:
+            raise InputError("denoise 0 without an upscale leaves the image as it is; nothing to do")
+        if self.hires_scale > 1.0 and max(self.hires_size) > MAX_SIDE:
+            w, h = self.hires_size
+            raise InputError(f"the refined image would be {w}×{h}; at most {MAX_SIDE} pixels a side")
         return self
+
+
+def _to16(value: float) -> int:
+    return max(16, round(value / 16) * 16)
+
+
+def default_size(image_width: int, image_height: int, megapixels: float | None = None) -> tuple[int, int]:
+    """The size an init image is generated at when none is asked for: its own, cropped down to multiples
+    of 16, or (with `megapixels`) its aspect ratio at that many megapixels (1 = 1024×1024)."""
+    if megapixels is None:
+        return max(16, image_width // 16 * 16), max(16, image_height // 16 * 16)
+    scale = math.sqrt(megapixels * 1024 * 1024 / (image_width * image_height))
+    return _to16(image_width * scale), _to16(image_height * scale)
+
+
+def fit_rule(image_width: int, image_height: int, width: int, height: int) -> str:
+    """How an init image becomes width×height: "crop" (centre crop, no resampling) when the target is
+    the image cropped to multiples of 16, else "scale" (Lanczos to cover the target, centre-cropped:
+    ComfyUI's ImageScale with crop="center")."""
+    fits = width <= image_width and height <= image_height
+    return "crop" if fits and (width, height) == default_size(image_width, image_height) else "scale"
 
 
 def size_for_aspect(aspect: str, megapixels: float = 1.0) -> tuple[int, int]:

@@ -37,6 +37,23 @@ def transformer_forward(
     captions: list[torch.Tensor],
     step_cache: StepCache | None = None,
 ) -> torch.Tensor:
+    """`_transformer_forward`, for any latent size: an odd height or width (an image that is not a
+    multiple of 16 pixels, e.g. in the 2K upscaler template) is padded circularly to the 2×2 patch and
+    the output cropped back, as ComfyUI's `pad_to_patch_size` does."""
+    h, w = x.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return _transformer_forward(model, x, t, captions, step_cache)
+    padded = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+    return _transformer_forward(model, padded, t, captions, step_cache)[..., :h, :w]
+
+
+def _transformer_forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    captions: list[torch.Tensor],
+    step_cache: StepCache | None = None,
+) -> torch.Tensor:
     """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
 
     zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of

@@ -1,15 +1,28 @@
-"""Image utility nodes: resizing, sizes and resolution arithmetic. IMAGE is [B, H, W, C] in 0..1."""
+"""Image utility nodes: resizing, cropping, blurring, sizes and resolution arithmetic, the compare view.
+IMAGE is [B, H, W, C] in 0..1."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from zturbo.nodes.base import Node
+from zturbo import masks
+from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.resize import common_upscale
-from zturbo.nodes.schema import UNIQUE_ID, Combo, Float, Int, Link, NodeSchema, Output
+from zturbo.nodes.schema import (
+    EXTRA_PNGINFO,
+    PROMPT,
+    UNIQUE_ID,
+    Combo,
+    Float,
+    InputSpec,
+    Int,
+    Link,
+    NodeSchema,
+    Output,
+)
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext
@@ -30,9 +43,121 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 }
 
 
-def resize_image(image: torch.Tensor, width: int, height: int, method: str) -> torch.Tensor:
+def resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
     samples = image.movedim(-1, 1)
-    return common_upscale(samples, int(width), int(height), method, "disabled").movedim(1, -1)
+    return common_upscale(samples, int(width), int(height), method, crop).movedim(1, -1)
+
+
+def scale_image(image: torch.Tensor, method: str, width: int, height: int, crop: str) -> torch.Tensor:
+    """ImageScale: to width×height (0 = keep the aspect ratio from the other side); crop="center" first
+    crops to the target's aspect ratio, so the image covers the target without distortion."""
+    if width == 0 and height == 0:
+        return image
+    if width == 0:
+        width = max(1, round(image.shape[2] * height / image.shape[1]))
+    elif height == 0:
+        height = max(1, round(image.shape[1] * width / image.shape[2]))
+    return resize_image(image, width, height, method, crop)
+
+
+def crop_image(image: torch.Tensor, width: int, height: int, x: int, y: int) -> torch.Tensor:
+    """ImageCrop: a width×height window at (x, y), clipped to the image (x, y at most the last pixel)."""
+    x = min(x, image.shape[2] - 1)
+    y = min(y, image.shape[1] - 1)
+    return image[:, y : y + height, x : x + width, :]
+
+
+class ImageScale(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ImageScale",
+        display_name="Upscale Image",
+        category="image/upscaling",
+        inputs=(
+            Link("image", "IMAGE"),
+            Combo("upscale_method", UPSCALE_METHODS),
+            Int("width", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Int("height", default=512, min=0, max=MAX_RESOLUTION, step=1),
+            Combo("crop", ("disabled", "center")),
+        ),
+        outputs=(Output("IMAGE"),),
+    )
+
+    def execute(
+        self, ctx: NodeContext, image: torch.Tensor, upscale_method: str, width: int, height: int, crop: str
+    ) -> tuple:
+        return (scale_image(image, upscale_method, width, height, crop),)
+
+
+class ImageCrop(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ImageCrop",
+        display_name="Image Crop",
+        category="image/transform",
+        style="v3",
+        python_module="comfy_extras.nodes_images",
+        inputs=(
+            Link("image", "IMAGE"),
+            Int("width", default=512, min=1, max=MAX_RESOLUTION, step=1),
+            Int("height", default=512, min=1, max=MAX_RESOLUTION, step=1),
+            Int("x", default=0, min=0, max=MAX_RESOLUTION, step=1),
+            Int("y", default=0, min=0, max=MAX_RESOLUTION, step=1),
+        ),
+        outputs=(Output("IMAGE"),),
+    )
+
+    def execute(self, ctx: NodeContext, image: torch.Tensor, width: int, height: int, x: int, y: int) -> tuple:
+        return (crop_image(image, width, height, x, y),)
+
+
+class ImageBlur(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ImageBlur",
+        category="image/postprocessing",
+        style="v3",
+        python_module="comfy_extras.nodes_post_processing",
+        inputs=(
+            Link("image", "IMAGE"),
+            Int("blur_radius", default=1, min=1, max=31, step=1),
+            Float("sigma", default=1.0, min=0.1, max=10.0, step=0.1),
+        ),
+        outputs=(Output("IMAGE"),),
+    )
+
+    def execute(self, ctx: NodeContext, image: torch.Tensor, blur_radius: int, sigma: float) -> tuple:
+        return (masks.blur_image(image, blur_radius, sigma),)
+
+
+class ImageCompare(Node):
+    """The editor's before/after slider: saves both images as temp previews (`a_images`, `b_images`)."""
+
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ImageCompare",
+        display_name="Image Compare",
+        category="image",
+        description="Compares two images side by side with a slider.",
+        style="v3",
+        python_module="comfy_extras.nodes_image_compare",
+        inputs=(
+            Link("image_a", "IMAGE", optional=True),
+            Link("image_b", "IMAGE", optional=True),
+            # A socketless widget the frontend draws; it sends no value, so it cannot be required here.
+            InputSpec("compare_view", "IMAGECOMPARE", optional=True),
+        ),
+        output_node=True,
+        hidden=(PROMPT, EXTRA_PNGINFO),
+    )
+
+    def execute(
+        self, ctx: NodeContext, image_a: torch.Tensor | None = None, image_b: torch.Tensor | None = None,
+        compare_view: Any = None,
+    ) -> NodeOutput:  # fmt: skip
+        from zturbo.nodes.io import save_images
+
+        ui: dict[str, list] = {"a_images": [], "b_images": []}
+        for key, images, prefix in (("a_images", image_a, "comfy.compare.a"), ("b_images", image_b, "comfy.compare.b")):
+            if images is not None and len(images) > 0:
+                ui[key] = save_images(ctx, images, prefix, "temp", compress_level=1)
+        return NodeOutput(ui=ui)
 
 
 class ImageScaleBy(Node):
@@ -179,4 +304,7 @@ class ResolutionSelector(Node):
         return (width, height)
 
 
-NODES = (ImageScaleBy, ImageScaleToTotalPixels, ImageScaleToMaxDimension, GetImageSize, ResolutionSelector)
+NODES = (
+    ImageScaleBy, ImageScaleToTotalPixels, ImageScaleToMaxDimension, GetImageSize, ResolutionSelector, ImageScale,
+    ImageCrop, ImageBlur, ImageCompare,
+)  # fmt: skip

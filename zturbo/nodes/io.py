@@ -12,11 +12,10 @@ import random
 import string
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, ImageSequence
 
 from zturbo.errors import InputError
+from zturbo.images import load_image
 from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.saving import png_text, write_batch, write_png8, write_png16
 from zturbo.nodes.schema import (
@@ -148,33 +147,10 @@ def input_image_options(ctx: ExecutionContext | None) -> list[str]:
     return ctx.list_input_images() if ctx is not None else []
 
 
-def _frame_mask(frame: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    if "A" in frame.getbands():
-        alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
-        return 1.0 - torch.from_numpy(alpha)
-    if frame.mode == "P" and "transparency" in frame.info:
-        alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
-        return 1.0 - torch.from_numpy(alpha)
-    return torch.zeros((64, 64), dtype=torch.float32)
-
-
 def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """All same-sized frames of an image file as IMAGE [B,H,W,3] and MASK [B,H,W] (1 - alpha)."""
-    images, masks = [], []
-    with Image.open(path) as img:
-        for raw in ImageSequence.Iterator(img):
-            frame = ImageOps.exif_transpose(raw) or raw
-            if frame.mode == "I":
-                frame = frame.point(lambda v: v * (1 / 255))
-            rgb = frame.convert("RGB")
-            if images and rgb.size != (images[0].shape[2], images[0].shape[1]):
-                continue
-            images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0)[None])
-            masks.append(_frame_mask(frame, rgb.size)[None])
-        multi = len(images) > 1 and img.format != "MPO"
-    if multi and all(m.shape == masks[0].shape for m in masks):
-        return torch.cat(images), torch.cat(masks)
-    return images[0], masks[0]
+    """All same-sized frames of an image file as IMAGE [B,H,W,3] and MASK [B,H,W] (1 - alpha), through
+    the checked open of `zturbo.images` (pixel cap, clear errors)."""
+    return load_image(path, path.name)
 
 
 class LoadImage(Node):

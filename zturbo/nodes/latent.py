@@ -143,4 +143,97 @@ class VAEEncode(Node):
         return ({"samples": require_engine(ctx).encode(vae, pixels[:, :, :, :3])},)
 
 
-NODES = (EmptySD3LatentImage, EmptyLatentImage, LatentUpscaleBy, VAEDecode, VAEEncode)
+class LatentUpscale(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="LatentUpscale",
+        display_name="Upscale Latent",
+        category="latent",
+        inputs=(
+            Link("samples", "LATENT"),
+            Combo("upscale_method", LATENT_UPSCALE_METHODS),
+            Int("width", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Int("height", default=512, min=0, max=MAX_RESOLUTION, step=8),
+            Combo("crop", ("disabled", "center")),
+        ),
+        outputs=(Output("LATENT"),),
+    )
+
+    def execute(
+        self, ctx: NodeContext, samples: dict, upscale_method: str, width: int, height: int, crop: str
+    ) -> tuple[dict]:
+        """To width×height pixels (÷8 in latent cells); 0 keeps the aspect ratio; at least 64 pixels."""
+        if width == 0 and height == 0:
+            return (samples,)
+        latent = samples["samples"]
+        if width == 0:
+            height = max(64, height)
+            width = max(64, round(latent.shape[-1] * height / latent.shape[-2]))
+        elif height == 0:
+            width = max(64, width)
+            height = max(64, round(latent.shape[-2] * width / latent.shape[-1]))
+        else:
+            width, height = max(64, width), max(64, height)
+        out = dict(samples)
+        out["samples"] = common_upscale(latent, width // 8, height // 8, upscale_method, crop)
+        return (out,)
+
+
+TEMPORAL_SIZE_TIP = "Only used for video VAEs: Amount of frames to {} at a time."
+TEMPORAL_OVERLAP_TIP = "Only used for video VAEs: Amount of frames to overlap."
+
+
+def _tiles(tile_size: int, overlap: int) -> tuple[int, int]:
+    """As ComfyUI: an overlap over a quarter of the tile is cut to a quarter."""
+    return tile_size, overlap if tile_size >= overlap * 4 else tile_size // 4
+
+
+class VAEDecodeTiled(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="VAEDecodeTiled",
+        display_name="VAE Decode (Tiled)",
+        category="_for_testing",
+        inputs=(
+            Link("samples", "LATENT"),
+            Link("vae", "VAE"),
+            Int("tile_size", default=512, min=64, max=4096, step=32),
+            Int("overlap", default=64, min=0, max=4096, step=32),
+            Int("temporal_size", default=64, min=8, max=4096, step=4, tooltip=TEMPORAL_SIZE_TIP.format("decode")),
+            Int("temporal_overlap", default=8, min=4, max=4096, step=4, tooltip=TEMPORAL_OVERLAP_TIP),
+        ),
+        outputs=(Output("IMAGE"),),
+    )
+
+    def execute(
+        self, ctx: NodeContext, samples: dict, vae: Any, tile_size: int, overlap: int = 64, **_: Any
+    ) -> tuple[torch.Tensor]:
+        return (require_engine(ctx).decode(vae, samples["samples"], tile=_tiles(tile_size, overlap)),)
+
+
+class VAEEncodeTiled(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="VAEEncodeTiled",
+        display_name="VAE Encode (Tiled)",
+        category="_for_testing",
+        inputs=(
+            Link("pixels", "IMAGE"),
+            Link("vae", "VAE"),
+            Int("tile_size", default=512, min=64, max=4096, step=64),
+            Int("overlap", default=64, min=0, max=4096, step=32),
+            Int("temporal_size", default=64, min=8, max=4096, step=4, tooltip=TEMPORAL_SIZE_TIP.format("encode")),
+            Int("temporal_overlap", default=8, min=4, max=4096, step=4, tooltip=TEMPORAL_OVERLAP_TIP),
+        ),
+        outputs=(Output("LATENT"),),
+    )
+
+    def execute(
+        self, ctx: NodeContext, pixels: torch.Tensor, vae: Any, tile_size: int, overlap: int = 64, **_: Any
+    ) -> tuple[dict]:
+        pixels = crop_to_multiple(pixels)
+        latent = require_engine(ctx).encode(vae, pixels[:, :, :, :3], tile=_tiles(tile_size, overlap))
+        return ({"samples": latent},)
+
+
+NODES = (
+    EmptySD3LatentImage, EmptyLatentImage, LatentUpscaleBy, VAEDecode, VAEEncode, LatentUpscale, VAEDecodeTiled,
+    VAEEncodeTiled,
+)  # fmt: skip

@@ -58,8 +58,9 @@ class ModelSamplingAuraFlow(Node):
 def _run_sampler(ctx: NodeContext, model: Any, positive: Any, negative: Any, latent: dict, **kw: Any) -> dict:
     """Call the engine and keep the rest of the LATENT dict, as ComfyUI's common_ksampler does."""
     samples = require_engine(ctx).sample(
-        model, positive, negative, latent["samples"], progress=ctx.progress, preview=ctx.wants_preview, **kw
-    )
+        model, positive, negative, latent["samples"], progress=ctx.progress, preview=ctx.wants_preview,
+        noise_mask=latent.get("noise_mask"), **kw,
+    )  # fmt: skip
     out = dict(latent)
     out["samples"] = samples
     return out

@@ -50,8 +50,35 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
     }
     if request.denoise != 1.0:
         pairs["Denoising strength"] = _num(request.denoise)
+    pairs.update(_image_pairs(request))
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
     return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
+
+
+IMAGE_KEYS = {  # parameters-text key → (request field, type)
+    "Init image": ("image", str),
+    "Mask": ("mask", str),
+    "Mask grow": ("mask_grow", int),
+    "Mask blur": ("mask_blur", int),
+    "Hires upscale": ("hires_scale", float),
+    "Hires steps": ("hires_steps", int),
+    "Hires denoising strength": ("hires_denoise", float),
+    "Hires upscaler": ("upscale_model", str),
+}
+
+
+def _image_pairs(request: GenerationRequest) -> dict[str, object]:
+    """The image-input settings, only those in use (a text-to-image PNG's text is unchanged)."""
+    used = []
+    if request.image:
+        used.append("Init image")
+    if request.mask:
+        used += ["Mask", "Mask grow", "Mask blur"]
+    if request.hires_scale > 1:
+        used += ["Hires upscale", "Hires steps", "Hires denoising strength"]
+        used += ["Hires upscaler"] if request.upscale_model else []
+    values = {key: getattr(request, IMAGE_KEYS[key][0]) for key in used}
+    return {k: _num(v) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def _num(value: float) -> str:
@@ -95,6 +122,8 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
             batch=int(pairs.get("Batch size", 1)),
             denoise=float(pairs.get("Denoising strength", 1.0)),
         )
+        image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
+        request = replace(request, **image_fields)  # type: ignore[arg-type]
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))
@@ -131,8 +160,26 @@ def weight_dtype_from_chunks(chunks: dict[str, str]) -> str:
     return "default"
 
 
-def api_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: str = "zturbo") -> dict:
-    """The ComfyUI API-format graph that produces the same image (official template's node types)."""
+def api_graph(
+    request: GenerationRequest,
+    models: ModelFiles,
+    filename_prefix: str = "zturbo",
+    image_size: tuple[int, int] | None = None,
+) -> dict:
+    """The ComfyUI API-format graph that produces the same image (official template's node types).
+
+    With an init image (`request.image` names it in the input folder; `image_size` is its width and
+    height, which decides crop vs scale) the graph gains the image, mask and hires nodes (`image_graph`).
+    """
+    graph = _text_graph(request, models, filename_prefix)
+    if request.image or request.hires_scale > 1:
+        from zturbo.output.image_graph import add_image_nodes
+
+        add_image_nodes(graph, request, image_size)
+    return graph
+
+
+def _text_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: str) -> dict:
     negative = (
         {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}}
         if request.cfg == 1.0 and not request.negative

@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.layout import COMFY_FILES, find_component, loader_name
 from zturbo.errors import InputError, MissingModelError
+from zturbo.images import image_size
 from zturbo.output.metadata import ModelFiles, api_graph, request_from_api_graph
+from zturbo.paths import safe_join, split_annotation
 from zturbo.request import GenerationRequest
 from zturbo.server.protocols import RegistryLike
 
@@ -53,13 +55,25 @@ def _combo(registry: RegistryLike, name: str) -> list[str]:
     return list(spec[0]) if spec and isinstance(spec[0], list) else []
 
 
-def build_graph(body: GraphRequest, registry: RegistryLike, models_dir: Path) -> dict[str, Any]:
-    """Validate the settings against the registry's samplers and schedulers, then build the graph."""
+def build_graph(
+    body: GraphRequest, registry: RegistryLike, models_dir: Path, folders: dict[str, Path] | None = None
+) -> dict[str, Any]:
+    """Validate the settings against the registry's samplers and schedulers, then build the graph.
+    An init image is named as LoadImage names it (`a.png`, `sub/a.png [output]`); `folders` (input,
+    output) let its size decide crop vs scale (`request.fit_rule`)."""
     request = body.settings
     samplers, schedulers = _combo(registry, "sampler_name"), _combo(registry, "scheduler")
     request.validate(samplers or [request.sampler], schedulers or [request.scheduler])
     prefix = body.filename_prefix.strip() or DEFAULT_PREFIX
-    return api_graph(request, model_files(models_dir), filename_prefix=prefix)
+    size = _image_size(request.image, folders) if request.image and folders else None
+    return api_graph(request, model_files(models_dir), filename_prefix=prefix, image_size=size)
+
+
+def _image_size(name: str, folders: dict[str, Path]) -> tuple[int, int]:
+    """The init image's size, through the same path checks and pixel cap as LoadImage."""
+    plain, kind = split_annotation(name)
+    path = safe_join(folders[kind or "input"], plain, what=f"image {name!r}")
+    return image_size(path, f"image {name!r}")
 
 
 def settings_from_graph(prompt: Any) -> dict[str, Any] | None:

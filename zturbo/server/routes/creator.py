@@ -29,7 +29,8 @@ class DeleteOutput(BaseModel):
 
 @router.post("/graph")
 def graph(body: GraphRequest, state: State, config: Config) -> dict:
-    return {"prompt": build_graph(body, state.registry, config.models_dir)}
+    folders = {"input": config.input_dir, "output": config.output_dir}
+    return {"prompt": build_graph(body, state.registry, config.models_dir, folders)}
 
 
 @router.post("/inspect")

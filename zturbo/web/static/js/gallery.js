@@ -4,6 +4,7 @@ import { getJSON, postJSON, viewUrl } from "./api.js";
 import { $, announce, confirmAction, h } from "./dom.js";
 
 let applySettings = () => {};
+let upscale = () => {};
 
 /** "1280×720 · 8 steps · cfg 1 · res_multistep/simple · seed 42" */
 export function describeSettings(s) {
@@ -37,6 +38,11 @@ function card(item) {
         s ? h("button", { type: "button", class: "reuse", onclick: () => applySettings(s, name),
           "aria-label": `Reuse settings of ${name}` }, "Reuse") : null,
         h("a", { class: "button-link", href: url, download: name, "aria-label": `Download ${name}` }, "Download"),
+        h("button", { type: "button", class: "upscale", "aria-label": `Upscale ${name} two times`,
+          onclick: (event) => {
+            const img = event.target.closest(".card").querySelector("img");
+            upscale(item, s ? [s.width, s.height] : [img.naturalWidth, img.naturalHeight]);
+          } }, "Upscale ×2"),
         h("button", { type: "button", class: "danger delete", onclick: () => remove(item),
           "aria-label": `Delete ${name}` }, "Delete"))));
 }
@@ -50,5 +56,6 @@ export async function loadGallery() {
 
 export function setupGallery(callbacks) {
   applySettings = callbacks.applySettings;
+  upscale = callbacks.upscale;
   $("#refresh-gallery").addEventListener("click", loadGallery);
 }

@@ -9,6 +9,7 @@ import { loadModels, setupModels } from "./models.js";
 import { connectSocket } from "./socket.js";
 import { clearStyle, expandPrompt, loadStyles, setupStyles } from "./styles.js";
 import { setupFileLoading } from "./dropload.js";
+import { initFields, initSize, setupInitImage } from "./initimage.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -33,7 +34,8 @@ async function generate(event) {
   const button = $("#generate");
   button.disabled = true;
   try {
-    const all = jobSettings();
+    const fields = await initFields();
+    const all = jobSettings().map((settings) => ({ ...settings, ...fields }));
     for (const settings of all) {
       const { prompt } = await postJSON("/zturbo/graph", { settings });
       const { prompt_id } = await queuePrompt(prompt);
@@ -44,6 +46,26 @@ async function generate(event) {
     setMessage(message, error.message, true);
   } finally {
     button.disabled = false;
+  }
+}
+
+/** Gallery "Upscale ×2": the image enlarged (Lanczos) and refined at denoise 0.33, as a new job. */
+async function upscaleImage(item, size) {
+  const message = $("#form-message");
+  try {
+    const name = item.image.subfolder ? `${item.image.subfolder}/${item.image.filename}` : item.image.filename;
+    const [width, height] = initSize(...size);
+    const base = item.settings || { ...readSettings(), prompt: $("#prompt").value.trim(), negative: "" };
+    const seed = nextSeeds(1)[0];
+    const settings = {
+      ...base, width, height, seed, batch: 1, image: `${name} [output]`, mask: "", denoise: 0, hires_scale: 2,
+    };
+    const { prompt } = await postJSON("/zturbo/graph", { settings });
+    const { prompt_id } = await queuePrompt(prompt);
+    addJob(prompt_id, `Upscale ×2: ${item.image.filename}`);
+    setMessage(message, `Queued an upscale of ${item.image.filename}.`);
+  } catch (error) {
+    setMessage(message, error.message, true);
   }
 }
 
@@ -59,7 +81,8 @@ async function main() {
   setupStyles();
   setupModels();
   setupJobs({ onFinished: () => loadGallery() });
-  setupGallery({ applySettings });
+  setupGallery({ applySettings, upscale: upscaleImage });
+  setupInitImage();
   setupFileLoading({ applySettings, onQueued: (id, title) => addJob(id, title) });
   $("#create-form").addEventListener("submit", generate);
   $("#prompt").addEventListener("keydown", (event) => {
