@@ -47,14 +47,14 @@ class PrimitiveInt(_Constant):
     schema: ClassVar[NodeSchema] = _primitive(
         "PrimitiveInt",
         "Int",
-        Int("value", min=-sys.maxsize, max=sys.maxsize, control_after_generate=True),
+        Int("value", min=-sys.maxsize, max=sys.maxsize, control_after_generate="fixed"),
         "INT",
     )
 
 
 class PrimitiveFloat(_Constant):
     schema: ClassVar[NodeSchema] = _primitive(
-        "PrimitiveFloat", "Float", Float("value", min=-sys.maxsize, max=sys.maxsize), "FLOAT"
+        "PrimitiveFloat", "Float", Float("value", min=-sys.maxsize, max=sys.maxsize, step=0.1), "FLOAT"
     )
 
 

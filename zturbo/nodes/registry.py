@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zturbo.nodes import conditioning, image, io, latent, loaders, primitives, sampling
+from zturbo.nodes import (
+    conditioning,
+    custom_sampler,
+    image,
+    image_tools,
+    io,
+    latent,
+    latent_batch,
+    loaders,
+    primitives,
+    sampling,
+    utility,
+)
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
@@ -64,7 +76,8 @@ class NodeRegistry:
 def default_registry(context: ExecutionContext | None = None) -> NodeRegistry:
     """A new registry holding every built-in node."""
     registry = NodeRegistry(context)
-    for module in (loaders, conditioning, latent, sampling, image, io, primitives):
+    modules = (loaders, conditioning, latent, latent_batch, sampling, custom_sampler, image, image_tools, io)
+    for module in (*modules, primitives, utility):
         for cls in module.NODES:
             registry.register(cls)
     return registry
