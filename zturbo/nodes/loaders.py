@@ -76,7 +76,7 @@ class UNETLoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="UNETLoader",
         display_name="Load Diffusion Model",
-        category="advanced/loaders",
+        category="model/loaders",
         inputs=(
             Combo("unet_name", model_files("diffusion_models")),
             Combo("weight_dtype", WEIGHT_DTYPES, advanced=True),
@@ -93,7 +93,7 @@ class CLIPLoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="CLIPLoader",
         display_name="Load CLIP",
-        category="advanced/loaders",
+        category="model/loaders",
         description=CLIP_DESCRIPTION,
         inputs=(
             Combo("clip_name", model_files("text_encoders")),
@@ -120,7 +120,7 @@ class VAELoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAELoader",
         display_name="Load VAE",
-        category="loaders",
+        category="model/loaders",
         inputs=(Combo("vae_name", model_files("vae")),),
         outputs=(Output("VAE"),),
     )

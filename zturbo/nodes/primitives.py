@@ -20,7 +20,7 @@ def _primitive(name: str, display: str, value: InputSpec, out_type: str) -> Node
     return NodeSchema(
         name=name,
         display_name=display,
-        category="utils/primitive",
+        category="utilities/primitive",
         style="v3",
         python_module="comfy_extras.nodes_primitive",
         inputs=(value,),
@@ -34,7 +34,9 @@ class _Constant(Node):
 
 
 class PrimitiveString(_Constant):
-    schema: ClassVar[NodeSchema] = _primitive("PrimitiveString", "String", String("value"), "STRING")
+    schema: ClassVar[NodeSchema] = _primitive(
+        "PrimitiveString", "String", String("value", multiline=False), "STRING"
+    )
 
 
 class PrimitiveStringMultiline(_Constant):
