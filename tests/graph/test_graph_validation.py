@@ -288,3 +288,9 @@ def test_validation_does_not_modify_the_prompt(executor, prompt):
     before = copy.deepcopy(prompt)
     assert executor.validate(prompt).ok
     assert prompt == before
+
+
+def test_notes_in_an_api_prompt_are_ignored(executor, prompt):
+    prompt["99"] = {"class_type": "Note", "inputs": {}}
+    prompt["98"] = {"class_type": "MarkdownNote", "inputs": {"text": "hi"}}
+    assert executor.validate(prompt).ok

@@ -79,12 +79,17 @@ class MissingType:
         }
 
 
+# Editor-only notes: no inputs, no outputs, nothing to run. An API prompt that carries one (a client
+# that converted a UI graph naively) runs without it instead of failing.
+UI_ONLY = frozenset({"Note", "MarkdownNote"})
+
+
 def missing_types(prompt: dict[str, Any], known: Any) -> list[MissingType]:
     """Every class_type of `prompt` not in `known` (a registry or set), in order of first use."""
     found: dict[str, list[tuple[str, str]]] = {}
     for node_id, node in prompt.items():
         class_type = node["class_type"]
-        if class_type not in known:
+        if class_type not in known and class_type not in UI_ONLY:
             title = (node.get("_meta") or {}).get("title", class_type)
             found.setdefault(class_type, []).append((str(node_id), str(title)))
     return [
