@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+
 @dataclass(frozen=True)
 class ZImageModel:
     """MODEL: the loaded transformer plus its sampling settings (ModelSamplingAuraFlow sets these)."""

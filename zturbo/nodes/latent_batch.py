@@ -68,12 +68,8 @@ class RepeatLatentBatch(Node):
         latent = samples["samples"]
         out["samples"] = latent.repeat((amount,) + (1,) * (latent.ndim - 1))
         masks = samples.get("noise_mask")
-        if masks is not None and masks.shape[0] > 1:
-            if masks.shape[0] < latent.shape[0]:  # as ComfyUI: this widened copy is then not used
-                masks = masks.repeat((math.ceil(latent.shape[0] / masks.shape[0]),) + (1,) * (masks.ndim - 1))
-            out["noise_mask"] = samples["noise_mask"].repeat(
-                (amount,) + (1,) * (samples["noise_mask"].ndim - 1)
-            )
+        if masks is not None and masks.shape[0] > 1:  # a single mask applies to every image as it is
+            out["noise_mask"] = masks.repeat((amount,) + (1,) * (masks.ndim - 1))
         if "batch_index" in out:
             indices = out["batch_index"]
             offset = max(indices) - min(indices) + 1

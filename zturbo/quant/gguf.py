@@ -62,6 +62,8 @@ class GGUFWeight:
         return [GGUFWeight(d, self.qtype, shape) for d in self.data.reshape(rows, -1).chunk(parts, dim=0)]
 
 
+
+
 def dequantize(weight: GGUFWeight, dtype: torch.dtype = torch.float32) -> Tensor:
     """Expand a GGUFWeight on its own device: float32 arithmetic, one rounding to `dtype` at the end."""
     return dequantize_raw(weight.data, weight.qtype, weight.shape, dtype)
@@ -195,3 +197,4 @@ DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[Tensor], Tensor]] = {
     Q.Q3_K: _q3_k,
     Q.Q2_K: _q2_k,
 }
+

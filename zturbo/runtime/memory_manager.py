@@ -127,14 +127,7 @@ class MemoryManager:
             return self.plan
         dtype_bytes = self._dtype_bytes()
         sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
-        key = (
-            tuple(sizes.values()),
-            self.workload,
-            self.vram,
-            self._floor,
-            dtype_bytes,
-            self.dequant_bytes(),
-        )
+        key = (tuple(sizes.values()), self.workload, self.vram, self._floor, dtype_bytes, self.dequant_bytes())
         if key == self._planned_for:
             return self.plan
         self._planned_for = key
