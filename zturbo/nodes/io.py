@@ -69,7 +69,7 @@ class SaveImage(Node):
             Link("images", "IMAGE", tooltip="The images to save."),
             String("filename_prefix", default="ComfyUI", tooltip=PREFIX_TOOLTIP),
         ),
-        outputs=(Output("IMAGE", "images"),),  # the images passed on (ComfyUI ≥ 0.3x)
+        outputs=(Output("IMAGE", "images"),),  # passed on, as in ComfyUI v0.33
         output_node=True,
         hidden=(PROMPT, EXTRA_PNGINFO),
     )
