@@ -16,15 +16,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zturbo.cli import app
+from zturbo.errors import InputError
 
 runner = CliRunner()
 
 
-def template_path() -> Path:
+def template_path(name: str = "image_z_image_turbo") -> Path:
     spec = importlib.util.find_spec("comfyui_workflow_templates_json")
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("comfyui-workflow-templates-json is not installed (pip install -e '.[test]')")
-    return Path(next(iter(spec.submodule_search_locations))) / "templates" / "image_z_image_turbo.json"
+    return Path(next(iter(spec.submodule_search_locations))) / "templates" / f"{name}.json"
 
 
 def pngs(output: str) -> list[Path]:
@@ -149,3 +150,24 @@ def test_generated_png_runs_as_a_workflow(tiny_models, tmp_path):
     (rerun,) = pngs(again.stdout)
     with Image.open(source) as a, Image.open(rerun) as b:
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_names_every_node_zturbo_lacks(tmp_path):
+    """`zturbo run` on a template with API, custom and unimplemented nodes: one message naming all."""
+    result = runner.invoke(
+        app,
+        ["run", str(template_path("template_rob_realistic_2k_images_quick_variations")), "--models-dir",
+         str(tmp_path / "models"), "--out", str(tmp_path / "out"), "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code != 0  # `zturbo`'s main() prints this InputError as one message
+    assert isinstance(result.exception, InputError)
+    text = str(result.exception)
+    assert "5 node types in this workflow are not available in zturbo" in text
+    for expected in (
+        "GrokImageNode (node #134): ComfyUI API node: zturbo does not provide it",
+        "AILab_QwenVL",
+        "custom node (not part of ComfyUI): zturbo does not provide it",
+        "UpscaleModelLoader",
+        "zturbo does not implement this ComfyUI node yet",
+    ):
+        assert expected in text, result.output

@@ -33,7 +33,7 @@ from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
 from zturbo.models import upscale as upscale_ops
 from zturbo.models import vae as vae_ops
-from zturbo.models.denoiser import ZImageDenoiser
+from zturbo.models.denoiser import CFGNorm, ZImageDenoiser
 from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
 from zturbo.patches import Patch, PatchSet, live
@@ -63,6 +63,7 @@ class ZImageModel:
     shift: float = 3.0
     multiplier: float = 1.0
     patches: PatchSet = PatchSet()  # LoRAs and the like, applied right before sampling
+    cfg_norms: tuple[CFGNorm, ...] = ()  # CFGNorm patches, in the order they were applied
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -258,6 +259,11 @@ class Engine:
             self.load_vae(paths.vae),
         )
 
+    def load_checkpoint(self, path: Path) -> tuple[ZImageModel, TextEncoder, VAE]:
+        """CheckpointLoaderSimple: the three components of one single-file checkpoint (each loader
+        reads its own part of the file, found by ComfyUI's key prefixes)."""
+        return self.load_dit(path), self.load_text_encoder(path), self.load_vae(path)
+
     def free(self, unload_models: bool = True) -> None:
         """ComfyUI's /free: drop the loaded models (when asked) and return cached GPU memory."""
         if unload_models:
@@ -330,13 +336,81 @@ class Engine:
         if len(sigmas) <= 1:
             return latent
         noise = seeded_noise(tuple(latent.shape), seed) if add_noise else torch.zeros_like(latent)
+        out, _ = self._sample_core(
+            model, positive, negative, latent, noise, sigmas, cfg=cfg, sampler_name=sampler_name,
+            seed=seed, progress=progress, preview=preview, noise_mask=noise_mask,
+        )  # fmt: skip
+        return out
+
+    def sigmas(self, model: ZImageModel, scheduler: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+        """BasicScheduler: the model's schedule for `steps` (denoise < 1 keeps the last steps+1 of
+        int(steps/denoise)); float32 on the CPU, empty for denoise 0."""
+        return get_sigmas(scheduler, steps, shift=model.shift, denoise=denoise, multiplier=model.multiplier)
+
+    def sample_sigmas(
+        self,
+        model: ZImageModel,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        latent: torch.Tensor,
+        *,
+        sigmas: torch.Tensor,
+        cfg: float,
+        sampler_name: str,
+        seed: int,
+        add_noise: bool = True,
+        batch_index: list[int] | None = None,
+        progress: ProgressFn | None = None,
+        preview: bool = False,
+        noise_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SamplerCustom(Advanced): sample over explicit `sigmas` (the guider's cfg and prompts).
+
+        Returns the latents and the last step's denoised estimate (None if no step ran), both raw
+        VAE space. Empty `sigmas` give the latent back unchanged, as ComfyUI's guider does. The
+        noise is ComfyUI's `prepare_noise`, per `batch_index` when the latent has one.
+        """
+        latent = latent.float()
+        if sigmas.numel() == 0:
+            return latent, None
+        noise = start_noise(tuple(latent.shape), seed, batch_index) if add_noise else torch.zeros_like(latent)
+        return self._sample_core(
+            model, positive, negative, latent, noise, sigmas.float().cpu(), cfg=cfg, sampler_name=sampler_name,
+            seed=seed, progress=progress, preview=preview, noise_mask=noise_mask,
+        )  # fmt: skip
+
+    def with_cfg_norm(self, model: ZImageModel, strength: float, pre_cfg: bool = False) -> ZImageModel:
+        """CFGNorm: a MODEL whose guided estimate is norm-limited (see `models.denoiser.CFGNorm`)."""
+        return dataclasses.replace(model, cfg_norms=(*model.cfg_norms, CFGNorm(strength, pre_cfg)))
+
+    def _sample_core(
+        self,
+        model: ZImageModel,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        latent: torch.Tensor,
+        noise: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        cfg: float,
+        sampler_name: str,
+        seed: int,
+        progress: ProgressFn | None,
+        preview: bool,
+        noise_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What both sampling operations share: latent format in/out, the denoiser (with the weight
+        patches synced and the inpaint mask applied), the memory plan's workload and out-of-memory
+        retry. Returns (latents, last denoised estimate or None)."""
         # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
         x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
         device = self.placement.device
         # ComfyUI's CFG++ samplers read the negative prompt's estimate even at cfg 1
         uncond_at_cfg1 = sampler_name in UNCOND_SAMPLERS and negative is not None
+        last: list[torch.Tensor] = []
 
         def callback(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            last[:] = [denoised]
             if progress is not None:
                 progress(step + 1, total, latent_preview(denoised) if preview else None)
 
@@ -355,6 +429,7 @@ class Engine:
                 step_cache=self.speed.step_cache,  # 0: off; else a fresh cache for this run only
                 sigmas=sigmas,
                 uncond_at_cfg1=uncond_at_cfg1,
+                cfg_norms=model.cfg_norms,
             )
             model_fn = denoiser
             if noise_mask is not None:
@@ -376,7 +451,8 @@ class Engine:
             return out
 
         out = self._guarded(run, "sampling")
-        return vae_ops.process_out(out.float()).cpu()
+        denoised = vae_ops.process_out(last[0].float()).cpu() if last else None
+        return vae_ops.process_out(out.float()).cpu(), denoised
 
     def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides."""
@@ -428,6 +504,20 @@ class Engine:
                     raise
                 tile, overlap = tile // 2, max(4, overlap // 2)
                 log.warning("upscale: out of GPU memory, retrying with %d-pixel tiles", tile)
+
+def start_noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
+    """ComfyUI's `prepare_noise`: the whole batch from one seeded CPU generator, or, for a latent that
+    carries `batch_index` (LatentFromBatch, RepeatLatentBatch), one draw per index up to the largest,
+    keeping the indexed ones, so a picked image gets the noise it had in the full batch."""
+    if batch_index is None:
+        return seeded_noise(shape, seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    draws = [
+        torch.randn((1, *shape[1:]), dtype=torch.float32, generator=generator)
+        for _ in range(max(batch_index) + 1)
+    ]
+    return torch.cat([draws[i] for i in batch_index])
+
 
 def _slice_sigmas(
     sigmas: torch.Tensor, start: int | None, end: int | None, *, force_full_denoise: bool

@@ -62,6 +62,7 @@ class FakeEngine:
         return_with_leftover_noise: bool = False,
         progress: Any,
         preview: bool = False,
+        noise_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.calls["sample"] += 1
         if self.fail_sampling:
@@ -87,3 +88,38 @@ class FakeEngine:
 
     def scheduler_names(self) -> list[str]:
         return ["simple", "normal"]
+
+    def sigmas(self, model: Any, scheduler: str, steps: int, denoise: float) -> torch.Tensor:
+        self.calls["sigmas"] += 1
+        return torch.linspace(1.0, 0.0, steps + 1)
+
+    def sample_sigmas(
+        self,
+        model: Any,
+        positive: Any,
+        negative: Any,
+        latent: torch.Tensor,
+        *,
+        sigmas: torch.Tensor,
+        cfg: float,
+        sampler_name: str,
+        seed: int,
+        add_noise: bool = True,
+        batch_index: list[int] | None = None,
+        progress: Any,
+        preview: bool = False,
+        noise_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        steps = len(sigmas) - 1
+        out = self.sample(
+            model, positive, negative, latent, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+            scheduler="simple", denoise=1.0, add_noise=add_noise, progress=progress,
+        )  # fmt: skip
+        return out, (out * 0.5 if steps > 0 else None)
+
+    def with_cfg_norm(self, model: dict[str, Any], strength: float, pre_cfg: bool) -> dict[str, Any]:
+        return {**model, "cfg_norm": (strength, pre_cfg)}
+
+    def load_checkpoint(self, path: Path) -> tuple[Any, Any, Any]:
+        self.loads["checkpoint"] += 1
+        return self.load_dit(path, "default"), self.load_text_encoder(path, "default"), self.load_vae(path)

@@ -401,3 +401,40 @@ def test_proxy_widget_values_on_the_instance_override_inner_values(turbo_templat
 def test_apply_control_advances_proxied_seeds(turbo_template):
     after = apply_control_after_generate(_with_proxy_values(turbo_template), default_registry())
     assert ui_to_api(after, default_registry())["57:3"]["inputs"]["seed"] == 100
+
+
+def test_primitive_node_forms():
+    """PrimitiveNodes feeding a subgraph input, a node inside a subgraph, a combo and a multiline
+    string through a Reroute; an unset one leaves the target's own widget value."""
+    inner = {
+        "id": "sub-1",
+        "name": "inner",
+        "inputs": [{"name": "seed", "type": "INT", "linkIds": [90]}],
+        "outputs": [],
+        "nodes": [
+            node(1, "KSampler", [3, "fixed", 8, 1.0, "euler", "simple", 1.0],
+                 inputs=[("seed", "INT", 90), ("sampler_name", "COMBO", 91)]),
+            node(2, "PrimitiveNode", ["res_multistep", "fixed"], outputs=[("COMBO", "COMBO", [91])]),
+        ],
+        "links": [
+            {"id": 90, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "INT"},
+            {"id": 91, "origin_id": 2, "origin_slot": 0, "target_id": 1, "target_slot": 1, "type": "COMBO"},
+        ],
+    }  # fmt: skip
+    nodes = [
+        node(10, "PrimitiveNode", [77, "randomize"], outputs=[("INT", "INT", [50])]),
+        node(11, "sub-1", [], inputs=[("seed", "INT", 50)]),
+        node(12, "PrimitiveNode", ["a lighthouse\nat dusk"], outputs=[("STRING", "STRING", [51])]),
+        node(13, "Reroute", [], inputs=[("", "*", 51)], outputs=[("", "STRING", [52])]),
+        node(14, "CLIPTextEncode", ["own text"], inputs=[("text", "STRING", 52)]),
+        node(15, "PrimitiveNode", [], outputs=[("INT", "INT", [53])]),
+        node(16, "EmptySD3LatentImage", [640, 512, 1], inputs=[("width", "INT", 53)]),
+        node(17, "MarkdownNote", ["# notes"]),
+    ]
+    links = [[50, 10, 0, 11, 0, "INT"], [51, 12, 0, 13, 0, "STRING"], [52, 13, 0, 14, 0, "STRING"],
+             [53, 15, 0, 16, 0, "INT"]]  # fmt: skip
+    api = ui_to_api(workflow(nodes, links, [inner]), default_registry())
+    assert set(api) == {"11:1", "14", "16"}
+    assert api["11:1"]["inputs"]["seed"] == 77 and api["11:1"]["inputs"]["sampler_name"] == "res_multistep"
+    assert api["14"]["inputs"]["text"] == "a lighthouse\nat dusk"
+    assert api["16"]["inputs"]["width"] == 640

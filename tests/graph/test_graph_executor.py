@@ -243,3 +243,33 @@ def test_a_prefix_escaping_the_output_folder_fails_the_node_not_the_server(execu
     assert (error["node_id"], error["exception_type"]) == ("9", "zturbo.errors.InputError")
     assert "'..'" in error["exception_message"]
     assert not list(context.output_dir.parent.glob("**/escaped*"))
+
+
+def test_custom_sampling_graph_validates_and_runs(executor, engine):
+    """SamplerCustomAdvanced fed by RandomNoise, CFGGuider (on a CFGNorm model), KSamplerSelect and
+    BasicScheduler split in two: the typed NOISE/GUIDER/SAMPLER/SIGMAS links validate and run."""
+    prompt = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox", "clip": ["2", 0]}},
+        "4": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["3", 0]}},
+        "5": {"class_type": "CFGNorm", "inputs": {"model": ["1", 0], "strength": 1.0}},
+        "6": {"class_type": "CFGGuider", "inputs": {"model": ["5", 0], "positive": ["3", 0], "negative": ["4", 0], "cfg": 2.0}},
+        "7": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["5", 0], "scheduler": "simple", "steps": 4, "denoise": 1.0}},
+        "10": {"class_type": "SplitSigmas", "inputs": {"sigmas": ["9", 0], "step": 2}},
+        "11": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "12": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["7", 0], "guider": ["6", 0], "sampler": ["8", 0], "sigmas": ["10", 0], "latent_image": ["11", 0]}},
+        "13": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["12", 1], "vae": ["13", 0]}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "custom"}},
+    }  # fmt: skip
+    checked = executor.validate(prompt)
+    assert checked.ok, (checked.error, checked.node_errors)
+    result, _ = run(executor, prompt)
+    assert result.status_str == "success", result.error
+    assert result.outputs["15"]["images"][0]["filename"].startswith("custom_")
+    wrong = {**prompt, "12": {**prompt["12"], "inputs": {**prompt["12"]["inputs"], "noise": ["8", 0]}}}
+    errors = executor.validate(wrong).node_errors["12"]["errors"]
+    assert errors[0]["type"] == "return_type_mismatch"  # a SAMPLER is not a NOISE

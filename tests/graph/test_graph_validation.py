@@ -62,12 +62,51 @@ def test_missing_node_type(executor, prompt):
     prompt["77"] = {"class_type": "FancyUpscaler", "inputs": {}, "_meta": {"title": "Fancy"}}
     result = executor.validate(prompt)
     assert not result.ok and result.node_errors == {} and result.outputs == []
+    reason = "custom node (not part of ComfyUI): zturbo does not provide it"
     assert result.error == {
         "type": "missing_node_type",
-        "message": "Node 'Fancy' not found. The custom node may not be installed.",
+        "message": f"Node 'Fancy' not found (FancyUpscaler): {reason}.",
         "details": "Node ID '#77'",
-        "extra_info": {"node_id": "77", "class_type": "FancyUpscaler", "node_title": "Fancy"},
+        "extra_info": {
+            "node_id": "77",
+            "class_type": "FancyUpscaler",
+            "node_title": "Fancy",
+            "missing_node_types": [
+                {
+                    "class_type": "FancyUpscaler",
+                    "node_ids": ["77"],
+                    "node_titles": ["Fancy"],
+                    "kind": "custom",
+                    "reason": reason,
+                }
+            ],
+        },
     }
+
+
+def test_every_missing_node_type_is_reported_with_its_kind(executor, prompt):
+    prompt["77"] = {"class_type": "AILab_QwenVL", "inputs": {}}
+    prompt["78"] = {"class_type": "GrokImageNode", "inputs": {}}
+    prompt["79"] = {"class_type": "SaveVideo", "inputs": {"video": ["77", 0]}}
+    prompt["80"] = {"class_type": "AILab_QwenVL", "inputs": {}}
+    result = executor.validate(prompt)
+    assert result.error["type"] == "missing_node_type"
+    kinds = {
+        m["class_type"]: (m["kind"], m["node_ids"]) for m in result.error["extra_info"]["missing_node_types"]
+    }
+    assert kinds == {
+        "AILab_QwenVL": ("custom", ["77", "80"]),
+        "GrokImageNode": ("api", ["78"]),
+        "SaveVideo": ("core", ["79"]),
+    }
+    message = result.error["message"]
+    assert message.startswith("3 node types in this workflow are not available in zturbo:")
+    assert (
+        "AILab_QwenVL (node #77, #80): custom node (not part of ComfyUI): zturbo does not provide it"
+        in message
+    )
+    assert "GrokImageNode (node #78): ComfyUI API node: zturbo does not provide it" in message
+    assert "SaveVideo (node #79): zturbo does not implement this ComfyUI node yet" in message
 
 
 def test_prompt_no_outputs(executor, prompt):
@@ -249,3 +288,9 @@ def test_validation_does_not_modify_the_prompt(executor, prompt):
     before = copy.deepcopy(prompt)
     assert executor.validate(prompt).ok
     assert prompt == before
+
+
+def test_notes_in_an_api_prompt_are_ignored(executor, prompt):
+    prompt["99"] = {"class_type": "Note", "inputs": {}}
+    prompt["98"] = {"class_type": "MarkdownNote", "inputs": {"text": "hi"}}
+    assert executor.validate(prompt).ok

@@ -121,12 +121,12 @@ def test_ksampler_spec_matches_comfyui(info):
         "max": 1.0,
         "step": 0.01,
     }
-    assert ks["output"] == ["LATENT"] and ks["category"] == "sampling" and ks["output_node"] is False
+    assert ks["output"] == ["LATENT"] and ks["category"] == "model/sampling" and ks["output_node"] is False
 
 
 def test_loader_specs_match_comfyui(info):
     unet = info["UNETLoader"]
-    assert unet["display_name"] == "Load Diffusion Model" and unet["category"] == "advanced/loaders"
+    assert unet["display_name"] == "Load Diffusion Model" and unet["category"] == "model/loaders"
     assert unet["input"]["required"]["weight_dtype"] == [
         ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"],
         {"advanced": True},
@@ -148,7 +148,7 @@ def test_empty_sd3_latent_is_a_v3_spec(info):
             "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
         }
     }
-    assert entry["category"] == "latent/sd3" and entry["output"] == ["LATENT"]
+    assert entry["category"] == "model/latent/stable diffusion" and entry["output"] == ["LATENT"]
 
 
 def test_hidden_inputs_and_output_nodes(info):

@@ -47,11 +47,43 @@ def _strip_common_prefix(keys: set[str]) -> tuple[str, set[str]]:
     return "", keys
 
 
+# A ComfyUI single-file checkpoint (CheckpointLoaderSimple) names each part by a prefix: ComfyUI's
+# Z-Image model class saves the DiT under model.diffusion_model., the Qwen3 encoder under
+# text_encoders.qwen3_4b.transformer. and the VAE under vae. (first_stage_model. in older layouts).
+BUNDLE_PREFIXES: dict[str, tuple[str, ...]] = {
+    DIT: (_DIT_PREFIX,),
+    TEXT_ENCODER: ("text_encoders.qwen3_4b.transformer.", "text_encoders.qwen3_4b."),
+    VAE: ("vae.", "first_stage_model."),
+}
+CHECKPOINT = "checkpoint"
+
+
 def detect(ckpt: Checkpoint) -> Detection:
     """Classify a checkpoint. Order matters: the most specific signatures are tried first."""
     keys = set(ckpt.tensors)
     found = _detect_dit(ckpt, keys) or _detect_text_encoder(ckpt, keys) or _detect_vae(ckpt, keys)
-    return found or _detect_foreign(keys)
+    return found or _detect_bundle(ckpt) or _detect_foreign(keys)
+
+
+def bundle_part(ckpt: Checkpoint, kind: str) -> tuple[Checkpoint, Detection] | None:
+    """The `kind` component of a single-file checkpoint, as its own Checkpoint, or None."""
+    for prefix in BUNDLE_PREFIXES[kind]:
+        if not any(k.startswith(prefix) for k in ckpt.tensors):
+            continue
+        part = ckpt.part(prefix)
+        keys = set(part.tensors)
+        found = {DIT: _detect_dit, TEXT_ENCODER: _detect_text_encoder, VAE: _detect_vae}[kind](part, keys)
+        if found is not None and found.kind == kind:
+            return part, found
+    return None
+
+
+def _detect_bundle(ckpt: Checkpoint) -> Detection | None:
+    parts = [kind for kind in (DIT, TEXT_ENCODER, VAE) if bundle_part(ckpt, kind) is not None]
+    if DIT not in parts or len(parts) < 2:
+        return None
+    labels = ", ".join(KIND_LABELS[k] for k in parts)
+    return Detection(None, CHECKPOINT, f"a single-file checkpoint ({labels}); load it with Load Checkpoint")
 
 
 def _detect_dit(ckpt: Checkpoint, keys: set[str]) -> Detection | None:

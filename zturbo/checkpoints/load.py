@@ -15,7 +15,7 @@ from torch import nn
 
 from zturbo.checkpoints import keymaps
 from zturbo.checkpoints.assign import assign_state_dict, build_empty
-from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, Detection, detect
+from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, Detection, bundle_part, detect
 from zturbo.checkpoints.fp8 import split_fp8_state_dict
 from zturbo.checkpoints.reader import Checkpoint, open_checkpoint
 from zturbo.errors import InputError, ModelFileError
@@ -48,13 +48,17 @@ class LoadedComponent:
 
 
 def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object], Detection]:
-    """Read all tensors of a component (file, or diffusers folder of shards) and check its kind."""
+    """Read all tensors of a component (file, or diffusers folder of shards) and check its kind.
+    A single-file checkpoint (CheckpointLoaderSimple's) gives its part of that kind."""
     files = _component_files(source)
     state_dict: dict[str, object] = {}
     detection: Detection | None = None
     for file in files:
         ckpt = open_checkpoint(file)
         found = detect(ckpt)
+        part = bundle_part(ckpt, expected_kind) if found.kind is None else None
+        if part is not None:
+            ckpt, found = part
         detection = detection or found
         if found.kind != expected_kind:
             raise wrong_kind_error(file, expected_kind, found)

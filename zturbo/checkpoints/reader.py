@@ -55,6 +55,13 @@ class Checkpoint:
     format: str  # "safetensors" | "gguf"
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
+    key_prefix: str = ""  # a part of a bundled checkpoint: the file's names start with this
+
+    def part(self, prefix: str) -> Checkpoint:
+        """The tensors whose names start with `prefix`, named without it (one component of a
+        single-file checkpoint); reading it reads only those tensors."""
+        tensors = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return Checkpoint(self.path, self.format, tensors, self.metadata, self.key_prefix + prefix)
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -80,14 +87,17 @@ class Checkpoint:
         if self.format == "gguf":
             from zturbo.checkpoints.gguf import read_gguf
 
-            yield from read_gguf(self.path).tensors.items()
+            for key, value in read_gguf(self.path).tensors.items():
+                if key.startswith(self.key_prefix):
+                    yield key[len(self.key_prefix) :], value
             return
         from safetensors import safe_open
 
         try:
             with safe_open(str(self.path), framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                    yield key, f.get_tensor(key)
+                    if key.startswith(self.key_prefix):
+                        yield key[len(self.key_prefix) :], f.get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types
             raise ModelFileError(
                 self.path, f"could not read tensors ({exc}); the file may be corrupt"

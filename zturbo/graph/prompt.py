@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zturbo.nodes.schema import InputSpec
+from zturbo.nodes.schema import MATCH_TYPE, InputSpec
 
 
 def is_link(value: Any) -> bool:
@@ -62,7 +62,7 @@ def coerce(spec: InputSpec, value: Any) -> Any:
 
 def types_match(received: str, expected: str) -> bool:
     """ComfyUI's `validate_node_input`: equal, a wildcard, or overlapping comma-separated type lists."""
-    if received == expected or "*" in (received, expected):
+    if received == expected or "*" in (received, expected) or MATCH_TYPE in (received, expected):
         return True
     got = {t.strip() for t in received.split(",")}
     want = {t.strip() for t in expected.split(",")}

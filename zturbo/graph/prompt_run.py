@@ -137,6 +137,7 @@ class PromptRun:
         self.keys: dict[str, str] = {}
         self.error: dict[str, Any] | None = None
         self.was_interrupted = False
+        self.planned: set[str] = set()  # nodes already placed in an execution order
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -184,14 +185,14 @@ class PromptRun:
         )
 
     def _plan(self, outputs: list[str]) -> list[str]:
-        """Dependency order for the requested outputs; cached nodes end the walk upstream."""
+        """Dependency order for the requested outputs; cached nodes end the walk upstream, and so do
+        lazy inputs (their nodes run only when the node asks for them, see `_run_lazy`)."""
         order: list[str] = []
-        done: set[str] = set()
         for output in outputs:
             if output not in self.prompt:
                 log.warning("prompt %s: output %s is not in the prompt; skipped", self.prompt_id, output)
                 continue
-            self._visit(output, order, done, set())
+            self._visit(output, order, self.planned, set())
         return order
 
     def _visit(self, node_id: str, order: list[str], done: set[str], path: set[str]) -> None:
@@ -201,12 +202,41 @@ class PromptRun:
             raise GraphError(node_id, f"node {node_id} depends on itself (the graph has a cycle)")
         path.add(node_id)
         if self.cache.get(self.keys[node_id]) is None:
-            for value in self.prompt[node_id].get("inputs", {}).values():
-                if is_link(value) and len(value) == 2:
+            lazy = self._lazy_inputs(node_id)
+            for name, value in self.prompt[node_id].get("inputs", {}).items():
+                if is_link(value) and len(value) == 2 and name not in lazy:
                     self._visit(value[0], order, done, path)
         path.discard(node_id)
         done.add(node_id)
         order.append(node_id)
+
+    def _lazy_inputs(self, node_id: str) -> set[str]:
+        cls = self.registry.get(self.prompt[node_id]["class_type"])
+        schema = getattr(cls, "schema", None)
+        return {spec.name for spec in schema.inputs if spec.lazy} if schema is not None else set()
+
+    def _run_lazy(self, node_id: str, cls: type, inputs: dict[str, Any]) -> bool:
+        """ComfyUI's lazy inputs: ask the node which lazy inputs it needs (`check_lazy_status`, given
+        what is computed so far, None for the rest), run their nodes, and ask again until it needs
+        nothing more. False if one of those nodes failed (the prompt has ended)."""
+        lazy = self._lazy_inputs(node_id)
+        hook = getattr(cls, "check_lazy_status", None)
+        raw = self.prompt[node_id].get("inputs", {})
+        while hook is not None:
+            needed = [
+                n for n in hook(**{**dict.fromkeys(lazy), **inputs}) or () if n in lazy and n not in inputs
+            ]
+            links = [raw[n] for n in needed if is_link(raw.get(n))]
+            if not links:
+                return True
+            for source, _slot in links:
+                order: list[str] = []
+                self._visit(source, order, self.planned, set())
+                for upstream in order:
+                    if upstream not in self.results and not self._run_node(upstream):
+                        return False
+            inputs.update(self._gather_inputs(node_id, cls.schema))
+        return True
 
     # -- one node -----------------------------------------------------------------------------
     def _run_node(self, node_id: str) -> bool:
@@ -219,11 +249,13 @@ class PromptRun:
         inputs: dict[str, Any] = {}
         try:
             self._check_interrupt()
-            self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
             cls = self.registry.get(self.prompt[node_id]["class_type"])
             if cls is None:
                 raise KeyError(f"node type {self.prompt[node_id]['class_type']!r} is not registered")
             inputs = self._gather_inputs(node_id, cls.schema)
+            if not self._run_lazy(node_id, cls, inputs):
+                return False
+            self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
             values, ui = split_result(cls().execute(self._node_context(node_id), **inputs), cls.schema)
         except Interrupted:
             self._interrupted(node_id)
@@ -252,6 +284,8 @@ class PromptRun:
             if name not in raw:
                 continue
             value = raw[name]
+            if is_link(value) and value[0] not in self.results:
+                continue  # a lazy input not (yet) asked for
             value = self.results[value[0]][value[1]] if is_link(value) else coerce(spec, value)
             parent, _, child = name.partition(".")
             if child:

@@ -102,7 +102,13 @@ def apply_sets(
 
 def describe_validation(result: ValidationResult) -> str:
     """A readable summary of a failed validation, for the CLI."""
-    lines = [f"{result.error['message']}: {result.error['details']}" if result.error else "invalid prompt"]
+    error = result.error
+    if error is None:
+        lines = ["invalid prompt"]
+    elif error.get("type") == "missing_node_type":  # the message already names every node
+        lines = [error["message"]]
+    else:
+        lines = [f"{error['message']}: {error['details']}"]
     for node_id, info in result.node_errors.items():
         for err in info.get("errors", []):
             lines.append(f"  node {node_id} ({info.get('class_type')}): {err['message']}: {err['details']}")

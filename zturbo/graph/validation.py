@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from zturbo.graph.missing import MissingType, missing_message, missing_types
 from zturbo.graph.prompt import coerce, is_link, link_type, normalize_prompt, types_match, unwrap
 from zturbo.nodes.schema import InputSpec, NodeSchema
 
@@ -35,6 +36,21 @@ def prompt_error(
     type_: str, message: str, details: str = "", extra_info: dict | None = None
 ) -> dict[str, Any]:
     return {"type": type_, "message": message, "details": details, "extra_info": extra_info or {}}
+
+
+def missing_node_error(missing: list[MissingType]) -> dict[str, Any]:
+    """ComfyUI's `missing_node_type` error, naming every missing type at once: `extra_info` keeps
+    ComfyUI's fields for the first node (clients read them) and adds `missing_node_types`."""
+    first = missing[0]
+    ids = [node_id for m in missing for node_id in m.node_ids]
+    extra = {
+        "node_id": first.node_ids[0],
+        "class_type": first.class_type,
+        "node_title": first.titles[0],
+        "missing_node_types": [m.info() for m in missing],
+    }
+    details = ", ".join(f"Node ID '#{node_id}'" for node_id in ids)
+    return prompt_error("missing_node_type", missing_message(missing), details, extra)
 
 
 def full_type_name(cls: type) -> str:
@@ -101,19 +117,17 @@ class PromptValidator:
 
     def _collect_outputs(self, partial_targets: list[str] | None) -> tuple[list[str], dict | None]:
         targets = {str(t) for t in partial_targets} if partial_targets is not None else None
-        outputs: list[str] = []
         for node_id, node in self.prompt.items():
             if not isinstance(node, dict) or "class_type" not in node:
                 message = "Cannot execute because a node is missing the class_type property."
                 return [], prompt_error("invalid_prompt", message, f"Node ID '#{node_id}'")
-            class_type = node["class_type"]
-            schema = self.registry.schema(class_type)
-            if schema is None:
-                title = (node.get("_meta") or {}).get("title", class_type)
-                extra = {"node_id": node_id, "class_type": class_type, "node_title": title}
-                message = f"Node '{title}' not found. The custom node may not be installed."
-                return [], prompt_error("missing_node_type", message, f"Node ID '#{node_id}'", extra)
-            if schema.output_node and (targets is None or node_id in targets):
+        missing = missing_types(self.prompt, self.registry)
+        if missing:
+            return [], missing_node_error(missing)
+        outputs: list[str] = []
+        for node_id, node in self.prompt.items():
+            schema = self.registry.schema(node["class_type"])
+            if schema is not None and schema.output_node and (targets is None or node_id in targets):
                 outputs.append(node_id)
         if not outputs:
             return [], prompt_error("prompt_no_outputs", "Prompt has no outputs")
@@ -141,7 +155,7 @@ class PromptValidator:
         valid = True
         for name, spec in schema.expand_inputs({k: unwrap(v) for k, v in inputs.items()}):
             if name not in inputs:
-                if not spec.optional:
+                if not spec.optional and not spec.socketless:
                     errors.append(_input_error("required_input_missing", "Required input is missing", name))
                 continue
             value = inputs[name]

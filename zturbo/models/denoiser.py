@@ -14,6 +14,7 @@ to every forward of zturbo's DiT: lossy first-block caching, off by default.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -28,6 +29,55 @@ log = logging.getLogger(__name__)
 # image, so it should not be built on a stale remainder. Sampler-agnostic: decided by sigma, so a
 # second-order sampler's in-step evaluations of the last step are forced too.
 STEP_CACHE_FULL_LAST_STEPS = 1
+
+
+@dataclass(frozen=True)
+class CFGNorm:
+    """ComfyUI's CFGNorm model patch (comfy_extras/nodes_cfg.py), on the denoised estimates.
+
+    Default (post-CFG): the guided estimate is scaled down per pixel so its channel norm does not
+    exceed the positive estimate's, `out · clamp(‖pos‖/(‖out‖+1e-8), 0, 1) · strength`.
+    `pre_cfg`: the combination itself, in noise space (x − denoised), is rescaled to the positive's
+    channel norm without clamping, then blended with plain CFG by `strength`.
+    """
+
+    strength: float = 1.0
+    pre_cfg: bool = False
+
+    def combine(self, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
+        """The pre-CFG form: replaces `uncond + cfg·(cond − uncond)`."""
+        cond_noise, uncond_noise = x - cond, x - uncond
+        comb = uncond_noise + cfg * (cond_noise - uncond_noise)
+        cond_norm = torch.linalg.vector_norm(cond_noise, dim=1, keepdim=True)
+        comb_norm = torch.linalg.vector_norm(comb, dim=1, keepdim=True)
+        rescale = torch.where(
+            comb_norm > 0, cond_norm / comb_norm.clamp_min(1e-12), torch.ones_like(comb_norm)
+        )
+        rescaled = comb * rescale
+        if self.strength != 1.0:
+            rescaled = self.strength * rescaled + (1.0 - self.strength) * comb
+        return x - rescaled
+
+    def after(self, denoised: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The post-CFG form, applied to the guided estimate."""
+        scale = (
+            torch.norm(cond, dim=1, keepdim=True) / (torch.norm(denoised, dim=1, keepdim=True) + 1e-8)
+        ).clamp(min=0.0, max=1.0)
+        return denoised * scale * self.strength
+
+
+def guided_estimate(
+    x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, cfg: float, norms: tuple[CFGNorm, ...]
+) -> torch.Tensor:
+    """ComfyUI's `cfg_function` with CFGNorm patches: the last pre-CFG patch replaces the combination
+    (an unevaluated negative counts as zeros, as in ComfyUI), then every post-CFG patch in order."""
+    uncond = torch.zeros_like(cond) if uncond is None else uncond
+    pre = [n for n in norms if n.pre_cfg]
+    out = pre[-1].combine(x, cond, uncond, cfg) if pre else uncond + (cond - uncond) * cfg
+    for norm in norms:
+        if not norm.pre_cfg:
+            out = norm.after(out, cond)
+    return out
 
 
 def transformer_forward(
@@ -96,6 +146,7 @@ class ZImageDenoiser:
         step_cache: float = 0.0,
         sigmas: torch.Tensor | None = None,
         uncond_at_cfg1: bool = False,
+        cfg_norms: tuple[CFGNorm, ...] = (),
     ) -> None:
         if cfg != 1.0 and negative is None:
             raise ValueError("cfg != 1 needs a negative conditioning")
@@ -104,6 +155,7 @@ class ZImageDenoiser:
         self.negative = negative if cfg != 1.0 or uncond_at_cfg1 else None
         self.cfg = cfg
         self.multiplier = multiplier
+        self.cfg_norms = cfg_norms  # CFGNorm patches of the MODEL (none: the plain combination below)
         self.uncond_denoised: torch.Tensor | None = None  # the last call's unconditional estimate
         self.calls = 0
         self._finite: list[tuple[torch.Tensor, torch.Tensor]] = []  # (all finite?, sigma) per call
@@ -141,7 +193,7 @@ class ZImageDenoiser:
             cache.force_full = False if below is None else sigma[0] <= below
         neg: torch.Tensor | None = None
         if self.negative is None:
-            out = transformer_forward(self.model, x, t, positive, cache)
+            out = pos = transformer_forward(self.model, x, t, positive, cache)
         else:
             negative = _repeat_to(self.negative, batch)
             both = transformer_forward(
@@ -153,8 +205,14 @@ class ZImageDenoiser:
         self._finite.append((torch.isfinite(out).all(), sigma[0]))
         x_dev = x.to(out.device, torch.float32)
         sigma_dev = sigma.to(out.device).view(-1, 1, 1, 1)
-        denoised = x_dev + sigma_dev * out
-        self.uncond_denoised = denoised if neg is None else x_dev + sigma_dev * neg
+        uncond = None if neg is None else x_dev + sigma_dev * neg
+        if self.cfg_norms:
+            cond = x_dev + sigma_dev * pos
+            cfg = self.cfg if neg is not None else 1.0
+            denoised = guided_estimate(x_dev, cond, uncond, cfg, self.cfg_norms)
+        else:
+            cond = denoised = x_dev + sigma_dev * out  # without a negative, `out` is the positive's
+        self.uncond_denoised = cond if uncond is None else uncond
         return denoised
 
     def check_finite(self) -> None:

@@ -15,7 +15,7 @@ class CLIPTextEncode(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="CLIPTextEncode",
         display_name="CLIP Text Encode (Prompt)",
-        category="conditioning",
+        category="model/conditioning",
         description=(
             "Encodes a text prompt using a CLIP model into an embedding that can be used to guide "
             "the diffusion model towards generating specific images."
@@ -39,7 +39,7 @@ class CLIPTextEncode(Node):
 class ConditioningZeroOut(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ConditioningZeroOut",
-        category="advanced/conditioning",
+        category="model/conditioning/transform",
         inputs=(Link("conditioning", "CONDITIONING"),),
         outputs=(Output("CONDITIONING"),),
     )

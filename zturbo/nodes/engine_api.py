@@ -10,6 +10,7 @@ Tensors follow ComfyUI's conventions: IMAGE is [B, H, W, C] float in 0..1; laten
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -18,6 +19,34 @@ from zturbo.progress import ProgressFn
 if TYPE_CHECKING:
     from torch import Tensor
 
+
+# The custom-sampling values (ComfyUI's NOISE, GUIDER, SAMPLER). SIGMAS are 1-D float tensors.
+
+
+@dataclass(frozen=True)
+class Noise:
+    """NOISE: RandomNoise's seeded starting noise, or none at all (DisableNoise: zeros)."""
+
+    seed: int = 0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Guider:
+    """GUIDER: what the model is guided by (CFGGuider; BasicGuider has no negative and cfg 1).
+    `model` and the conditionings are the engine's opaque values."""
+
+    model: Any
+    positive: Any
+    negative: Any = None
+    cfg: float = 1.0
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """SAMPLER: a sampler by its ComfyUI name (KSamplerSelect)."""
+
+    name: str
 
 
 @runtime_checkable
@@ -63,8 +92,38 @@ class EngineAPI(Protocol):
         return_with_leftover_noise: bool = False,
         progress: ProgressFn,
         preview: bool = False,
+        noise_mask: Tensor | None = None,
     ) -> Tensor:
         """Denoise `latent` (raw VAE space in and out) and return the new latents."""
+
+    def sigmas(self, model: Any, scheduler: str, steps: int, denoise: float) -> Tensor:
+        """BasicScheduler: the MODEL's schedule (float32 CPU, ends in 0; empty for denoise 0)."""
+
+    def sample_sigmas(
+        self,
+        model: Any,
+        positive: Any,
+        negative: Any,
+        latent: Tensor,
+        *,
+        sigmas: Tensor,
+        cfg: float,
+        sampler_name: str,
+        seed: int,
+        add_noise: bool = True,
+        batch_index: list[int] | None = None,
+        progress: ProgressFn,
+        preview: bool = False,
+        noise_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sample over explicit sigmas (SamplerCustom, SamplerCustomAdvanced): (latents, the last
+        step's denoised estimate or None when no step ran), raw VAE space."""
+
+    def with_cfg_norm(self, model: Any, strength: float, pre_cfg: bool) -> Any:
+        """Return a MODEL with ComfyUI's CFGNorm patch added; the input stays unchanged."""
+
+    def load_checkpoint(self, path: Path) -> tuple[Any, Any, Any]:
+        """MODEL, CLIP and VAE from one file that bundles all three (CheckpointLoaderSimple)."""
 
     def decode(self, vae: Any, latent: Tensor) -> Tensor:
         """Latents to IMAGE [B, H, W, 3] in 0..1."""

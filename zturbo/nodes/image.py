@@ -256,7 +256,7 @@ class ResolutionSelector(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ResolutionSelector",
         display_name="Resolution Selector",
-        category="utils",
+        category="utilities",
         description=(
             "Calculate width and height from aspect ratio and megapixel target. "
             "Useful for setting up Empty Latent Image dimensions."

@@ -68,12 +68,13 @@ class SaveImage(Node):
             Link("images", "IMAGE", tooltip="The images to save."),
             String("filename_prefix", default="ComfyUI", tooltip=PREFIX_TOOLTIP),
         ),
+        outputs=(Output("IMAGE", "images"),),  # passed on, as in ComfyUI v0.33
         output_node=True,
         hidden=(PROMPT, EXTRA_PNGINFO),
     )
 
     def execute(self, ctx: NodeContext, images: torch.Tensor, filename_prefix: str = "ComfyUI") -> NodeOutput:
-        return NodeOutput(ui={"images": save_images(ctx, images, filename_prefix, "output")})
+        return NodeOutput(images, ui={"images": save_images(ctx, images, filename_prefix, "output")})
 
 
 class PreviewImage(Node):
@@ -83,6 +84,7 @@ class PreviewImage(Node):
         category="image",
         description=SAVE_DESCRIPTION,
         inputs=(Link("images", "IMAGE"),),
+        outputs=(Output("IMAGE", "images"),),
         output_node=True,
         hidden=(PROMPT, EXTRA_PNGINFO),
     )
@@ -90,7 +92,7 @@ class PreviewImage(Node):
     def execute(self, ctx: NodeContext, images: torch.Tensor) -> NodeOutput:
         suffix = "".join(random.choice(string.ascii_lowercase) for _ in range(5))
         results = save_images(ctx, images, f"ComfyUI_temp_{suffix}", "temp", compress_level=1)
-        return NodeOutput(ui={"images": results})
+        return NodeOutput(images, ui={"images": results})
 
 
 PNG_FORMAT = DynamicOption(
@@ -114,7 +116,7 @@ class SaveImageAdvanced(Node):
         python_module="comfy_extras.nodes_images",
         inputs=(
             Link("images", "IMAGE", tooltip="The images to save."),
-            String("filename_prefix", default="ComfyUI", tooltip=PREFIX_TOOLTIP),
+            String("filename_prefix", default="ComfyUI", multiline=False, tooltip=PREFIX_TOOLTIP),
             DynamicCombo("format", (PNG_FORMAT,), tooltip="The file format in which to save the image."),
         ),
         outputs=(Output("IMAGE", "images"),),

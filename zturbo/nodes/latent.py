@@ -28,7 +28,7 @@ def empty_latent(width: int, height: int, batch_size: int) -> dict[str, torch.Te
 class EmptySD3LatentImage(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="EmptySD3LatentImage",
-        category="latent/sd3",
+        category="model/latent/stable diffusion",
         style="v3",
         python_module="comfy_extras.nodes_sd3",
         inputs=(
@@ -47,7 +47,7 @@ class EmptyLatentImage(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="EmptyLatentImage",
         display_name="Empty Latent Image",
-        category="latent",
+        category="model/latent",
         description="Create a new batch of empty latent images to be denoised via sampling.",
         inputs=(
             Int(
@@ -83,7 +83,7 @@ class LatentUpscaleBy(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="LatentUpscaleBy",
         display_name="Upscale Latent By",
-        category="latent",
+        category="model/latent",
         inputs=(
             Link("samples", "LATENT"),
             Combo("upscale_method", LATENT_UPSCALE_METHODS),
@@ -105,7 +105,7 @@ class VAEDecode(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAEDecode",
         display_name="VAE Decode",
-        category="latent",
+        category="model/latent",
         description="Decodes latent images back into pixel space images.",
         inputs=(
             Link("samples", "LATENT", tooltip="The latent to be decoded."),
@@ -133,7 +133,7 @@ class VAEEncode(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAEEncode",
         display_name="VAE Encode",
-        category="latent",
+        category="model/latent",
         inputs=(Link("pixels", "IMAGE"), Link("vae", "VAE")),
         outputs=(Output("LATENT"),),
     )

@@ -20,7 +20,7 @@ def _primitive(name: str, display: str, value: InputSpec, out_type: str) -> Node
     return NodeSchema(
         name=name,
         display_name=display,
-        category="utils/primitive",
+        category="utilities/primitive",
         style="v3",
         python_module="comfy_extras.nodes_primitive",
         inputs=(value,),
@@ -34,7 +34,9 @@ class _Constant(Node):
 
 
 class PrimitiveString(_Constant):
-    schema: ClassVar[NodeSchema] = _primitive("PrimitiveString", "String", String("value"), "STRING")
+    schema: ClassVar[NodeSchema] = _primitive(
+        "PrimitiveString", "String", String("value", multiline=False), "STRING"
+    )
 
 
 class PrimitiveStringMultiline(_Constant):
@@ -47,14 +49,14 @@ class PrimitiveInt(_Constant):
     schema: ClassVar[NodeSchema] = _primitive(
         "PrimitiveInt",
         "Int",
-        Int("value", min=-sys.maxsize, max=sys.maxsize, control_after_generate=True),
+        Int("value", min=-sys.maxsize, max=sys.maxsize, control_after_generate="fixed"),
         "INT",
     )
 
 
 class PrimitiveFloat(_Constant):
     schema: ClassVar[NodeSchema] = _primitive(
-        "PrimitiveFloat", "Float", Float("value", min=-sys.maxsize, max=sys.maxsize), "FLOAT"
+        "PrimitiveFloat", "Float", Float("value", min=-sys.maxsize, max=sys.maxsize, step=0.1), "FLOAT"
     )
 
 

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zturbo.nodes import conditioning, image, io, latent, loaders, lora, mask, primitives, sampling, upscale
+from zturbo.nodes import (
+    conditioning,
+    custom_sampler,
+    image,
+    image_tools,
+    io,
+    latent,
+    latent_batch,
+    loaders,
+    lora,
+    mask,
+    primitives,
+    sampling,
+    upscale,
+    utility,
+)
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
@@ -64,7 +79,8 @@ class NodeRegistry:
 def default_registry(context: ExecutionContext | None = None) -> NodeRegistry:
     """A new registry holding every built-in node."""
     registry = NodeRegistry(context)
-    for module in (loaders, lora, conditioning, latent, sampling, image, io, primitives, mask, upscale):
+    modules = (loaders, lora, conditioning, latent, latent_batch, sampling, custom_sampler, image, image_tools)
+    for module in (*modules, io, primitives, mask, upscale, utility):
         for cls in module.NODES:
             registry.register(cls)
     return registry

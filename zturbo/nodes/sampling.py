@@ -44,7 +44,7 @@ def scheduler_options(ctx: ExecutionContext | None) -> list[str]:
 class ModelSamplingAuraFlow(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ModelSamplingAuraFlow",
-        category="advanced/model",
+        category="model/patch",
         python_module="comfy_extras.nodes_model_advanced",
         inputs=(Link("model", "MODEL"), Float("shift", default=1.73, min=0.0, max=100.0, step=0.01)),
         outputs=(Output("MODEL"),),
@@ -70,7 +70,7 @@ class KSampler(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="KSampler",
         display_name="KSampler",
-        category="sampling",
+        category="model/sampling",
         description="Uses the provided model, positive and negative conditioning to denoise the latent image.",
         inputs=(
             Link("model", "MODEL", tooltip="The model used for denoising the input latent."),
@@ -114,7 +114,7 @@ class KSamplerAdvanced(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="KSamplerAdvanced",
         display_name="KSampler (Advanced)",
-        category="sampling",
+        category="model/sampling",
         inputs=(
             Link("model", "MODEL"),
             Combo("add_noise", ("enable", "disable")),

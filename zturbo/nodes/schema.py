@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+# ComfyUI's MatchType: a socket of any type, all of one template's sockets the same (the switch node's).
+MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 # The frontend adds a control_after_generate widget to INTs with these names even without the flag.
 SEED_NAMES = ("seed", "noise_seed")
 # Frontend cap for "randomize" (2**50), so random seeds survive a round trip through JS numbers.
@@ -64,6 +66,9 @@ class InputSpec:
     force_input: bool | None = None
     display: str | None = None
     choices: tuple[DynamicOption, ...] = ()
+    lazy: bool | None = None  # evaluated only if the node asks for it (`Node.check_lazy_status`)
+    socketless: bool | None = None  # a UI-only widget (no socket, no value sent): never required
+    template: tuple[tuple[str, str], ...] | None = None  # MatchType template (template_id, allowed_types)
 
     @property
     def is_combo(self) -> bool:
@@ -118,6 +123,9 @@ class InputSpec:
             "dynamicPrompts": self.dynamic_prompts,
             "control_after_generate": self.control_after_generate,
             "display": self.display,
+            "lazy": self.lazy,
+            "socketless": self.socketless,
+            "template": dict(self.template) if self.template is not None else None,
             "forceInput": self.force_input,
             "advanced": self.advanced,
             "tooltip": self.tooltip,
