@@ -11,6 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from zturbo.graph.comfy_core_nodes import missing_node_message
 from zturbo.graph.prompt import coerce, is_link, link_type, normalize_prompt, types_match, unwrap
 from zturbo.nodes.schema import InputSpec, NodeSchema
 
@@ -111,7 +112,7 @@ class PromptValidator:
             if schema is None:
                 title = (node.get("_meta") or {}).get("title", class_type)
                 extra = {"node_id": node_id, "class_type": class_type, "node_title": title}
-                message = f"Node '{title}' not found. The custom node may not be installed."
+                message = missing_node_message(class_type, title)
                 return [], prompt_error("missing_node_type", message, f"Node ID '#{node_id}'", extra)
             if schema.output_node and (targets is None or node_id in targets):
                 outputs.append(node_id)
