@@ -43,7 +43,8 @@ def test_without_hard_links_names_are_claimed_exclusively(tmp_path: Path, monkey
     target = save_target(tmp_path, "a", 1, 1)
     assert target.counter == 3
     (tmp_path / "a_00003_.png").write_bytes(b"raced")  # another process, meanwhile
-    written = write_numbered([b"1", b"2"], target, SAVE_IMAGE_PATTERN, lambda _i, data, p: p.write_bytes(data))
+    save = lambda _i, data, p: p.write_bytes(data)  # noqa: E731
+    written = write_numbered([b"1", b"2"], target, SAVE_IMAGE_PATTERN, save)
     assert [p.name for p in written] == ["a_00004_.png", "a_00005_.png"]
     assert [p.read_bytes() for p in written] == [b"1", b"2"]
     assert (tmp_path / "a_00003_.png").read_bytes() == b"raced"

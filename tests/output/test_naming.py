@@ -59,10 +59,10 @@ from zturbo.output.png import save_png
 
 folder, who, count, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 time.sleep(max(0.0, start - time.time()))
+pixels = np.zeros((8, 8, 3), np.uint8)
 for i in range(count):
     target = save_target(folder, "race", 8, 8)
-    write_numbered([i], target, SAVE_IMAGE_PATTERN,
-                   lambda _, item, path: save_png(np.zeros((8, 8, 3), np.uint8), path, {"who": f"{who}-{item}"}))
+    write_numbered([i], target, SAVE_IMAGE_PATTERN, lambda _, n, path: save_png(pixels, path, {"who": f"{who}-{n}"}))
 """
 
 
