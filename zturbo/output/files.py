@@ -80,7 +80,8 @@ def _no_hard_links(exc: OSError) -> bool:
     """The filesystem (or OS) cannot hard-link, as opposed to the name being taken or the disk failing."""
     unsupported = {errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
     unsupported |= {getattr(errno, name) for name in ("ENOTSUP", "EOPNOTSUPP") if hasattr(errno, name)}
-    return exc.errno in unsupported or getattr(exc, "winerror", None) == 1  # ERROR_INVALID_FUNCTION
+    # Windows on FAT/exFAT or some shares: ERROR_INVALID_FUNCTION (1), ERROR_NOT_SUPPORTED (50)
+    return exc.errno in unsupported or getattr(exc, "winerror", None) in (1, 50)
 
 
 def _claim_and_replace(tmp: Path, path: Path) -> bool:
