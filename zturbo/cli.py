@@ -1,4 +1,4 @@
-"""Command line: `zturbo generate | run | serve | models | bench | lora`.
+"""Command line: `zturbo generate | run | serve | models | bench | doctor | lora`.
 
 Errors a user can fix (ZTurboError) are printed as one clear message, without a traceback. Every
 option is checked before a model file is read.
@@ -408,3 +408,18 @@ def serve(
     )
     run_server(config)
 
+
+@app.command()
+def doctor(
+    models_dir: ModelsDir = None,
+    device: DeviceOpt = "auto",
+    self_test: Annotated[
+        bool, typer.Option("--self-test/--no-self-test", help="Generate with a tiny random-weight model.")
+    ] = True,
+) -> None:
+    """Check the install: torch, the device, the models folder, and a full generate on a tiny
+    random-weight model (a self-test: its image is noise). Exits with 1 if a check fails."""
+    from zturbo.doctor import run_doctor
+
+    if not run_doctor(typer.echo, models_dir=models_dir, device=device, generate=self_test):
+        raise typer.Exit(1)
