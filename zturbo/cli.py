@@ -417,8 +417,10 @@ def doctor(
         bool, typer.Option("--self-test/--no-self-test", help="Generate with a tiny random-weight model.")
     ] = True,
 ) -> None:
-    """Check the install: torch, the device, the models folder, and a full generate on a tiny
-    random-weight model (a self-test: its image is noise). Exits with 1 if a check fails."""
+    """Check the install: torch, the device, the models folder, and a self-test generate.
+
+    The self-test is a full generate on a tiny random-weight model written to a temporary folder (its
+    image is noise). Exits with 1 if a check fails; missing model files are reported, not a failure."""
     from zturbo.doctor import run_doctor
 
     if not run_doctor(typer.echo, models_dir=models_dir, device=device, generate=self_test):
