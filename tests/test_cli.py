@@ -173,7 +173,12 @@ def test_run_and_serve_take_the_speed_options(tiny_models, tmp_path, monkeypatch
 
     monkeypatch.setattr(zturbo.workflows, "run_workflow_cli", fake_run)
     monkeypatch.setattr(zturbo.server.app, "serve", lambda config: seen.setdefault("serve", config))
-    assert invoke("run", "w.json", "--speed", "compile", "--step-cache", "0.1").exit_code == 0
+    workflow = tmp_path / "w.json"
+    workflow.write_text("{}")
+    result = invoke(
+        "run", str(workflow), "--speed", "compile", "--step-cache", "0.1", "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code == 0, result.output
     assert (seen["run"].mode, seen["run"].step_cache) == ("compile", 0.1)
     assert invoke("serve", "--speed", "max", "--output-dir", str(tmp_path / "o")).exit_code == 0
     assert seen["serve"].engine.speed_options.mode == "max"

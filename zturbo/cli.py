@@ -1,19 +1,18 @@
-"""Command line: `zturbo generate | models | run | serve | bench`.
+"""Command line: `zturbo generate | run | serve | models | bench | doctor | lora`.
 
-Errors a user can fix (ZTurboError) are printed as one clear message, without a traceback.
+Errors a user can fix (ZTurboError) are printed as one clear message, without a traceback. Every
+option is checked before a model file is read.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zturbo.errors import InputError, ZTurboError
 from zturbo.lora.cli import lora_app
@@ -22,14 +21,35 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run Z-Image-
 models_app = typer.Typer(help="Show or download the model files.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
 app.add_typer(lora_app, name="lora")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay one line in narrow terminals and logs
+log = logging.getLogger("zturbo.cli")
+
+# The names are listed here so that `--help` does not import torch; tests/test_cli.py checks them
+# against zturbo.sampling's tables.
+SAMPLER_NAMES = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "exp_heun_2_x0",
+    "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
+    "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+    "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "gradient_estimation",
+    "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim",
+    "uni_pc", "uni_pc_bh2",
+)  # fmt: skip
+SCHEDULER_NAMES = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
+    "kl_optimal",
+)  # fmt: skip
 
 ModelsDir = Annotated[
     Path | None,
     typer.Option("--models-dir", help="ComfyUI-style models folder [env ZTURBO_MODELS, default ./models]"),
 ]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
-DtypeOpt = Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | cuda:N | mps | cpu")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(help="auto | bf16 | fp32 (auto: bf16 on a GPU, fp32 on the CPU; fp16 gives black images)"),
+]
 SpeedOpt = Annotated[
     str,
     typer.Option(
@@ -64,49 +84,102 @@ def main() -> None:
         sys.exit(2)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from zturbo import __version__
+
+        typer.echo(f"zturbo {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what is happening.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
 
 
-def _step_progress(label: str):
-    """A rich progress bar and a (step, total, preview) callback that advances it."""
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-    task = bar.add_task(label, total=None)
+def engine_settings(
+    device: str, dtype: str, vram: str, speed: str, step_cache: float, weight_dtype: str = "default"
+):
+    """The command's EngineSettings, every choice checked now. On the CPU there is no GPU memory to
+    plan for: every model stays in RAM (no memory plan), unless a budget is asked for explicitly (the
+    GPU plans then run on the CPU, which is how they can be tried without a GPU)."""
+    from zturbo.runtime.settings import EngineSettings
 
-    def update(step: int, total: int, _preview=None) -> None:
-        bar.update(task, completed=step, total=total)
+    settings = EngineSettings(device, dtype, vram, speed, step_cache, weight_dtype)
+    settings.placement.dit_dtype()  # --dtype fp16 is refused here, with the reason, not after loading
+    if settings.placement.device.type == "cpu" and vram == "auto":
+        log.info("running on the CPU: every model stays in RAM (no GPU memory plan)")
+        settings = settings.replace(vram=None)
+    return settings
 
-    return bar, update
+
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was set on the command line (or by its environment variable)."""
+    source = ctx.get_parameter_source(name)  # typer's own copy of click's ParameterSource: compare names
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[str | None, typer.Argument(help="What to draw (any language).")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (used when cfg > 1).")] = "",
-    width: Annotated[int | None, typer.Option(help="Width, a multiple of 16.")] = None,
-    height: Annotated[int | None, typer.Option(help="Height, a multiple of 16.")] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Width, a multiple of 16 (16-4096) [default: 1024]")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(help="Height, a multiple of 16 (16-4096) [default: 1024]")
+    ] = None,
     aspect: Annotated[
         str | None, typer.Option(help="Aspect ratio like 16:9 (instead of width/height).")
     ] = None,
     megapixels: Annotated[
         float | None, typer.Option(help="Pixel budget with --aspect or --image (1 = 1024x1024).")
     ] = None,
-    steps: Annotated[int, typer.Option()] = 8,
+    steps: Annotated[int, typer.Option(help="Sampling steps (1-1000); the official workflow uses 8.")] = 8,
     cfg: Annotated[float, typer.Option(help="ComfyUI cfg: 1 = no guidance (one model call a step).")] = 1.0,
-    sampler: Annotated[str, typer.Option()] = "res_multistep",
-    scheduler: Annotated[str, typer.Option()] = "simple",
-    shift: Annotated[float, typer.Option()] = 3.0,
-    seed: Annotated[int | None, typer.Option(help="Random if omitted.")] = None,
-    batch: Annotated[int, typer.Option(help="Images per prompt, in one forward pass.")] = 1,
-    from_png: Annotated[Path | None, typer.Option("--from", help="Regenerate from a PNG's metadata.")] = None,
+    sampler: Annotated[
+        str, typer.Option(help=f"ComfyUI sampler_name: {', '.join(SAMPLER_NAMES)}.")
+    ] = "res_multistep",
+    scheduler: Annotated[
+        str, typer.Option(help=f"ComfyUI scheduler: {', '.join(SCHEDULER_NAMES)}.")
+    ] = "simple",
+    shift: Annotated[
+        float, typer.Option(help="Timestep shift (ComfyUI's ModelSamplingAuraFlow shift), > 0.")
+    ] = 3.0,
+    seed: Annotated[int | None, typer.Option(help="0 to 2^64-1; random if omitted.")] = None,
+    batch: Annotated[int, typer.Option(help="Images per prompt, in one forward pass (1-64).")] = 1,
+    from_png: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Regenerate from a PNG's metadata (zturbo's or ComfyUI's); the prompt and the options "
+            "given with it override the PNG's settings.",
+        ),
+    ] = None,
     models_dir: ModelsDir = None,
     model: Annotated[
         Path | None, typer.Option("--model", help="A diffusers folder instead of --models-dir.")
+    ] = None,
+    dit: Annotated[
+        str | None,
+        typer.Option(
+            "--dit", help="Diffusion model file by name, as `zturbo models` lists it (UNETLoader's)."
+        ),
+    ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option("--text-encoder", help="Text encoder file by name, as `zturbo models` lists it."),
+    ] = None,
+    vae: Annotated[
+        str | None, typer.Option("--vae", help="VAE file by name, as `zturbo models` lists it.")
     ] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("output"),
     device: DeviceOpt = "auto",
@@ -132,57 +205,52 @@ def generate(
     upscale_model: UpscaleModelOpt = None,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
-    import secrets
-
+    from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.cli_progress import Display
     from zturbo.engine import Engine
-    from zturbo.generate import model_files, request_size, run_request, save_generated, workload_of
-    from zturbo.request import GenerationRequest
-    from zturbo.runtime.settings import EngineSettings
+    from zturbo.generate import check_output_folder, model_files, run_request, save_or_keep, workload_of
 
-    # Every engine choice is checked here, before any model is read.
-    settings = EngineSettings(device, dtype, vram, speed, step_cache, weight_dtype or "default")
-    if from_png is not None:
-        request, position, recorded = request_from_png(from_png)
-        weight_dtype = weight_dtype or recorded
-    else:
-        if prompt is None:
-            raise InputError(
-                'give a prompt, e.g. zturbo generate "a red fox in the snow" (or --from IMAGE.png)'
-            )
-        w, h = request_size(width, height, aspect, megapixels, image)
-        request = GenerationRequest(
-            prompt=prompt,
-            negative=negative,
-            width=w,
-            height=h,
-            steps=steps,
-            cfg=cfg,
-            sampler=sampler,
-            scheduler=scheduler,
-            shift=shift,
-            seed=secrets.randbits(63) if seed is None else seed,
-            batch=batch,
-            **image_fields(image, denoise, mask, mask_grow, mask_blur, 2.0 if hires else 1.0, hires_denoise),
-            upscale_model=upscale_model or "",
-        )
-        position = None
-    settings = settings.replace(weight_dtype=weight_dtype or "default")
-    paths = resolve_models(models_dir, model)
+    # Every choice is checked here, before any model is read.
+    settings = engine_settings(device, dtype, vram, speed, step_cache, weight_dtype or "default")
+    options = {name: value for name, value in ctx.params.items() if name in REQUEST_OPTIONS}
+    options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
+    request, keep, recorded = build_request(from_png, options)
+    settings = settings.replace(weight_dtype=weight_dtype or recorded)
     engine = Engine(settings)
+    request.validate(engine.sampler_names(), engine.scheduler_names())
+    check_output_folder(out)
+    paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
+
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
-    upscaler = _upscaler(request.upscale_model, models_dir)
-    bar, update = _step_progress("sampling")
-    with bar:
-        result = run_request(engine, paths, request, progress=update, upscale_model=upscaler)
-    if position is not None:  # --from: keep only the image that PNG held
-        result = replace(result, images=result.images[position : position + 1])
-    files = model_files(paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype)
-    for path in save_generated(result, files, out):
+    with Display(console) as display:
+
+        def phase(name: str) -> None:
+            if name == "sampling":
+                display.start_steps("sampling", request.steps)
+            else:
+                display.phase(name)
+
+        upscaler = _upscaler(request.upscale_model, models_dir)
+        result = run_request(engine, paths, request, progress=display.step, phase=phase, upscale_model=upscaler)
+        if keep is not None:  # --from: only the image that PNG held
+            result = result.only(keep)
+        display.phase("saving")
+        files = model_files(
+            paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype
+        )
+        saved = save_or_keep(result, files, out)
+    for path in saved:
         typer.echo(str(path))
 
+
+IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")
+REQUEST_OPTIONS = (
+    "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
+    "shift", "seed", "batch", *IMAGE_OPTIONS,
+)  # fmt: skip
 
 IMAGE_HELP = (
     "Init image (img2img): sampled from it at --denoise, ComfyUI's way: int(steps/denoise) sigmas, the last "
@@ -199,12 +267,15 @@ UpscaleModelOpt = Annotated[
 ]
 
 
-def image_fields(image, denoise, mask, mask_grow, mask_blur, hires_scale, hires_denoise) -> dict:
-    """The GenerationRequest fields of the image options."""
-    return dict(
-        image=str(image) if image else "", denoise=denoise, mask=mask or "", mask_grow=mask_grow,
-        mask_blur=mask_blur, hires_scale=hires_scale, hires_denoise=hires_denoise,
-    )  # fmt: skip
+def image_fields(options: dict) -> dict:
+    """The GenerationRequest fields of the image options given (`--hires` is a 2x refine pass)."""
+    fields = {k: v for k, v in options.items() if k in ("denoise", "mask_grow", "mask_blur", "hires_denoise")}
+    for name in ("image", "mask", "upscale_model"):
+        if name in options:
+            fields[name] = str(options[name]) if options[name] else ""
+    if "hires" in options:
+        fields["hires_scale"] = 2.0 if options["hires"] else 1.0
+    return fields
 
 
 def _upscaler(name: str, models_dir: Path | None) -> Path | None:
@@ -212,6 +283,7 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
     from zturbo.generate import upscale_model_path
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
+
 
 
 @app.command()
@@ -237,54 +309,88 @@ def upscale(
     import secrets
 
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.cli_progress import Display
     from zturbo.engine import Engine
-    from zturbo.generate import model_files, request_size, run_request, save_generated
+    from zturbo.generate import model_files, request_size, run_request, save_or_keep
     from zturbo.request import GenerationRequest
-    from zturbo.runtime.settings import EngineSettings
 
-    engine = Engine(EngineSettings(device, dtype, vram, speed))
+    engine = Engine(engine_settings(device, dtype, vram, speed, 0.0))
     w, h = request_size(None, None, None, None, image)
     request = GenerationRequest(
         prompt=prompt, width=w, height=h, sampler=sampler, scheduler=scheduler, hires_steps=steps,
         seed=secrets.randbits(63) if seed is None else seed, upscale_model=upscale_model or "",
-        **image_fields(image, 0.0, None, 0, 0, scale, denoise),
+        image=str(image), denoise=0.0, hires_scale=scale, hires_denoise=denoise,
     )  # fmt: skip
     paths = resolve_models(models_dir, None)
     upscaler = _upscaler(request.upscale_model, models_dir)
-    bar, update = _step_progress("refining")
-    with bar:
-        result = run_request(engine, paths, request, progress=update, upscale_model=upscaler)
-    files = model_files(paths, models_dir or default_models_dir(), engine.settings.weight_dtype)
-    for path in save_generated(result, files, out):
+    with Display(console) as display:
+        display.start_steps("refining", request.hires_steps)
+        result = run_request(engine, paths, request, progress=display.step, upscale_model=upscaler)
+        display.phase("saving")
+        saved = save_or_keep(result, model_files(paths, models_dir or default_models_dir()), out)
+    for path in saved:
         typer.echo(str(path))
 
 
-def request_from_png(path: Path):
-    """Settings from a PNG: zturbo's `parameters`, else a ComfyUI `prompt` graph; with the batch
-    position (None if unknown) and the recorded DiT weight dtype."""
-    import json
 
-    from zturbo.output.metadata import parse_parameters, request_from_api_graph, weight_dtype_from_chunks
-    from zturbo.output.png import read_png_text
 
-    text = read_png_text(path)
-    weight_dtype = weight_dtype_from_chunks(text)
-    if "parameters" in text and "Version: zturbo" in text["parameters"]:
-        return (*parse_parameters(text["parameters"]), weight_dtype)
-    if "prompt" in text:
-        return request_from_api_graph(json.loads(text["prompt"])), None, weight_dtype
-    raise InputError(f"{path}: has no zturbo `parameters` or ComfyUI `prompt` metadata to regenerate from")
+def build_request(from_png: Path | None, options: dict):
+    """(request, batch position to keep or None, recorded weight dtype) from `generate`'s options
+    (those given on the command line) and, with --from, a PNG whose settings they override."""
+    import secrets
+    from dataclasses import replace
+
+    from zturbo.generate import request_from_png, request_size
+    from zturbo.request import GenerationRequest
+
+    options = {name: value for name, value in options.items() if value is not None}
+    if "megapixels" in options and "aspect" not in options and "image" not in options:
+        raise InputError(
+            "--megapixels sets the size for an --aspect ratio or an --image: give one too (e.g. --aspect 1:1)"
+        )
+    if {"aspect", "megapixels", "image"} & options.keys() and not ("width" in options and "height" in options):
+        size = [options.pop(k, None) for k in ("width", "height", "aspect", "megapixels")]
+        options["width"], options["height"] = request_size(*size, options.get("image"))
+    options = {k: v for k, v in options.items() if k not in IMAGE_OPTIONS} | image_fields(options)
+    if from_png is None:
+        if "prompt" not in options:
+            raise InputError(
+                'give a prompt, e.g. zturbo generate "a red fox in the snow" (or --from IMAGE.png)'
+            )
+        options.setdefault("seed", secrets.randbits(63))
+        return GenerationRequest(**options), None, "default"
+    found = request_from_png(from_png)
+    changed = {k: v for k, v in options.items() if getattr(found.request, k) != v}
+    request = replace(found.request, **options)
+    keep = found.position if "batch" not in options else None
+    if keep is not None and not 0 <= keep < request.batch:
+        raise InputError(
+            f"--from {from_png}: its batch position {keep} is outside its batch of {request.batch}"
+        )
+    if changed:
+        was = ", ".join(f"{k} {_shown(getattr(found.request, k))} -> {_shown(v)}" for k, v in changed.items())
+        console.print(f"--from {from_png}: overriding {was}", highlight=False)
+    return request, keep, found.weight_dtype
+
+
+def _shown(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @models_app.callback()
 def models(ctx: typer.Context, models_dir: ModelsDir = None) -> None:
-    """List the required files: present or missing, detected kind, dtype and size."""
+    """List the required files: present or missing, detected kind, dtype and size, and which file
+    `generate` uses. Exits with 1 when a component has no usable file."""
     if ctx.invoked_subcommand is not None:
         return
-    from zturbo.checkpoints.inventory import describe_models
+    from zturbo.checkpoints.inventory import inventory
 
-    for line in describe_models(models_dir):
+    found = inventory(models_dir)
+    for line in found.lines:
         typer.echo(line)
+    if not found.ready:
+        raise typer.Exit(1)
 
 
 @models_app.command("pull")
@@ -314,11 +420,17 @@ def run(
     speed: SpeedOpt = "eager",
     step_cache: StepCacheOpt = 0.0,
 ) -> None:
-    """Run a ComfyUI workflow without a server; prints the images written."""
-    from zturbo.runtime.settings import EngineSettings
+    """Run a ComfyUI workflow without a server; prints the images written.
+
+    A workflow file that is not found may name one of the templates shipped with zturbo
+    (`image_z_image_turbo.json`, ComfyUI's official Z-Image-Turbo template)."""
+    from zturbo.generate import check_output_folder
+    from zturbo.templates import find_workflow
     from zturbo.workflows import run_workflow_cli
 
-    settings = EngineSettings(device, dtype, vram, speed, step_cache)  # a bad value fails before any work
+    settings = engine_settings(device, dtype, vram, speed, step_cache)  # a bad value fails before any work
+    workflow = find_workflow(workflow, console)
+    check_output_folder(out)
     for path in run_workflow_cli(
         workflow, set_ or [], settings, models_dir=models_dir, out=out, input_dir=input_dir, console=console
     ):
@@ -330,6 +442,14 @@ def run(
 )
 def bench(ctx: typer.Context) -> None:
     """GPU benchmark next to diffusers on full-size random weights (see `zturbo bench --help`)."""
+    if not {"-h", "--help"} & set(ctx.args):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(
+                "zturbo bench needs a CUDA GPU, and PyTorch sees none (a CPU-only build of torch, or no "
+                "NVIDIA driver); `zturbo doctor` checks what this machine can run"
+            )
     from zturbo.bench.cli import main as bench_main
 
     bench_main(ctx.args)
@@ -360,7 +480,6 @@ def serve(
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
-    from zturbo.runtime.settings import EngineSettings
     from zturbo.server.app import serve as run_server
     from zturbo.server.config import ServerConfig
 
@@ -370,9 +489,27 @@ def serve(
         models_dir=models_dir or default_models_dir(),
         output_dir=output_dir,
         input_dir=input_dir,
-        engine=EngineSettings(device, dtype, vram, speed, step_cache),
+        engine=engine_settings(device, dtype, vram, speed, step_cache),
         auth_token=auth_token,
         preview_method=preview_method,
         ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
     )
     run_server(config)
+
+
+@app.command()
+def doctor(
+    models_dir: ModelsDir = None,
+    device: DeviceOpt = "auto",
+    self_test: Annotated[
+        bool, typer.Option("--self-test/--no-self-test", help="Generate with a tiny random-weight model.")
+    ] = True,
+) -> None:
+    """Check the install: torch, the device, the models folder, and a self-test generate.
+
+    The self-test is a full generate on a tiny random-weight model written to a temporary folder (its
+    image is noise). Exits with 1 if a check fails; missing model files are reported, not a failure."""
+    from zturbo.doctor import run_doctor
+
+    if not run_doctor(typer.echo, models_dir=models_dir, device=device, generate=self_test):
+        raise typer.Exit(1)

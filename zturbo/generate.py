@@ -12,6 +12,8 @@ the function the matching ComfyUI node calls, and the PNG's embedded graph is th
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,17 +24,27 @@ from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
 from zturbo.engine import Conditioning, Engine, ZImageModel
-from zturbo.errors import InputError
+from zturbo.errors import InputError, ZTurboError
 from zturbo.images import image_size, load_image, load_mask
 from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.nodes.image import crop_image, scale_image
-from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
+from zturbo.output.files import write_temp
+from zturbo.output.metadata import (
+    ModelFiles,
+    api_graph,
+    parameters_text,
+    parse_parameters,
+    request_from_api_graph,
+    weight_dtype_from_chunks,
+)
 from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
-from zturbo.output.png import save_png
+from zturbo.output.png import read_png_text, save_png
 from zturbo.progress import ProgressFn
 from zturbo.request import GenerationRequest, default_size, fit_rule, size_for_aspect
 from zturbo.runtime.memory import Workload
 from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
+
+PhaseFn = Callable[[str], None]  # told "loading models", "encoding the prompt", "sampling", "decoding"
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,17 @@ class Generated:
     images: torch.Tensor  # (B, H, W, 3) in [0, 1]
     latents: torch.Tensor  # raw VAE space
     request: GenerationRequest
+    positions: tuple[int, ...] | None = None  # each image's place in the request's batch (None: 0, 1, ...)
+
+    def position(self, index: int) -> int:
+        return index if self.positions is None else self.positions[index]
+
+    def only(self, position: int) -> Generated:
+        """The image at `position` of the batch (what a PNG with that `Batch pos` holds)."""
+        if not 0 <= position < len(self.images):
+            raise InputError(f"batch position {position} is outside the batch of {len(self.images)}")
+        keep = slice(position, position + 1)
+        return replace(self, images=self.images[keep], latents=self.latents[keep], positions=(position,))
 
 
 def workload_of(request: GenerationRequest) -> Workload:
@@ -144,22 +167,29 @@ def run_request(
     request: GenerationRequest,
     progress: ProgressFn | None = None,
     upscale_model: Path | None = None,
+    phase: PhaseFn | None = None,
 ) -> Generated:
     """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
     quantizes on load, as UNETLoader's choice does). `upscale_model`: the file `request.upscale_model`
-    names (else that name is taken as a path)."""
+    names (else that name is taken as a path). `phase(name)` is told when each phase begins
+    (`progress` then reports the sampling steps)."""
+    phase = phase or (lambda _name: None)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     init = load_init(request) if request.image else None  # bad files fail before any model loads
     engine.prepare(paths, workload_of(request))
+    phase("loading models")
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
+    phase("encoding the prompt")
     positive = engine.encode_text(clip, request.prompt)
     negative = None
     if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1
         negative = engine.encode_text(clip, request.negative)
+    phase("sampling")
     if init is None:
         empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
         latents = _sample(engine, model, positive, negative, empty, request, progress, denoise=request.denoise)
+        phase("decoding")
         images = engine.decode(vae, latents)
     elif request.denoise > 0:
         images, latents = image_pass(engine, vae, model, positive, negative, init, request, progress)
@@ -215,9 +245,75 @@ def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: 
     prompt = json.dumps(graph, ensure_ascii=False)
 
     def write(index: int, image: torch.Tensor, path: Path) -> None:
-        parameters = parameters_text(result.request, files, batch_index=index)
+        parameters = parameters_text(result.request, files, batch_index=result.position(index))
         save_png(image, path, {"parameters": parameters, "prompt": prompt})
 
     height, width = result.images.shape[1:3]
     target = save_target(out_dir, prefix, int(width), int(height))
     return write_numbered(result.images, target, SAVE_IMAGE_PATTERN, write)
+
+
+def rescue_dir() -> Path:
+    """Where images go when the output folder cannot take them: the system's temporary folder."""
+    return Path(tempfile.gettempdir()) / "zturbo-unsaved"
+
+
+def save_or_keep(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:
+    """`save_generated`; if the output folder fails now, the images are saved in `rescue_dir()` and a
+    one-line error names them (the work is not lost)."""
+    try:
+        return save_generated(result, files, out_dir, prefix)
+    except (OSError, ZTurboError) as exc:
+        reason = _reason(exc)
+        try:
+            kept = save_generated(result, files, rescue_dir(), prefix)
+        except (OSError, ZTurboError) as second:
+            raise ZTurboError(
+                f"could not save the image into {out_dir} ({reason}), "
+                f"nor into {rescue_dir()} ({_reason(second)})"
+            ) from exc
+        names = ", ".join(str(p) for p in kept)
+        raise ZTurboError(f"could not save into {out_dir} ({reason}); the image is kept at {names}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(exc).__name__
+
+
+def check_output_folder(out_dir: Path, option: str = "--out") -> Path:
+    """Create `out_dir` if needed and prove a file can be written there, before any model loads."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{option} {out_dir}: is a file; expected a folder to save images in")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_temp(out_dir, lambda _path: None).unlink()
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise InputError(f"{option} {out_dir}: a part of this path is a file, not a folder") from exc
+    except OSError as exc:
+        raise InputError(f"{option} {out_dir}: cannot write there ({_reason(exc)})") from exc
+    return out_dir
+
+
+@dataclass(frozen=True)
+class FromPng:
+    """What a PNG says about how it was made."""
+
+    request: GenerationRequest
+    position: int | None  # its place in the batch (None: unknown, a ComfyUI graph)
+    weight_dtype: str  # the DiT's load-time weight dtype
+
+
+def request_from_png(path: Path) -> FromPng:
+    """Settings from a PNG: zturbo's `parameters`, else a ComfyUI `prompt` graph."""
+    text = read_png_text(path)
+    weight_dtype = weight_dtype_from_chunks(text)
+    if "parameters" in text and "Version: zturbo" in text["parameters"]:
+        request, position = parse_parameters(text["parameters"])
+        return FromPng(request, position, weight_dtype)
+    if "prompt" in text:
+        try:
+            graph = json.loads(text["prompt"])
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: its ComfyUI `prompt` metadata is not valid JSON ({exc})") from exc
+        return FromPng(request_from_api_graph(graph), None, weight_dtype)
+    raise InputError(f"{path}: has no zturbo `parameters` or ComfyUI `prompt` metadata to regenerate from")

@@ -45,20 +45,25 @@ def run_workflow_cli(
     input_dir: Path,
     console: Console,
 ) -> list[Path]:
-    """Run a workflow with a progress line per sampling node; return the images written."""
+    """Run a workflow, showing each node by type (`running KSampler (#3)`) and a bar with rate and ETA
+    for each sampling node (plain lines, no `\\r`, when stderr is a log); return the images written."""
+    from zturbo.cli_progress import Display, WorkflowDisplay
+    from zturbo.graph.formats import load_workflow_file
     from zturbo.graph.run import run_workflow
+    from zturbo.nodes.registry import default_registry
 
     context = make_context(settings, models_dir=models_dir, output_dir=out, input_dir=input_dir)
-
-    def on_event(event: str, data: dict) -> None:
-        if event == "progress":
-            console.print(
-                f"node {data['node']}: step {data['value']}/{data['max']}", end="\r", highlight=False
-            )
-        elif event == "executing" and data.get("node"):
-            console.print(f"running node {data['node']}" + " " * 20, highlight=False)
-
-    result = run_workflow(workflow, sets=sets, context=context, on_event=on_event)
+    registry = default_registry(context)
+    prompt, _ = load_workflow_file(workflow, registry)  # read again by run_workflow: only for the node types
+    node_types = {str(node_id): str(node.get("class_type", "")) for node_id, node in prompt.items()}
+    with Display(console) as display:
+        result = run_workflow(
+            workflow,
+            sets=sets,
+            context=context,
+            on_event=WorkflowDisplay(display, node_types),
+            registry=registry,
+        )
     if result.interrupted:
         raise Interrupted("the workflow was interrupted")
     if result.status_str != "success":

@@ -120,6 +120,12 @@ class FakeEngine:
     def with_cfg_norm(self, model: dict[str, Any], strength: float, pre_cfg: bool) -> dict[str, Any]:
         return {**model, "cfg_norm": (strength, pre_cfg)}
 
+    def load_lora(
+        self, model: dict[str, Any], clip: Any, path: Path, strength_model: float, strength_clip: float
+    ) -> tuple[dict[str, Any], Any]:
+        self.loads["lora"] += 1
+        return {**model, "lora": (path.name, strength_model)}, clip
+
     def load_checkpoint(self, path: Path) -> tuple[Any, Any, Any]:
         self.loads["checkpoint"] += 1
         return self.load_dit(path, "default"), self.load_text_encoder(path, "default"), self.load_vae(path)

@@ -48,3 +48,40 @@ def test_cli_save_never_overwrites(tmp_path: Path, monkeypatch) -> None:
     assert [p.name for p in saved] == ["zturbo_00005_.png", "zturbo_00007_.png"]
     assert (tmp_path / "zturbo_00006_.png").read_bytes() == b"theirs"
     assert "Batch pos: 1" in read_png_text(saved[1])["parameters"]
+
+
+_SAVER = """
+import sys, time
+from pathlib import Path
+from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
+
+def write(_index, tag, path):
+    time.sleep(0.002)  # the time an encoder takes: when a second process may pick the same name
+    path.write_text(tag)
+
+folder, who, count, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+time.sleep(max(0.0, start - time.time()))
+for i in range(count):
+    write_numbered([f"{who}-{i}"], save_target(folder, "race", 8, 8), SAVE_IMAGE_PATTERN, write)
+"""
+
+
+def test_processes_saving_into_one_folder_never_overwrite(tmp_path: Path) -> None:
+    """Several processes through the save path SaveImage and the CLI share (counter from the folder,
+    then numbered names), all at once."""
+    import subprocess
+    import sys
+    import time
+
+    processes, count = 3, 40
+    start = time.time() + 3  # all start together, after their (light) imports
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), str(p), str(count), str(start)])
+        for p in range(processes)
+    ]
+    assert [run.wait(timeout=300) for run in runs] == [0] * processes
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == processes * count
+    assert all(p.name.startswith("race_") for p in files), [p.name for p in files]  # no temp files left
+    tags = sorted(p.read_text() for p in files)
+    assert tags == sorted(f"{p}-{i}" for p in range(processes) for i in range(count))

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, detect
+from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, Detection, detect
 from zturbo.checkpoints.reader import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, open_checkpoint
-from zturbo.errors import MissingModelError, ModelFileError
+from zturbo.errors import InputError, MissingModelError, ModelFileError
 
 HUB_REPO = "Comfy-Org/z_image_turbo"
 COMFY_FILES = {
@@ -122,25 +122,96 @@ def loader_name(models_dir: Path | None, kind: str, path: Path) -> str:
     return path.name
 
 
-def find_component(models_dir: Path, kind: str) -> Path:
-    """The file for `kind`: the standard name if present, else the first file whose content matches."""
+@dataclass(frozen=True)
+class Candidate:
+    """A file in one of a component's folders: what it holds, or why it cannot be read."""
+
+    path: Path
+    name: str  # as ComfyUI's loader lists it: relative to its folder, posix
+    detection: Detection | None
+    problem: str = ""  # why the file cannot be read (a pickle, truncated, ...), when detection is None
+
+    @property
+    def kind(self) -> str | None:
+        return self.detection.kind if self.detection is not None else None
+
+
+def examine(path: Path, name: str) -> Candidate:
+    try:
+        return Candidate(path, name, detect(open_checkpoint(path)))
+    except ModelFileError as exc:
+        return Candidate(path, name, None, str(exc).split(": ", 1)[-1])
+
+
+def candidates(models_dir: Path, kind: str) -> list[Candidate]:
+    """Every model file in the folders of `kind` (aliases included), each examined (header only)."""
+    return [
+        examine(file, file.relative_to(models_dir / folder).as_posix())
+        for folder in FOLDERS[kind]
+        for file in weight_files(models_dir / folder)
+    ]
+
+
+def default_candidate(models_dir: Path, kind: str, found: list[Candidate]) -> Candidate | None:
+    """What `find_component` picks among `found`: the standard name if it holds `kind`, else the first
+    file that does."""
+    usable = [c for c in found if c.kind == kind]
     standard = models_dir / COMFY_FILES[kind]
-    if standard.is_file():
+    return next((c for c in usable if c.path == standard), usable[0] if usable else None)
+
+
+def find_component(models_dir: Path, kind: str, name: str | None = None) -> Path:
+    """The file for `kind`: the one named (a loader name, as `zturbo models` lists them), else the
+    standard name if it holds `kind`, else the first file whose content matches."""
+    if name is not None:
+        return named_component(models_dir, kind, name)
+    standard = models_dir / COMFY_FILES[kind]
+    if standard.is_file() and examine(standard, standard.name).kind == kind:  # the usual case: one header
         return standard
-    for folder in FOLDERS[kind]:
-        for file in weight_files(models_dir / folder):
-            try:
-                if detect(open_checkpoint(file)).kind == kind:
-                    return file
-            except ModelFileError:
-                continue
-    raise MissingModelError(missing_message(models_dir, [kind]))
+    found = candidates(models_dir, kind)
+    chosen = default_candidate(models_dir, kind, found)
+    if chosen is None:
+        raise MissingModelError(missing_message(models_dir, [kind], {kind: found}))
+    return chosen.path
 
 
-def missing_message(models_dir: Path, kinds: list[str]) -> str:
+def named_component(models_dir: Path, kind: str, name: str) -> Path:
+    """The file ComfyUI's loader would open for `name` in `kind`'s folders, checked to hold `kind`."""
+    found = candidates(models_dir, kind)
+    wanted = name.replace("\\", "/")
+    match = next((c for c in found if c.name == wanted), None)
+    folders = " or ".join(str(models_dir / f) for f in FOLDERS[kind])
+    if match is None:
+        names = ", ".join(sorted(c.name for c in found)) or "none"
+        raise MissingModelError(f"{KIND_LABELS[kind]} {name!r} is not in {folders}; the files there: {names}")
+    if match.detection is None:
+        raise ModelFileError(match.path, match.problem)
+    if match.kind != kind:
+        what = KIND_LABELS[match.kind] if match.kind else match.detection.description
+        raise ModelFileError(match.path, f"holds a {what}, not a {KIND_LABELS[kind]}")
+    return match.path
+
+
+def unusable_note(found: list[Candidate], kind: str) -> list[str]:
+    """Why each file of `kind`'s folders is not used (for messages about a missing component)."""
+    notes = []
+    for c in found:
+        if c.detection is None:
+            notes.append(f"{c.name} cannot be used: {c.problem}")
+        elif c.kind != kind:
+            notes.append(f"{c.name} is not one: {c.detection.description}")
+    return notes
+
+
+def missing_message(
+    models_dir: Path, kinds: list[str], found: dict[str, list[Candidate]] | None = None
+) -> str:
+    """Which components are missing, where to put them, why the files that are there do not count
+    (`found`: each kind's candidates), and how to get them."""
     lines = [f"Missing model files in {models_dir.resolve()}:"]
     for kind in kinds:
         lines.append(f"  - {KIND_LABELS[kind]}: put it at {models_dir / COMFY_FILES[kind]}")
+        lines.extend(f"    ({note})" for note in unusable_note((found or {}).get(kind, []), kind))
     lines.append(
         f"Get them with `zturbo models pull` (downloads from the Hugging Face repository {HUB_REPO}), "
         "or copy them from your ComfyUI models folder (or pass --models-dir PATH_TO/ComfyUI/models)."
@@ -148,9 +219,15 @@ def missing_message(models_dir: Path, kinds: list[str]) -> str:
     return "\n".join(lines)
 
 
-def resolve_models(models_dir: Path | None = None, model: Path | None = None) -> ModelPaths:
-    """Locate all components: a diffusers folder (`--model`) or a ComfyUI-style models directory."""
+def resolve_models(
+    models_dir: Path | None = None, model: Path | None = None, names: dict[str, str] | None = None
+) -> ModelPaths:
+    """Locate all components: a diffusers folder (`--model`) or a ComfyUI-style models directory,
+    where `names` (kind → loader name) picks a file instead of the default choice."""
+    names = {k: v for k, v in (names or {}).items() if v is not None}
     if model is not None:
+        if names:
+            raise InputError("a diffusers folder (--model) holds its own components: choose no file in it")
         if not is_diffusers_folder(model):
             raise ModelFileError(
                 model, "is not a diffusers folder (no model_index.json or transformer/ inside)"
@@ -161,15 +238,19 @@ def resolve_models(models_dir: Path | None = None, model: Path | None = None) ->
             raise MissingModelError(f"The diffusers folder {model} lacks: {', '.join(missing)}")
         return ModelPaths(subs[DIT], subs[TEXT_ENCODER], subs[VAE], tokenizer_dir(model))
     models_dir = models_dir or default_models_dir()
-    found, missing = {}, []
+    chosen, missing, found = {}, [], {}
     for kind in (DIT, TEXT_ENCODER, VAE):
+        if kind in names:
+            chosen[kind] = named_component(models_dir, kind, names[kind])
+            continue
         try:
-            found[kind] = find_component(models_dir, kind)
+            chosen[kind] = find_component(models_dir, kind)
         except MissingModelError:
             missing.append(kind)
+            found[kind] = candidates(models_dir, kind)
     if missing:
-        raise MissingModelError(missing_message(models_dir, missing))
-    return ModelPaths(found[DIT], found[TEXT_ENCODER], found[VAE], tokenizer_dir(None))
+        raise MissingModelError(missing_message(models_dir, missing, found))
+    return ModelPaths(chosen[DIT], chosen[TEXT_ENCODER], chosen[VAE], tokenizer_dir(None))
 
 
 def tokenizer_dir(diffusers_folder: Path | None) -> Path:

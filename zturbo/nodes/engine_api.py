@@ -64,6 +64,12 @@ class EngineAPI(Protocol):
     ) -> tuple[Any, Any | None]:
         """MODEL and CLIP (None: model only) with the LoRA file's patches added at these strengths."""
 
+    def load_upscale_model(self, path: Path) -> Any:
+        """An upscale model file (ESRGAN family, through spandrel) for ImageUpscaleWithModel."""
+
+    def upscale(self, model: Any, image: Tensor, progress: ProgressFn | None = None) -> Tensor:
+        """IMAGE → IMAGE enlarged by the model's scale (tiled)."""
+
     def encode_text(self, clip: Any, text: str) -> Any:
         """Return CONDITIONING for `text`."""
 

@@ -4,20 +4,17 @@ IMAGE is [B, H, W, C] in 0..1."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from zturbo import masks
-from zturbo.nodes.base import Node, NodeOutput
+from zturbo.nodes.base import Node
 from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import (
-    EXTRA_PNGINFO,
-    PROMPT,
     UNIQUE_ID,
     Combo,
     Float,
-    InputSpec,
     Int,
     Link,
     NodeSchema,
@@ -88,27 +85,6 @@ class ImageScale(Node):
         return (scale_image(image, upscale_method, width, height, crop),)
 
 
-class ImageCrop(Node):
-    schema: ClassVar[NodeSchema] = NodeSchema(
-        name="ImageCrop",
-        display_name="Image Crop",
-        category="image/transform",
-        style="v3",
-        python_module="comfy_extras.nodes_images",
-        inputs=(
-            Link("image", "IMAGE"),
-            Int("width", default=512, min=1, max=MAX_RESOLUTION, step=1),
-            Int("height", default=512, min=1, max=MAX_RESOLUTION, step=1),
-            Int("x", default=0, min=0, max=MAX_RESOLUTION, step=1),
-            Int("y", default=0, min=0, max=MAX_RESOLUTION, step=1),
-        ),
-        outputs=(Output("IMAGE"),),
-    )
-
-    def execute(self, ctx: NodeContext, image: torch.Tensor, width: int, height: int, x: int, y: int) -> tuple:
-        return (crop_image(image, width, height, x, y),)
-
-
 class ImageBlur(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ImageBlur",
@@ -125,39 +101,6 @@ class ImageBlur(Node):
 
     def execute(self, ctx: NodeContext, image: torch.Tensor, blur_radius: int, sigma: float) -> tuple:
         return (masks.blur_image(image, blur_radius, sigma),)
-
-
-class ImageCompare(Node):
-    """The editor's before/after slider: saves both images as temp previews (`a_images`, `b_images`)."""
-
-    schema: ClassVar[NodeSchema] = NodeSchema(
-        name="ImageCompare",
-        display_name="Image Compare",
-        category="image",
-        description="Compares two images side by side with a slider.",
-        style="v3",
-        python_module="comfy_extras.nodes_image_compare",
-        inputs=(
-            Link("image_a", "IMAGE", optional=True),
-            Link("image_b", "IMAGE", optional=True),
-            # A socketless widget the frontend draws; it sends no value, so it cannot be required here.
-            InputSpec("compare_view", "IMAGECOMPARE", optional=True),
-        ),
-        output_node=True,
-        hidden=(PROMPT, EXTRA_PNGINFO),
-    )
-
-    def execute(
-        self, ctx: NodeContext, image_a: torch.Tensor | None = None, image_b: torch.Tensor | None = None,
-        compare_view: Any = None,
-    ) -> NodeOutput:  # fmt: skip
-        from zturbo.nodes.io import save_images
-
-        ui: dict[str, list] = {"a_images": [], "b_images": []}
-        for key, images, prefix in (("a_images", image_a, "comfy.compare.a"), ("b_images", image_b, "comfy.compare.b")):
-            if images is not None and len(images) > 0:
-                ui[key] = save_images(ctx, images, prefix, "temp", compress_level=1)
-        return NodeOutput(ui=ui)
 
 
 class ImageScaleBy(Node):
@@ -306,5 +249,5 @@ class ResolutionSelector(Node):
 
 NODES = (
     ImageScaleBy, ImageScaleToTotalPixels, ImageScaleToMaxDimension, GetImageSize, ResolutionSelector, ImageScale,
-    ImageCrop, ImageBlur, ImageCompare,
+    ImageBlur,
 )  # fmt: skip

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zturbo.nodes.base import Node, NodeOutput
+from zturbo.nodes.image import crop_image
 from zturbo.nodes.io import save_images
 from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import EXTRA_PNGINFO, PROMPT, InputSpec, Int, Link, NodeSchema, Output
@@ -64,9 +65,7 @@ class ImageCrop(Node):
     def execute(
         self, ctx: NodeContext, image: torch.Tensor, width: int, height: int, x: int, y: int
     ) -> tuple[torch.Tensor]:
-        x = min(x, image.shape[2] - 1)  # the corner stays inside the image; the size may be cut short
-        y = min(y, image.shape[1] - 1)
-        return (image[:, y : y + height, x : x + width, :],)
+        return (crop_image(image, width, height, x, y),)
 
 
 class ImageInvert(Node):

@@ -147,7 +147,7 @@ class LatentUpscale(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="LatentUpscale",
         display_name="Upscale Latent",
-        category="latent",
+        category="model/latent",
         inputs=(
             Link("samples", "LATENT"),
             Combo("upscale_method", LATENT_UPSCALE_METHODS),
@@ -191,7 +191,7 @@ class VAEDecodeTiled(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAEDecodeTiled",
         display_name="VAE Decode (Tiled)",
-        category="_for_testing",
+        category="model/latent",
         inputs=(
             Link("samples", "LATENT"),
             Link("vae", "VAE"),
@@ -213,7 +213,7 @@ class VAEEncodeTiled(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAEEncodeTiled",
         display_name="VAE Encode (Tiled)",
-        category="_for_testing",
+        category="model/latent",
         inputs=(
             Link("pixels", "IMAGE"),
             Link("vae", "VAE"),

@@ -29,7 +29,7 @@ class LoraLoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="LoraLoader",
         display_name="Load LoRA",
-        category="loaders",
+        category="model/loaders",
         description="LoRAs are used to modify diffusion and CLIP models, altering the way in which "
         "latents are denoised such as applying styles. Multiple LoRA nodes can be linked together.",
         inputs=(
@@ -56,7 +56,7 @@ class LoraLoaderModelOnly(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="LoraLoaderModelOnly",
         display_name="LoraLoaderModelOnly",
-        category="loaders",
+        category="model/loaders",
         description="LoRAs are used to modify the diffusion model, altering the way in which latents are "
         "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
         inputs=(Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."), LORA_NAME,

@@ -29,7 +29,7 @@ class LoadImageMask(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="LoadImageMask",
         display_name="Load Image (as Mask)",
-        category="mask",
+        category="image",
         inputs=(Combo("image", input_image_options, image_upload=True), Combo("channel", MASK_CHANNELS)),
         outputs=(Output("MASK"),),
     )
@@ -61,7 +61,7 @@ class SetLatentNoiseMask(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="SetLatentNoiseMask",
         display_name="Set Latent Noise Mask",
-        category="latent/inpaint",
+        category="model/latent",
         inputs=(Link("samples", "LATENT"), Link("mask", "MASK")),
         outputs=(Output("LATENT"),),
     )
@@ -85,7 +85,7 @@ class VAEEncodeForInpaint(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="VAEEncodeForInpaint",
         display_name="VAE Encode (for Inpainting)",
-        category="latent/inpaint",
+        category="model/latent",
         inputs=(
             Link("pixels", "IMAGE"),
             Link("vae", "VAE"),
@@ -111,7 +111,7 @@ class VAEEncodeForInpaint(Node):
 class InpaintModelConditioning(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="InpaintModelConditioning",
-        category="conditioning/inpaint",
+        category="model/conditioning",
         inputs=(
             Link("positive", "CONDITIONING"),
             Link("negative", "CONDITIONING"),
@@ -146,7 +146,7 @@ class InpaintModelConditioning(Node):
 class ImageCompositeMasked(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ImageCompositeMasked",
-        category="image",
+        category="image/compositing",
         style="v3",
         python_module="comfy_extras.nodes_mask",
         inputs=(

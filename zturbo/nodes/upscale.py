@@ -18,7 +18,7 @@ class UpscaleModelLoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="UpscaleModelLoader",
         display_name="Load Upscale Model",
-        category="loaders",
+        category="model/loaders",
         python_module="comfy_extras.nodes_upscale_model",
         inputs=(Combo("model_name", model_files("upscale_models")),),
         outputs=(Output("UPSCALE_MODEL"),),

@@ -4,19 +4,23 @@ Names follow ComfyUI (`folder_paths.get_save_image_path`): the prefix may hold `
 `%width%`, `%height%`, `%year%`... `%date:yyyy-MM-dd%` tokens; the counter is one more than the
 highest one already used by that prefix. Unlike ComfyUI, which only checks the normalised path, any
 `..`, absolute path or symlink escape is refused outright (`zturbo.paths`): a prompt must never write
-outside the folder. A name already taken is skipped, so a save never overwrites a file.
+outside the folder. A name already taken is skipped, so a save never overwrites a file: each file is
+written whole under a temporary name, then given the first free numbered name atomically
+(`files.publish_new`), so processes saving into one folder at once never overwrite each other.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from zturbo.output.files import publish_new, write_temp
 from zturbo.paths import ensure_inside, make_folder_inside, relative_parts
 
 SAVE_IMAGE_PATTERN = "{stem}_{n:05}_.png"  # SaveImage's (and the CLI's) `{prefix}_{counter:05}_.png`
@@ -104,6 +108,18 @@ def save_target(root: Path, prefix: str, width: int, height: int, *, trailing: s
     return SaveTarget(folder, stem, _next_counter(folder, stem, trailing), "/".join(sub_parts))
 
 
+def _numbered_names(
+    target: SaveTarget, pattern: str, stem: str, start: int, tried: list[int]
+) -> Iterator[Path]:
+    """`pattern`'s names from counter `start` on (each checked to stay in the folder); `tried` records
+    the counters handed out."""
+    for n in itertools.count(start):
+        tried.append(n)
+        name = target.folder / pattern.format(stem=stem, n=n)
+        if not os.path.lexists(name):  # taken names are skipped anyway; this spares a symlink check
+            yield ensure_inside(target.folder, name, what="output file")
+
+
 def write_numbered(
     items: Iterable[T],
     target: SaveTarget,
@@ -112,18 +128,17 @@ def write_numbered(
 ) -> list[Path]:
     """Write each item under `pattern` (`{stem}`, `{n}`: counter) with `write(index, item, path)`.
 
-    `%batch_num%` in the stem becomes the item's index. A name already taken is skipped, so a save
-    never overwrites a file, even one another process wrote since the counter was computed.
+    `write` writes the whole file at `path`, a temporary name in the target folder (it may replace
+    that file); the file then takes the first free numbered name from the counter on, claimed
+    atomically, so a save never overwrites a file, even one another process is writing at that very
+    moment. `%batch_num%` in the stem becomes the item's index.
     """
     paths, counter = [], target.counter
+    suffix = Path(pattern.format(stem="", n=0)).suffix
     for index, item in enumerate(items):
         stem = target.stem.replace("%batch_num%", str(index))
-        while (target.folder / pattern.format(stem=stem, n=counter)).exists():
-            counter += 1
-        path = ensure_inside(
-            target.folder, target.folder / pattern.format(stem=stem, n=counter), what="output file"
-        )
-        write(index, item, path)
-        paths.append(path)
-        counter += 1
+        tmp = write_temp(target.folder, lambda path, i=index, x=item: write(i, x, path), suffix)
+        tried: list[int] = []
+        paths.append(publish_new(tmp, _numbered_names(target, pattern, stem, counter, tried)))
+        counter = tried[-1] + 1
     return paths

@@ -15,15 +15,14 @@ single-threaded zlib), a large share of a sub-second image. `encode_png` is our 
 Pixels are `clip(255·x, 0, 255)` truncated to uint8, exactly as ComfyUI saves them, so the decoded
 pixels are identical; the file bytes are not (different filters and deflate settings).
 
-A file is written to a temporary name in the target folder and renamed into place: a crash never
-leaves a half-written image behind.
+A file is written to a temporary name in the target folder and renamed into place (`files.atomic_write`):
+a crash never leaves a half-written image behind.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ import torch
 from PIL import Image
 
 from zturbo.errors import InputError
+from zturbo.output.files import atomic_write
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels → grey, grey+alpha, RGB, RGBA
@@ -293,20 +293,6 @@ def _pixels(image: torch.Tensor | Image.Image | np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         return _quantize8(image.astype(np.float32, copy=False))
     return image  # uint8/uint16 as they are; encode_png refuses other types
-
-
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write via a temporary file in the same folder + rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_png(
