@@ -1,0 +1,274 @@
+"""ControlNets as model patches: what ModelPatchLoader returns, what ZImageFunControlnet attaches to a
+MODEL, and how the engine turns that into control latents and per-forward control inputs.
+
+A `ControlNetPatch` (MODEL_PATCH) is a loaded ControlNet file; a `ControlApplication` is one ControlNet
+with its images and strength; a MODEL (`engine.ZImageModel`) carries a tuple of applications, so
+patched models are values like any other (ComfyUI's `model.clone()` + patch), never global state.
+
+Control latents, per release (matching VideoX-Fun and diffusers' pipelines):
+- 1.0 (16 channels): the control image, VAE-encoded (distribution mode) and normalised.
+- 2.x (33 channels): control latent ‖ 1 − mask ‖ masked-image latent. Without an inpaint image the last
+  17 channels are zeros; without a control image the first 16 are. The mask (ComfyUI MASK: 1 =
+  repaint) is binarised at 0.5; the inpaint image is grey (0.5) where it is 1 before encoding, and the
+  mask channel is 1 − mask, nearest-resized to the latent. An inpaint image without a mask is encoded
+  as it is, with a zero mask channel (ComfyUI's behaviour; diffusers requires a mask).
+Images are resized to the latent's pixel size (ComfyUI's `area` + centre crop) first.
+
+Mask handling here is a minimal local helper (`binary_mask`): the img2img/inpaint work builds the
+shared mask utilities; switch to them once merged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zturbo.checkpoints.reader import open_checkpoint, torch_dtype_of
+from zturbo.errors import InputError
+from zturbo.models import controlnet as cn
+from zturbo.models import vae as vae_ops
+from zturbo.models.controlnet import ControlInput, ControlNetSpec, ZImageControlNet
+from zturbo.nodes.resize import common_upscale
+from zturbo.runtime.memory import Residence
+from zturbo.runtime.offload import BlockStreamer
+from zturbo.runtime.sizes import ComponentSize
+
+log = logging.getLogger(__name__)
+_STREAMER = "_zturbo_streamer"
+_BLOCK = re.compile(r"^(control_noise_refiner|control_layers)\.(\d+)\.")
+
+
+@dataclass
+class ControlNetPatch:
+    """MODEL_PATCH: a loaded ControlNet. `module` is diffusers' `ZImageControlNetModel` as loaded (speed
+    `reference`) or zturbo's `ZImageControlNet` sharing its tensors (every other mode)."""
+
+    module: nn.Module
+    spec: ControlNetSpec
+    source: Path
+    description: str
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class ControlApplication:
+    """One ControlNet applied to a MODEL (ZImageFunControlnet / QwenImageDiffsynthControlnet)."""
+
+    patch: ControlNetPatch
+    vae: Any  # the engine's VAE value
+    strength: float
+    image: Tensor | None = None  # IMAGE [B, H, W, 3]: the control map
+    inpaint_image: Tensor | None = None  # IMAGE: the image to inpaint (2.x)
+    mask: Tensor | None = None  # MASK [B, H, W], 1 = repaint
+    refiner_to_base: bool = True  # False: diffusers' pipeline (2.x refiner hints stay in the ControlNet)
+    _latents: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def check_application(app: ControlApplication, dit_dim: int, dit_layers: int, dit_source: Path) -> None:
+    """Refuse a ControlNet that does not fit the diffusion model, or images it cannot use."""
+    spec = app.patch.spec
+    if spec.dim != dit_dim:
+        raise InputError(
+            f"the ControlNet {app.patch.source.name} is for a {spec.dim}-wide Z-Image model; the diffusion "
+            f"model {dit_source.name} is {dit_dim} wide"
+        )
+    try:
+        spec.places(dit_layers)
+    except ValueError as exc:
+        raise InputError(f"the ControlNet {app.patch.source.name}: {exc}") from None
+    if app.image is None and app.inpaint_image is None:
+        raise InputError(
+            "ZImageFunControlnet needs a control image (or, for 2.x ControlNets, an inpaint image)"
+        )
+    if not spec.inpaint and (app.inpaint_image is not None or app.mask is not None):
+        raise InputError(
+            f"the ControlNet {app.patch.source.name} (release {spec.release}) has no inpaint mode: inpaint "
+            "image and mask need a 2.x ControlNet"
+        )
+    for name, image in (("image", app.image), ("inpaint_image", app.inpaint_image)):
+        if image is not None and (image.dim() != 4 or image.shape[-1] < 3):
+            raise InputError(
+                f"ZImageFunControlnet's {name} must be an IMAGE [B, H, W, 3] (got {tuple(image.shape)})"
+            )
+
+
+def _resized(image: Tensor, width: int, height: int) -> Tensor:
+    """IMAGE [B, H, W, C] at (height, width), as ComfyUI's patch scales it (area, centre crop)."""
+    if tuple(image.shape[1:3]) == (height, width):
+        return image[..., :3]
+    return common_upscale(image[..., :3].movedim(-1, 1), width, height, "area", "center").movedim(1, -1)
+
+
+def binary_mask(mask: Tensor, width: int, height: int) -> Tensor:
+    """MASK [B, H, W] (or [H, W]) → [B, 1, height, width] of 0/1 (1 = repaint), binarised at 0.5."""
+    mask = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    if tuple(mask.shape[-2:]) != (height, width):
+        mask = common_upscale(mask, width, height, "bilinear", "center")
+    return (mask >= 0.5).float()
+
+
+def control_latents(engine: Any, app: ControlApplication, height: int, width: int) -> Tensor:
+    """The control tokens' latents (B, C, h, w) in the model's space, for a latent of (height, width)."""
+    key = (height, width)
+    if key in app._latents:
+        return app._latents[key]
+    px_h, px_w = height * 8, width * 8
+
+    def encode(image: Tensor) -> Tensor:
+        return vae_ops.process_in(engine.encode(app.vae, image))
+
+    control = encode(_resized(app.image, px_w, px_h)) if app.image is not None else None
+    if not app.patch.spec.inpaint:
+        app._latents[key] = control
+        return control
+    batch = max(t.shape[0] for t in (app.image, app.inpaint_image, app.mask) if t is not None)
+    if app.inpaint_image is None:
+        extra = torch.zeros(batch, 17, height, width)
+    else:
+        inpaint = _resized(app.inpaint_image, px_w, px_h)
+        if app.mask is None:
+            keep = torch.zeros(inpaint.shape[0], 1, height, width)
+        else:
+            repaint = binary_mask(app.mask, px_w, px_h)
+            inpaint = torch.where(repaint.movedim(1, -1) >= 0.5, torch.full_like(inpaint, 0.5), inpaint)
+            keep = torch.nn.functional.interpolate(1.0 - repaint, size=(height, width), mode="nearest")
+        latent = encode(inpaint)
+        extra = torch.cat([_batched(keep, latent.shape[0]), latent], dim=1)
+    if control is None:
+        control = torch.zeros(extra.shape[0], 16, height, width)
+    n = max(control.shape[0], extra.shape[0])
+    app._latents[key] = torch.cat([_batched(control, n), _batched(extra, n)], dim=1)
+    return app._latents[key]
+
+
+def _batched(t: Tensor, n: int) -> Tensor:
+    if t.shape[0] == n:
+        return t
+    if n % t.shape[0]:
+        raise InputError(f"control images of batch {t.shape[0]} cannot be spread over a batch of {n}")
+    return t.repeat(n // t.shape[0], 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class ReferenceControl:
+    """A ControlNet for diffusers' transformer (speed `reference`): diffusers' own ControlNet model."""
+
+    module: nn.Module
+    spec: ControlNetSpec
+    context: Tensor
+    strength: float
+
+
+def control_inputs(engine: Any, apps: tuple[ControlApplication, ...], height: int, width: int) -> list:
+    """What the DiT's forward takes for these applications (zturbo's or diffusers' form)."""
+    inputs: list = []
+    for app in apps:
+        context = control_latents(engine, app, height, width)
+        module = app.patch.module
+        if isinstance(module, ZImageControlNet):
+            inputs.append(ControlInput(module, context, app.strength, app.refiner_to_base))
+        else:
+            inputs.append(ReferenceControl(module, app.patch.spec, context, app.strength))
+    return inputs
+
+
+def _share_base(controlnet: nn.Module, transformer: nn.Module) -> None:
+    """diffusers' `from_transformer`, without registering the transformer's modules as the
+    ControlNet's own (which would move or stream them with it)."""
+    for name in (
+        "t_scale", "t_embedder", "all_x_embedder", "cap_embedder", "rope_embedder",
+        "noise_refiner", "context_refiner", "x_pad_token", "cap_pad_token",
+    ):  # fmt: skip
+        object.__setattr__(controlnet, name, getattr(transformer, name))
+
+
+def reference_block_samples(
+    transformer: nn.Module, controls: list, latents: list[Tensor], t: Tensor, captions: list[Tensor]
+) -> dict[int, Tensor] | None:
+    """diffusers' ControlNet model(s) → `controlnet_block_samples` (summed over ControlNets)."""
+    samples: dict[int, Tensor] = {}
+    for control in controls:
+        module = control.module
+        _share_base(module, transformer)
+        module.control_layers_places = list(control.spec.places(len(transformer.layers)))
+        param = next(module.parameters())
+        context = control.context.to(param.device, param.dtype)
+        context = _batched(context, len(latents))
+        out = module(
+            latents, t, captions, list(context.unsqueeze(2).unbind(0)), conditioning_scale=control.strength
+        )
+        for index, sample in out.items():
+            samples[index] = samples[index] + sample if index in samples else sample
+    return samples or None
+
+
+# --- placement (memory plans) and sizes ---
+
+
+def control_blocks(module: nn.Module) -> list[nn.Module]:
+    """A ControlNet's blocks in the order a forward first runs them (zturbo's or diffusers' form)."""
+    if isinstance(module, ZImageControlNet):
+        return module.blocks()
+    refiner = module.control_noise_refiner
+    return [*(refiner if refiner is not None else []), *module.control_layers]
+
+
+def realize(patch: ControlNetPatch, residence: Residence, *, mode: str, device: torch.device) -> None:
+    """Convert (zturbo's form unless speed `reference`) and place: resident on `device`, or its blocks
+    streamed from (pinned) RAM like the DiT's, two device slots of its own (all blocks stream: the plan
+    keeps resident blocks of the DiT only)."""
+    module = patch.module
+    streamer = module.__dict__.pop(_STREAMER, None)
+    if streamer is not None:
+        streamer.detach()
+    if mode != "reference" and not isinstance(module, ZImageControlNet):
+        module = cn.from_diffusers(module, patch.spec)
+    patch.module = module
+    blocks = control_blocks(module)
+    if not residence.streamed:
+        module.to(device)
+        for block in blocks:
+            block.__dict__.pop("_zturbo_host_block", None)
+        return
+    inside = {id(m) for block in blocks for m in block.modules()}
+    for m in module.modules():
+        if id(m) not in inside:
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = p.data.to(device)
+    module.__dict__[_STREAMER] = BlockStreamer(blocks, device, pin=residence.pinned)
+    log.info("ControlNet %s: %d blocks streamed", patch.source.name, len(blocks))
+
+
+def measure(source: Path, dtype: torch.dtype) -> ComponentSize:
+    """Loaded bytes of a ControlNet (headers only), per block in execution order, for the memory plan."""
+    files = sorted(source.glob("*.safetensors")) if source.is_dir() else [source]
+    blocks: dict[tuple[int, int], int] = {}
+    other = hidden = 0
+    for file in files:
+        for name, info in open_checkpoint(file).tensors.items():
+            stored = torch_dtype_of(info.dtype)
+            size = stored.itemsize if stored is not None and not stored.is_floating_point else dtype.itemsize
+            nbytes = size * int(torch.Size(info.shape).numel())
+            if name.endswith("control_all_x_embedder.2-1.weight"):
+                hidden = info.shape[0]
+            if m := _BLOCK.match(name):
+                key = (0 if m[1] == "control_noise_refiner" else 1, int(m[2]))
+                blocks[key] = blocks.get(key, 0) + nbytes
+            else:
+                other += nbytes
+    return ComponentSize(tuple(blocks[k] for k in sorted(blocks)), other, 0, hidden)
+
+
+def combined(sizes: list[ComponentSize]) -> ComponentSize | None:
+    """Several loaded ControlNets as one planned component (None when there is none)."""
+    if not sizes:
+        return None
+    blocks = tuple(b for s in sizes for b in s.blocks)
+    return ComponentSize(blocks, sum(s.other for s in sizes), 0, max(s.hidden for s in sizes))
