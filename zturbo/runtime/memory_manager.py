@@ -138,14 +138,7 @@ class MemoryManager:
         sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
         if MODEL_PATCH in self.sizes:
             sizes[MODEL_PATCH] = self.sizes[MODEL_PATCH]
-        key = (
-            tuple(sizes.values()),
-            self.workload,
-            self.vram,
-            self._floor,
-            dtype_bytes,
-            self.dequant_bytes(),
-        )
+        key = (tuple(sizes.values()), self.workload, self.vram, self._floor, dtype_bytes, self.dequant_bytes())
         if key == self._planned_for:
             return self.plan
         self._planned_for = key
