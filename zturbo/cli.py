@@ -120,6 +120,34 @@ def generate(
             "(half the VRAM; the main blocks only, like published GGUF files). With --from: the PNG's.",
         ),
     ] = None,
+    control: Annotated[
+        Path | None,
+        typer.Option(
+            "--control",
+            help="Control image for a Z-Image Fun ControlNet (alibaba-pai Controlnet-Union 1.0/2.0/2.1/Lite/"
+            "Tile, from models/model_patches or models/controlnet). Without --width/--height/--aspect the "
+            "image's size (multiples of 16) is used.",
+        ),
+    ] = None,
+    control_type: Annotated[
+        str,
+        typer.Option(
+            "--control-type",
+            help="canny: edges computed here (ComfyUI's Canny node); tile: a blurred (down- then upscaled) "
+            "copy computed here; depth | pose | lineart | raw: the image IS the map (make it with a "
+            "preprocessor first: zturbo downloads no preprocessor networks).",
+        ),
+    ] = "canny",
+    control_strength: Annotated[
+        float, typer.Option("--control-strength", help="Hint scale (0.65-0.9 typical).")
+    ] = 0.75,
+    controlnet: Annotated[
+        Path | None, typer.Option("--controlnet", help="ControlNet file (default: the first one found).")
+    ] = None,
+    canny_low: Annotated[float, typer.Option("--canny-low", help="Canny low threshold (0.01-0.99).")] = 0.4,
+    canny_high: Annotated[
+        float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
+    ] = 0.8,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     import secrets
@@ -143,6 +171,8 @@ def generate(
         if aspect is not None and (width or height):
             raise InputError("use either --aspect/--megapixels or --width/--height, not both")
         w, h = size_for_aspect(aspect, megapixels) if aspect else (width or 1024, height or 1024)
+        if control is not None and not (aspect or width or height):
+            w, h = _control_size(control)
         request = GenerationRequest(
             prompt=prompt,
             negative=negative,
@@ -163,14 +193,35 @@ def generate(
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
+    control_request = None
+    if control is not None:
+        from zturbo.control import ControlRequest
+
+        control_request = ControlRequest(
+            control, control_type, control_strength, controlnet, canny_low, canny_high
+        ).validate()
     bar, update = _step_progress("sampling")
     with bar:
-        result = run_request(engine, paths, request, progress=update)
+        result = run_request(
+            engine, paths, request, progress=update, control=control_request, models_dir=models_dir
+        )
     if position is not None:  # --from: keep only the image that PNG held
         result = replace(result, images=result.images[position : position + 1])
     files = model_files(paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype)
     for path in save_generated(result, files, out):
         typer.echo(str(path))
+
+
+def _control_size(path: Path) -> tuple[int, int]:
+    """A control image's size rounded to multiples of 16 (at most 4096 a side)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except OSError as exc:
+        raise InputError(f"--control: cannot read {path} as an image ({exc})") from None
+    return (min(4096, max(16, round(w / 16) * 16)), min(4096, max(16, round(h / 16) * 16)))
 
 
 def request_from_png(path: Path):

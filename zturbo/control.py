@@ -10,8 +10,9 @@ Control latents, per release (matching VideoX-Fun and diffusers' pipelines):
 - 2.x (33 channels): control latent ‖ 1 − mask ‖ masked-image latent. Without an inpaint image the last
   17 channels are zeros; without a control image the first 16 are. The mask (ComfyUI MASK: 1 =
   repaint) is binarised at 0.5; the inpaint image is grey (0.5) where it is 1 before encoding, and the
-  mask channel is 1 − mask, nearest-resized to the latent. An inpaint image without a mask is encoded
-  as it is, with a zero mask channel (ComfyUI's behaviour; diffusers requires a mask).
+  mask channel is 1 − mask, nearest-resized to the latent (zeros without a mask; a mask without an
+  inpaint image still fills it, as VideoX-Fun does). An inpaint image without a mask is encoded as it
+  is (ComfyUI's behaviour; diffusers requires a mask).
 Images are resized to the latent's pixel size (ComfyUI's `area` + centre crop) first.
 
 Mask handling here is a minimal local helper (`binary_mask`): the img2img/inpaint work builds the
@@ -86,10 +87,16 @@ def check_application(app: ControlApplication, dit_dim: int, dit_layers: int, di
         raise InputError(
             "ZImageFunControlnet needs a control image (or, for 2.x ControlNets, an inpaint image)"
         )
-    if not spec.inpaint and (app.inpaint_image is not None or app.mask is not None):
+    if not spec.inpaint and app.inpaint_image is not None:
         raise InputError(
-            f"the ControlNet {app.patch.source.name} (release {spec.release}) has no inpaint mode: inpaint "
-            "image and mask need a 2.x ControlNet"
+            f"the ControlNet {app.patch.source.name} (release {spec.release}) has no inpaint mode: an inpaint "
+            "image needs a 2.x ControlNet"
+        )
+    if not spec.inpaint and app.mask is not None:
+        log.warning(
+            "ControlNet %s (release %s) takes no mask; ignored, as ComfyUI does",
+            app.patch.source.name,
+            spec.release,
         )
     for name, image in (("image", app.image), ("inpaint_image", app.inpaint_image)):
         if image is not None and (image.dim() != 4 or image.shape[-1] < 3):
@@ -127,19 +134,20 @@ def control_latents(engine: Any, app: ControlApplication, height: int, width: in
     if not app.patch.spec.inpaint:
         app._latents[key] = control
         return control
-    batch = max(t.shape[0] for t in (app.image, app.inpaint_image, app.mask) if t is not None)
+    repaint = None if app.mask is None else binary_mask(app.mask, px_w, px_h)
+    if repaint is None:
+        keep = torch.zeros(1, 1, height, width)
+    else:
+        keep = torch.nn.functional.interpolate(1.0 - repaint, size=(height, width), mode="nearest")
     if app.inpaint_image is None:
-        extra = torch.zeros(batch, 17, height, width)
+        latent = torch.zeros(1, 16, height, width)
     else:
         inpaint = _resized(app.inpaint_image, px_w, px_h)
-        if app.mask is None:
-            keep = torch.zeros(inpaint.shape[0], 1, height, width)
-        else:
-            repaint = binary_mask(app.mask, px_w, px_h)
-            inpaint = torch.where(repaint.movedim(1, -1) >= 0.5, torch.full_like(inpaint, 0.5), inpaint)
-            keep = torch.nn.functional.interpolate(1.0 - repaint, size=(height, width), mode="nearest")
+        if repaint is not None:
+            inpaint = torch.where(_batched(repaint, inpaint.shape[0]).movedim(1, -1) >= 0.5, 0.5, inpaint)
         latent = encode(inpaint)
-        extra = torch.cat([_batched(keep, latent.shape[0]), latent], dim=1)
+    n = max(keep.shape[0], latent.shape[0])
+    extra = torch.cat([_batched(keep, n), _batched(latent, n)], dim=1)
     if control is None:
         control = torch.zeros(extra.shape[0], 16, height, width)
     n = max(control.shape[0], extra.shape[0])
@@ -272,3 +280,63 @@ def combined(sizes: list[ComponentSize]) -> ComponentSize | None:
         return None
     blocks = tuple(b for s in sizes for b in s.blocks)
     return ComponentSize(blocks, sum(s.other for s in sizes), 0, max(s.hidden for s in sizes))
+
+
+# --- the CLI's ControlNet request ---
+
+CONTROL_FOLDERS = ("model_patches", "controlnet")
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """`zturbo generate --control IMAGE --control-type T --control-strength S [--controlnet FILE]`."""
+
+    image: Path
+    kind: str = "canny"
+    strength: float = 0.75
+    controlnet: Path | None = None  # None: the first Z-Image ControlNet in model_patches/ or controlnet/
+    low: float = 0.4
+    high: float = 0.8
+
+    def validate(self) -> ControlRequest:
+        from zturbo.preprocess import CONTROL_TYPES
+
+        if self.kind not in CONTROL_TYPES:
+            raise InputError(f"--control-type must be one of {', '.join(CONTROL_TYPES)} (got {self.kind!r})")
+        if not self.image.is_file():
+            raise InputError(f"--control: {self.image} is not a file")
+        if not -10.0 <= self.strength <= 10.0:
+            raise InputError(f"--control-strength must be between -10 and 10 (got {self.strength})")
+        if not (0.01 <= self.low <= 0.99 and 0.01 <= self.high <= 0.99 and self.low <= self.high):
+            raise InputError(
+                f"Canny thresholds must satisfy 0.01 <= low <= high <= 0.99 (got {self.low}, {self.high})"
+            )
+        return self
+
+
+def find_controlnet(models_dir: Path) -> Path:
+    """The first file in models/model_patches/ then models/controlnet/ that holds a Z-Image ControlNet."""
+    from zturbo.checkpoints.controlnet import controlnet_file
+    from zturbo.checkpoints.layout import weight_files
+    from zturbo.errors import MissingModelError
+
+    for folder in CONTROL_FOLDERS:
+        for file in weight_files(models_dir / folder):
+            if controlnet_file(file):
+                return file
+    raise MissingModelError(
+        f"No Z-Image ControlNet in {models_dir / 'model_patches'} or {models_dir / 'controlnet'}: download e.g. "
+        "Z-Image-Turbo-Fun-Controlnet-Union-2.1 from alibaba-pai into model_patches/, or pass --controlnet FILE"
+    )
+
+
+def apply_request(engine: Any, model: Any, vae: Any, request: ControlRequest, models_dir: Path | None) -> Any:
+    """The MODEL with the CLI's ControlNet applied (the map preprocessed as --control-type says)."""
+    from zturbo.checkpoints.layout import default_models_dir
+    from zturbo.nodes.io import read_image
+    from zturbo.preprocess import prepare_control
+
+    path = request.controlnet or find_controlnet(models_dir or default_models_dir())
+    image, _ = read_image(request.image)
+    control_map = prepare_control(image, request.kind, low=request.low, high=request.high)
+    return engine.apply_controlnet(model, engine.load_controlnet(path), vae, request.strength, control_map)

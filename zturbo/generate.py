@@ -11,6 +11,7 @@ import torch
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
+from zturbo.control import ControlRequest, apply_request
 from zturbo.engine import Engine
 from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.output.metadata import ModelFiles, api_graph, parameters_text
@@ -36,14 +37,21 @@ def workload_of(request: GenerationRequest) -> Workload:
 
 
 def run_request(
-    engine: Engine, paths: ModelPaths, request: GenerationRequest, progress: ProgressFn | None = None
+    engine: Engine,
+    paths: ModelPaths,
+    request: GenerationRequest,
+    progress: ProgressFn | None = None,
+    control: ControlRequest | None = None,
+    models_dir: Path | None = None,
 ) -> Generated:
     """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
-    quantizes on load, as UNETLoader's choice does)."""
+    quantizes on load, as UNETLoader's choice does). `control`: a ControlNet (zturbo.control)."""
     request.validate(engine.sampler_names(), engine.scheduler_names())
     engine.prepare(paths, workload_of(request))
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
+    if control is not None:
+        model = apply_request(engine, model, vae, control, models_dir)
     positive = engine.encode_text(clip, request.prompt)
     negative = None
     if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1

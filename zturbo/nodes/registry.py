@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zturbo.nodes import conditioning, image, io, latent, loaders, primitives, sampling
+from zturbo.nodes import conditioning, controlnet, image, io, latent, loaders, primitives, sampling
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class NodeRegistry:
 def default_registry(context: ExecutionContext | None = None) -> NodeRegistry:
     """A new registry holding every built-in node."""
     registry = NodeRegistry(context)
-    for module in (loaders, conditioning, latent, sampling, image, io, primitives):
+    for module in (loaders, conditioning, latent, sampling, image, io, primitives, controlnet):
         for cls in module.NODES:
             registry.register(cls)
     return registry

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from zturbo.checkpoints.assign import build_empty
+from zturbo.checkpoints.controlnet import MAIN_LAYERS
 from zturbo.models.configs import DiTConfig
 from zturbo.models.controlnet import CONTROL_LAYERS, CONTROL_REFINER, PLAIN, ControlNetSpec
 from zturbo.testing.synthetic import TINY, TINY_DIT, ModelSet, random_state_dict
@@ -50,7 +51,7 @@ def controlnet_state_dict(
     from diffusers import ZImageControlNetModel
 
     spec = spec_for(release, dit)
-    kwargs = spec.diffusers_kwargs(dit.n_layers)
+    kwargs = spec.diffusers_kwargs(MAIN_LAYERS)  # places matter only to diffusers' forward
     if spec.refiner == CONTROL_LAYERS:  # build the shipped (unused) control refiner too
         kwargs["add_control_noise_refiner"] = CONTROL_REFINER
     model = build_empty(lambda: ZImageControlNetModel(**kwargs))
@@ -98,7 +99,7 @@ def write_controlnet(
         if spec.refiner == CONTROL_LAYERS:  # diffusers' converter drops 2.0's unused refiner
             state = {k: v for k, v in state.items() if not k.startswith("control_noise_refiner.")}
         path.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": "ZImageControlNetModel", **spec.diffusers_kwargs(dit.n_layers)}
+        config = {"_class_name": "ZImageControlNetModel", **spec.diffusers_kwargs(MAIN_LAYERS)}
         (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
         save_file(
             {k: v.contiguous() for k, v in state.items()}, str(path / "diffusion_pytorch_model.safetensors")
