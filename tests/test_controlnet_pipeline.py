@@ -89,7 +89,15 @@ def run_zturbo(models, release, cfg, *, control=True, inpaint=False):
     negative = engine.encode_text(clip, "blurry") if cfg != 1 else None
     empty = torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)
     latents = engine.sample(
-        model, positive, negative, empty, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple"
+        model,
+        positive,
+        negative,
+        empty,
+        seed=SEED,
+        steps=STEPS,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="simple",
     )
     return process_in(latents), engine.decode(vae, latents)
 
@@ -143,3 +151,34 @@ def test_control_changes_the_image(models):
     with_control, _ = run_zturbo(models, "2.1", 1.0)
     inpaint_only, _ = run_zturbo(models, "2.1", 1.0, control=False, inpaint=True)
     assert rel_error(inpaint_only, with_control) > 1e-3
+
+
+def sample_with(models, settings, release="2.1", **apply):
+    engine = Engine(settings)
+    model, clip, vae = engine.load_all(resolve_models(models))
+    patch = engine.load_controlnet(models / "model_patches" / f"{release.replace(' ', '_')}.safetensors")
+    model = engine.apply_controlnet(model, patch, vae, STRENGTH, images(1)[0], **apply)
+    empty = torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8)
+    out = engine.sample(
+        model, engine.encode_text(clip, PROMPT), None, empty, seed=SEED, steps=2, cfg=1.0,
+        sampler_name="euler", scheduler="simple",
+    )  # fmt: skip
+    return out, patch
+
+
+def test_speed_reference_and_streamed_blocks(models):
+    """`reference` runs diffusers' ControlNet model (diffusers' semantics); a streamed plan streams the
+    ControlNet's blocks too (two slots of their own) and computes exactly what the resident run does."""
+    from zturbo.control import control_blocks
+    from zturbo.runtime.memory import MemoryPlan
+
+    eager, _ = sample_with(models, EngineSettings("cpu", "fp32"), refiner_to_base=False)
+    reference, patch = sample_with(models, EngineSettings("cpu", "fp32", speed="reference"))
+    assert type(patch.module).__name__ == "ZImageControlNetModel"
+    assert rel_error(reference, eager) <= 1e-4
+    resident, _ = sample_with(models, EngineSettings("cpu", "fp32"))
+    plan = MemoryPlan(level="dit-streamed-all", text_encoder="streamed", dit="streamed", vae_tiled=False)
+    streamed, patch = sample_with(models, EngineSettings("cpu", "fp32", plan=plan))
+    assert patch.module.__dict__.get("_zturbo_streamer") is not None
+    assert len(patch.module.__dict__["_zturbo_streamer"].order) == len(control_blocks(patch.module))
+    assert torch.equal(streamed, resident)
