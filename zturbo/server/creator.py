@@ -18,6 +18,7 @@ from zturbo.checkpoints.layout import COMFY_FILES, find_component, loader_name
 from zturbo.errors import InputError, MissingModelError
 from zturbo.output.metadata import ModelFiles, api_graph, request_from_api_graph
 from zturbo.request import GenerationRequest
+from zturbo.server.creator_control import ControlSettings, add_control
 from zturbo.server.protocols import RegistryLike
 
 DEFAULT_PREFIX = "zturbo"
@@ -27,6 +28,7 @@ class GraphRequest(BaseModel):
     # The form is a GenerationRequest field for field; pydantic checks the types, `validate` the ranges.
     settings: GenerationRequest
     filename_prefix: str = Field(default=DEFAULT_PREFIX, max_length=200)
+    control: ControlSettings | None = None  # the ControlNet panel (zturbo.server.creator_control)
 
 
 def settings_dict(request: GenerationRequest) -> dict[str, Any]:
@@ -59,7 +61,8 @@ def build_graph(body: GraphRequest, registry: RegistryLike, models_dir: Path) ->
     samplers, schedulers = _combo(registry, "sampler_name"), _combo(registry, "scheduler")
     request.validate(samplers or [request.sampler], schedulers or [request.scheduler])
     prefix = body.filename_prefix.strip() or DEFAULT_PREFIX
-    return api_graph(request, model_files(models_dir), filename_prefix=prefix)
+    graph = api_graph(request, model_files(models_dir), filename_prefix=prefix)
+    return graph if body.control is None else add_control(graph, body.control, models_dir)
 
 
 def settings_from_graph(prompt: Any) -> dict[str, Any] | None:

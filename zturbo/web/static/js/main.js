@@ -9,6 +9,7 @@ import { loadModels, setupModels } from "./models.js";
 import { connectSocket } from "./socket.js";
 import { clearStyle, expandPrompt, loadStyles, setupStyles } from "./styles.js";
 import { setupFileLoading } from "./dropload.js";
+import { readControl, setupControl } from "./control.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -35,7 +36,7 @@ async function generate(event) {
   try {
     const all = jobSettings();
     for (const settings of all) {
-      const { prompt } = await postJSON("/zturbo/graph", { settings });
+      const { prompt } = await postJSON("/zturbo/graph", { settings, control: readControl() });
       const { prompt_id } = await queuePrompt(prompt);
       addJob(prompt_id, excerpt($("#prompt").value.trim()));
     }
@@ -61,6 +62,7 @@ async function main() {
   setupJobs({ onFinished: () => loadGallery() });
   setupGallery({ applySettings });
   setupFileLoading({ applySettings, onQueued: (id, title) => addJob(id, title) });
+  setupControl();
   $("#create-form").addEventListener("submit", generate);
   $("#prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#create-form").requestSubmit();
