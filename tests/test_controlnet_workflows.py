@@ -164,3 +164,38 @@ def test_cli_generate_with_control(control_models, tmp_path):
     bad = runner.invoke(app, ["generate", "x", "--models-dir", str(control_models), "--control",
                               str(image), "--control-type", "normal", "--device", "cpu"])  # fmt: skip
     assert bad.exit_code != 0 and "--control-type must be one of canny" in str(bad.exception)
+
+
+def test_controlnet_on_a_gguf_base(control_models, tmp_path):
+    """A Q8_0 GGUF diffusion model with a ControlNet: the control acts on activations, so it equals the
+    same ControlNet on the GGUF's own dequantized weights up to bf16 rounding of the expanded weights."""
+    import shutil
+
+    from gguf import GGMLQuantizationType
+
+    from zturbo.testing.synthetic_quant import dequantized_gguf, gguf_dit_from
+
+    def run(root: Path) -> torch.Tensor:
+        engine = Engine(EngineSettings("cpu", "bf16"))
+        model, clip, vae = engine.load_all(resolve_models(root))
+        patch = engine.load_controlnet(control_models / "model_patches" / FILE_NAMES["1.0"])
+        image = canny_image(torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(0)), 0.1, 0.3)
+        model = engine.apply_controlnet(model, patch, vae, 0.8, image)
+        return engine.sample(
+            model, engine.encode_text(clip, "a fox"), None, torch.zeros(1, 16, 6, 8), seed=5, steps=2,
+            cfg=1.0, sampler_name="euler", scheduler="simple",
+        )  # fmt: skip
+
+    roots = {}
+    for name in ("gguf", "plain"):
+        roots[name] = tmp_path / name
+        shutil.copytree(control_models, roots[name], ignore=shutil.ignore_patterns("diffusion_models"))
+        (roots[name] / "diffusion_models").mkdir()
+    dit = control_models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
+    gguf = gguf_dit_from(
+        dit, roots["gguf"] / "diffusion_models" / "z_image_turbo-Q8_0.gguf", GGMLQuantizationType.Q8_0
+    )
+    dequantized_gguf(gguf, roots["plain"] / "diffusion_models" / "z_image_turbo_bf16.safetensors")
+    quantized, plain = run(roots["gguf"]), run(roots["plain"])
+    assert torch.isfinite(quantized).all()
+    assert float((quantized - plain).norm() / plain.norm()) <= 2e-2
