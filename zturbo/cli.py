@@ -6,6 +6,7 @@ option is checked before a model file is read.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -203,6 +204,34 @@ def generate(
     hires: Annotated[bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")] = False,
     hires_denoise: Annotated[float, typer.Option(help="Denoise of the --hires refine pass.")] = 0.33,
     upscale_model: UpscaleModelOpt = None,
+    control: Annotated[
+        Path | None,
+        typer.Option(
+            "--control",
+            help="Control image for a Z-Image Fun ControlNet (alibaba-pai Controlnet-Union 1.0/2.0/2.1/Lite/"
+            "Tile, from models/model_patches or models/controlnet). Without --width/--height/--aspect the "
+            "image's size (multiples of 16) is used.",
+        ),
+    ] = None,
+    control_type: Annotated[
+        str,
+        typer.Option(
+            "--control-type",
+            help="canny: edges computed here (ComfyUI's Canny node); tile: a blurred (down- then upscaled) "
+            "copy computed here; depth | pose | lineart | raw: the image IS the map (make it with a "
+            "preprocessor first: zturbo downloads no preprocessor networks).",
+        ),
+    ] = "canny",
+    control_strength: Annotated[
+        float, typer.Option("--control-strength", help="Hint scale (0.65-0.9 typical).")
+    ] = 0.75,
+    controlnet: Annotated[
+        Path | None, typer.Option("--controlnet", help="ControlNet file (default: the first one found).")
+    ] = None,
+    canny_low: Annotated[float, typer.Option("--canny-low", help="Canny low threshold (0.01-0.99).")] = 0.4,
+    canny_high: Annotated[
+        float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
+    ] = 0.8,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
@@ -217,6 +246,8 @@ def generate(
     options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
     request, keep, recorded = build_request(from_png, options)
     settings = settings.replace(weight_dtype=weight_dtype or recorded)
+    if control is not None and from_png is None and not {"width", "height", "aspect", "image"} & options.keys():
+        request = dataclasses.replace(request, **dict(zip(("width", "height"), _control_size(control), strict=True)))
     engine = Engine(settings)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
@@ -225,6 +256,13 @@ def generate(
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
+    control_request = None
+    if control is not None:
+        from zturbo.control import ControlRequest
+
+        control_request = ControlRequest(
+            control, control_type, control_strength, controlnet, canny_low, canny_high
+        ).validate()
     with Display(console) as display:
 
         def phase(name: str) -> None:
@@ -234,7 +272,10 @@ def generate(
                 display.phase(name)
 
         upscaler = _upscaler(request.upscale_model, models_dir)
-        result = run_request(engine, paths, request, progress=display.step, phase=phase, upscale_model=upscaler)
+        result = run_request(
+            engine, paths, request, progress=display.step, phase=phase, upscale_model=upscaler,
+            control=control_request, models_dir=models_dir,
+        )  # fmt: skip
         if keep is not None:  # --from: only the image that PNG held
             result = result.only(keep)
         display.phase("saving")
@@ -251,6 +292,15 @@ REQUEST_OPTIONS = (
     "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
     "shift", "seed", "batch", *IMAGE_OPTIONS,
 )  # fmt: skip
+
+
+def _control_size(path: Path) -> tuple[int, int]:
+    """A control image's size cropped to multiples of 16 (read with the pixel cap of every input)."""
+    from zturbo.images import image_size
+    from zturbo.request import default_size
+
+    return default_size(*image_size(path, f"--control {path}"))
+
 
 IMAGE_HELP = (
     "Init image (img2img): sampled from it at --denoise, ComfyUI's way: int(steps/denoise) sigmas, the last "

@@ -26,7 +26,7 @@ import torch
 if TYPE_CHECKING:
     pass
 
-from zturbo import masks, sampling
+from zturbo import control, masks, sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
@@ -54,7 +54,6 @@ T = TypeVar("T")
 UNPLANNED_VAE_TILE_PIXELS = 2 * 1024 * 1024
 
 
-
 @dataclass(frozen=True)
 class ZImageModel:
     """MODEL: the loaded transformer plus its sampling settings (ModelSamplingAuraFlow sets these)."""
@@ -64,6 +63,7 @@ class ZImageModel:
     multiplier: float = 1.0
     patches: PatchSet = PatchSet()  # LoRAs and the like, applied right before sampling
     cfg_norms: tuple[CFGNorm, ...] = ()  # CFGNorm patches, in the order they were applied
+    controls: tuple = ()  # ControlNets applied to this MODEL (zturbo.control.ControlApplication)
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -103,6 +103,7 @@ class Engine:
     tokenizer: Path | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
+    _patch_sizes: dict[Path, object] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -268,6 +269,9 @@ class Engine:
         """ComfyUI's /free: drop the loaded models (when asked) and return cached GPU memory."""
         if unload_models:
             self._cache.clear()
+            self._patch_sizes.clear()
+            if self.memory is not None:
+                self.memory.set_patch_size(None)
         self.placement.empty_cache()
 
     # --- operations (the workflow nodes call exactly these) ---
@@ -279,6 +283,51 @@ class Engine:
                 return Conditioning(clip.encoder.encode([text]))
 
         return self._guarded(encode, "encoding the prompt")
+
+    # --- ControlNets (model patches) ---
+
+    def load_controlnet(self, path: Path) -> control.ControlNetPatch:
+        """MODEL_PATCH: a Z-Image Fun ControlNet file or folder (cached; planned and placed like the DiT)."""
+
+        def build() -> control.ControlNetPatch:
+            from zturbo.checkpoints.controlnet import load_controlnet
+
+            dtype = self.placement.dit_dtype()
+            streamed = self.memory is not None and self._plan_patch(path, dtype).streamed
+            device = torch.device("cpu") if streamed else self.placement.device
+            module, info = load_controlnet(path, dtype=dtype, device=device)
+            patch = control.ControlNetPatch(module, info.spec, path, info.description, dtype)
+            self._track(DIT, patch, self._realize_controlnet)  # it lives where the DiT lives
+            return patch
+
+        return self._guarded(lambda: self._cached(("controlnet", path), build), "loading the ControlNet")  # type: ignore[return-value]
+
+    def _plan_patch(self, path: Path, dtype: torch.dtype) -> Residence:
+        assert self.memory is not None
+        self._patch_sizes[path] = control.measure(path, dtype)
+        self.memory.set_patch_size(control.combined(list(self._patch_sizes.values())))
+        return self.memory.residence(DIT)
+
+    def _realize_controlnet(self, patch: control.ControlNetPatch, residence: Residence) -> None:
+        control.realize(patch, residence, mode=self.speed.mode, device=self.placement.device)
+
+    def apply_controlnet(
+        self,
+        model: ZImageModel,
+        patch: control.ControlNetPatch,
+        vae: VAE,
+        strength: float,
+        image: torch.Tensor | None = None,
+        inpaint_image: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        refiner_to_base: bool = True,
+    ) -> ZImageModel:
+        """A new MODEL with this ControlNet added (ZImageFunControlnet); the input MODEL is unchanged."""
+        app = control.ControlApplication(patch, vae, strength, image, inpaint_image, mask, refiner_to_base)
+        dit = getattr(model.transformer, "dit", model.transformer)
+        width = dit.x_pad_token.shape[-1]
+        control.check_application(app, width, len(dit.layers), model.component.source)
+        return dataclasses.replace(model, controls=(*model.controls, app))
 
     def zero_conditioning(self, cond: Conditioning) -> Conditioning:
         return Conditioning([torch.zeros_like(e) for e in cond.embeds])
@@ -420,6 +469,8 @@ class Engine:
 
         def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
             self._sync_dit(model)
+            h, w = latent.shape[-2:]
+            controls = control.control_inputs(self, model.controls, h, w) if model.controls else None
             denoiser = ZImageDenoiser(
                 model.transformer,
                 positive.embeds,
@@ -430,6 +481,7 @@ class Engine:
                 sigmas=sigmas,
                 uncond_at_cfg1=uncond_at_cfg1,
                 cfg_norms=model.cfg_norms,
+                controls=controls,
             )
             model_fn = denoiser
             if noise_mask is not None:

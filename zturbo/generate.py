@@ -23,6 +23,7 @@ from zturbo import masks
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
 from zturbo.checkpoints.hashing import short_hash
 from zturbo.checkpoints.layout import ModelPaths, loader_name
+from zturbo.control import ControlRequest, apply_request
 from zturbo.engine import Conditioning, Engine, ZImageModel
 from zturbo.errors import InputError, ZTurboError
 from zturbo.images import image_size, load_image, load_mask
@@ -168,11 +169,14 @@ def run_request(
     progress: ProgressFn | None = None,
     upscale_model: Path | None = None,
     phase: PhaseFn | None = None,
+    control: ControlRequest | None = None,
+    models_dir: Path | None = None,
 ) -> Generated:
     """The DiT loads with the engine's `weight_dtype` setting ("default", or an fp8 type that
     quantizes on load, as UNETLoader's choice does). `upscale_model`: the file `request.upscale_model`
     names (else that name is taken as a path). `phase(name)` is told when each phase begins
-    (`progress` then reports the sampling steps)."""
+    (`progress` then reports the sampling steps). `control`: a ControlNet (zturbo.control), found in
+    `models_dir`."""
     phase = phase or (lambda _name: None)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     init = load_init(request) if request.image else None  # bad files fail before any model loads
@@ -180,6 +184,8 @@ def run_request(
     phase("loading models")
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
     model = engine.with_shift(model, request.shift)
+    if control is not None:
+        model = apply_request(engine, model, vae, control, models_dir)
     phase("encoding the prompt")
     positive = engine.encode_text(clip, request.prompt)
     negative = None

@@ -20,8 +20,8 @@ from zturbo.nodes.image import (
 from zturbo.nodes.latent import EmptyLatentImage, EmptySD3LatentImage, LatentUpscaleBy, VAEDecode, VAEEncode
 from zturbo.nodes.loaders import CLIPLoader, UNETLoader, VAELoader
 from zturbo.nodes.primitives import PrimitiveBoolean, PrimitiveInt, PrimitiveString
-from zturbo.nodes.resize import bislerp, common_upscale
 from zturbo.nodes.sampling import KSampler, KSamplerAdvanced, ModelSamplingAuraFlow
+from zturbo.resize import bislerp, common_upscale
 
 
 def test_empty_latents_are_16_channel_zeros(node_ctx):

@@ -86,15 +86,16 @@ def transformer_forward(
     t: torch.Tensor,
     captions: list[torch.Tensor],
     step_cache: StepCache | None = None,
+    controls: list = (),  # type: ignore[assignment]
 ) -> torch.Tensor:
     """`_transformer_forward`, for any latent size: an odd height or width (an image that is not a
     multiple of 16 pixels, e.g. in the 2K upscaler template) is padded circularly to the 2×2 patch and
     the output cropped back, as ComfyUI's `pad_to_patch_size` does."""
     h, w = x.shape[-2:]
     if h % 2 == 0 and w % 2 == 0:
-        return _transformer_forward(model, x, t, captions, step_cache)
+        return _transformer_forward(model, x, t, captions, step_cache, controls)
     padded = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
-    return _transformer_forward(model, padded, t, captions, step_cache)[..., :h, :w]
+    return _transformer_forward(model, padded, t, captions, step_cache, controls)[..., :h, :w]
 
 
 def _transformer_forward(
@@ -103,22 +104,33 @@ def _transformer_forward(
     t: torch.Tensor,
     captions: list[torch.Tensor],
     step_cache: StepCache | None = None,
+    controls: list = (),  # type: ignore[assignment]
 ) -> torch.Tensor:
     """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
 
     zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of
     (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it.
-    `step_cache` is for a `ZImageDiT` only (passed only when given).
+    `step_cache` is for a `ZImageDiT` only (passed only when given). `controls` (zturbo.control):
+    ControlNet inputs in the form the model takes (a `GraphedDiT` runs its DiT uncaptured with them).
     """
     param = next(model.parameters())
     caps = [c.to(param.device, param.dtype) for c in captions]
     t = t.to(param.device, param.dtype)
-    if step_cache is not None:
-        return model(x.to(param.device, param.dtype), t, caps, step_cache=step_cache).float()
+    if controls and isinstance(getattr(model, "dit", None), ZImageDiT):
+        model = model.dit  # CUDA graphs replay a forward without ControlNets
+    if step_cache is not None or (controls and isinstance(model, ZImageDiT)):
+        return model(
+            x.to(param.device, param.dtype), t, caps, step_cache=step_cache, controls=controls
+        ).float()
     if getattr(model, "batched_api", False):
         return model(x.to(param.device, param.dtype), t, caps).float()
     latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
-    out = model(latents, t, caps, return_dict=False)[0]
+    extra = {}
+    if controls:
+        from zturbo.models.controlnet import reference_block_samples
+
+        extra["controlnet_block_samples"] = reference_block_samples(model, list(controls), latents, t, caps)
+    out = model(latents, t, caps, return_dict=False, **extra)[0]
     return torch.stack([o.float() for o in out]).squeeze(2)
 
 
@@ -147,6 +159,7 @@ class ZImageDenoiser:
         sigmas: torch.Tensor | None = None,
         uncond_at_cfg1: bool = False,
         cfg_norms: tuple[CFGNorm, ...] = (),
+        controls: list | None = None,
     ) -> None:
         if cfg != 1.0 and negative is None:
             raise ValueError("cfg != 1 needs a negative conditioning")
@@ -156,6 +169,7 @@ class ZImageDenoiser:
         self.cfg = cfg
         self.multiplier = multiplier
         self.cfg_norms = cfg_norms  # CFGNorm patches of the MODEL (none: the plain combination below)
+        self.controls = controls or []  # ControlNet inputs (zturbo.control), the same for every call
         self.uncond_denoised: torch.Tensor | None = None  # the last call's unconditional estimate
         self.calls = 0
         self._finite: list[tuple[torch.Tensor, torch.Tensor]] = []  # (all finite?, sigma) per call
@@ -193,11 +207,11 @@ class ZImageDenoiser:
             cache.force_full = False if below is None else sigma[0] <= below
         neg: torch.Tensor | None = None
         if self.negative is None:
-            out = pos = transformer_forward(self.model, x, t, positive, cache)
+            out = pos = transformer_forward(self.model, x, t, positive, cache, self.controls)
         else:
             negative = _repeat_to(self.negative, batch)
             both = transformer_forward(
-                self.model, torch.cat([x, x]), torch.cat([t, t]), positive + negative, cache
+                self.model, torch.cat([x, x]), torch.cat([t, t]), positive + negative, cache, self.controls
             )
             pos, neg = both[:batch], both[batch:]
             out = neg + self.cfg * (pos - neg)

@@ -9,15 +9,17 @@ modulation, tanh gates, SiLU·up) written so `torch.compile` fuses each run into
 are batched `(B, C, h, w)` in and out. Built from a loaded diffusers module by
 `zturbo.models.zimage_convert.from_diffusers`, which reuses its parameters.
 
-`forward` optionally takes a `StepCache` (lossy, opt-in first-block caching across sampling steps).
+`forward` optionally takes a `StepCache` (lossy, opt-in first-block caching across sampling steps) and
+`controls`: ControlNets (`zturbo.models.controlnet.ControlInput`), each `start`ed after the image is
+embedded into a run whose `after_refiner` / `start_main` / `after_layer` add its hints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -257,9 +259,15 @@ class ZImageDiT(nn.Module):
             block.sdpa_backends = tuple(backends)
 
     def forward(
-        self, x: Tensor, t: Tensor, captions: list[Tensor], step_cache: StepCache | None = None
+        self,
+        x: Tensor,
+        t: Tensor,
+        captions: list[Tensor],
+        step_cache: StepCache | None = None,
+        controls: Sequence[Any] = (),
     ) -> Tensor:
-        """`step_cache` (None: every layer runs, the exact path) may skip main layers 1..N−1: see StepCache."""
+        """`step_cache` (None: every layer runs, the exact path) may skip main layers 1..N−1: see StepCache.
+        `controls`: ControlNet inputs whose hints are added (see the module docstring)."""
         batch, _, height, width = x.shape
         if len(captions) != batch:
             raise ValueError(f"{len(captions)} captions for a batch of {batch}")
@@ -269,19 +277,29 @@ class ZImageDiT(nn.Module):
         config = self.settings
         adaln = self.t_mlp(timestep_features(t * config.t_scale).to(config.t_dtype)).to(x.dtype)
         image = self.embed_image(x, plan)
+        runs = [control.start(self, image, plan, adaln) for control in controls]
         cos, sin = plan.image_rope
-        for block in self.noise_refiner:
+        for j, block in enumerate(self.noise_refiner):
             image = self.run_block(block, image, cos, sin, None, adaln)
+            for run in runs:
+                image = run.after_refiner(j, image)
         caption = self.embed_captions(captions, plan)
         cos, sin = plan.caption_rope
         for block in self.context_refiner:
             caption = self.run_block(block, caption, cos, sin, plan.caption_mask, None)
         unified = torch.cat([image, caption], dim=1)
-        hidden = self.main_layers(unified, plan, adaln, step_cache)
+        for run in runs:
+            run.start_main(unified, caption)
+        hidden = self.main_layers(unified, plan, adaln, step_cache, runs)
         return self.unpatchify(self.final_layer(hidden, adaln), height, width)
 
     def main_layers(
-        self, x: Tensor, plan: SequencePlan, adaln: Tensor, step_cache: StepCache | None
+        self,
+        x: Tensor,
+        plan: SequencePlan,
+        adaln: Tensor,
+        step_cache: StepCache | None,
+        runs: Sequence[Any] = (),
     ) -> Tensor:
         """The main layers over the unified sequence; returns the image tokens (all the final layer reads).
 
@@ -290,17 +308,24 @@ class ZImageDiT(nn.Module):
         """
         cos, sin = plan.rope
         n = plan.image_len
+
+        def layer(i: int, h: Tensor) -> Tensor:
+            h = self.run_block(self.layers[i], h, cos, sin, plan.mask, adaln)
+            for run in runs:  # ControlNet hints after their layers
+                h = run.after_layer(i, h)
+            return h
+
         if step_cache is None:
-            for block in self.layers:
-                x = self.run_block(block, x, cos, sin, plan.mask, adaln)
+            for i in range(len(self.layers)):
+                x = layer(i, x)
             return x[:, :n]
-        first = self.run_block(self.layers[0], x, cos, sin, plan.mask, adaln)
+        first = layer(0, x)
         first_residual = first[:, :n] - x[:, :n]
         if step_cache.skip(first_residual):
             return first[:, :n] + step_cache.remainder
         hidden = first
-        for block in self.layers[1:]:
-            hidden = self.run_block(block, hidden, cos, sin, plan.mask, adaln)
+        for i in range(1, len(self.layers)):
+            hidden = layer(i, hidden)
         step_cache.store(first_residual, hidden[:, :n] - first[:, :n])
         return hidden[:, :n]
 

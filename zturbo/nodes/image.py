@@ -10,7 +10,6 @@ import torch
 
 from zturbo import masks
 from zturbo.nodes.base import Node
-from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import (
     UNIQUE_ID,
     Combo,
@@ -20,6 +19,7 @@ from zturbo.nodes.schema import (
     NodeSchema,
     Output,
 )
+from zturbo.resize import common_upscale
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext

@@ -13,8 +13,8 @@ import torch.nn.functional as F  # noqa: N812
 from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.image import crop_image
 from zturbo.nodes.io import save_images
-from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import EXTRA_PNGINFO, PROMPT, InputSpec, Int, Link, NodeSchema, Output
+from zturbo.resize import common_upscale
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext

@@ -11,8 +11,8 @@ import torch
 
 from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.nodes.base import Node, require_engine
-from zturbo.nodes.resize import common_upscale
 from zturbo.nodes.schema import Combo, Float, Int, Link, NodeSchema, Output
+from zturbo.resize import common_upscale
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext

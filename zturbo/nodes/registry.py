@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from zturbo.nodes import (
     conditioning,
+    controlnet,
     custom_sampler,
     image,
     image_tools,
@@ -79,8 +80,8 @@ class NodeRegistry:
 def default_registry(context: ExecutionContext | None = None) -> NodeRegistry:
     """A new registry holding every built-in node."""
     registry = NodeRegistry(context)
-    modules = (loaders, lora, conditioning, latent, latent_batch, sampling, custom_sampler, image, image_tools)
-    for module in (*modules, io, primitives, mask, upscale, utility):
+    modules = (loaders, lora, controlnet, conditioning, latent, latent_batch, sampling, custom_sampler, image)
+    for module in (*modules, image_tools, io, primitives, mask, upscale, utility):
         for cls in module.NODES:
             registry.register(cls)
     return registry

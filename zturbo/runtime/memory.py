@@ -66,6 +66,9 @@ DEQUANT_COMPILED_BYTES = 4  # the bf16 output, and as much again for anything in
 RAM_RESERVE = 6 * GIB  # the OS, Python, torch, load-time temporaries
 PIN_SHARE = 0.6  # never page-lock more than this share of RAM: the rest must stay reclaimable
 VAE_TILE = 512  # pixels; 64-latent tiles with a quarter overlap
+# Model patches (ControlNets): planned with the DiT, resident or streamed with it (all their blocks stream,
+# through two slots of their own). 1.0 is 2.9 GB bf16, 2.0/2.1 6.7 GB, 2.1 Lite 1.9 GB: not small.
+MODEL_PATCH = "model_patch"
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(g|gb|gib)?$", re.IGNORECASE)
 
 
@@ -245,6 +248,8 @@ def _peaks(
     else:
         kept = sorted(dit.blocks, reverse=True)[: plan.dit_resident_blocks]
         dit_bytes = dit.other + 2 * dit.max_block + sum(kept)
+    if (patch := sizes.get(MODEL_PATCH)) is not None:
+        dit_bytes += patch.total if plan.dit == "resident" else patch.other + 2 * patch.max_block
     te_activations = te_activation_bytes(w, te, dtype_bytes)
     te_kept = te.total + te_activations if plan.text_encoder == "resident" else 0
     te_encoding = te_kept if plan.text_encoder == "resident" else te.other + 2 * te.max_block + te_activations
@@ -271,6 +276,7 @@ def _with_ram(plan: MemoryPlan, sizes: dict[str, ComponentSize], ram: int | None
     streamed_dit = 0
     if plan.dit == "streamed":
         streamed_dit = sum(sorted(sizes[DIT].blocks)[: len(sizes[DIT].blocks) - plan.dit_resident_blocks])
+        streamed_dit += sum(sizes[MODEL_PATCH].blocks) if MODEL_PATCH in sizes else 0
     pin_dit = plan.dit == "streamed" and streamed_dit <= available
     pinned = streamed_dit if pin_dit else 0
     te = sizes[TEXT_ENCODER].total

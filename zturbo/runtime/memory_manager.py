@@ -29,6 +29,7 @@ from zturbo.runtime.memory import (
     DEQUANT_COMPILED_BYTES,
     DEQUANT_EAGER_BYTES,
     GIB,
+    MODEL_PATCH,
     MemoryPlan,
     Residence,
     Workload,
@@ -112,6 +113,14 @@ class MemoryManager:
         self.workload = workload
         return self.replan()
 
+    def set_patch_size(self, size: ComponentSize | None) -> None:
+        """Loaded model patches (ControlNets), planned with the DiT: resident or streamed with it."""
+        if size is None:
+            self.sizes.pop(MODEL_PATCH, None)
+        else:
+            self.sizes[MODEL_PATCH] = size
+        self.replan()
+
     def set_workload(self, workload: Workload) -> None:
         self.workload = workload
         self.replan()
@@ -127,6 +136,8 @@ class MemoryManager:
             return self.plan
         dtype_bytes = self._dtype_bytes()
         sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
+        if MODEL_PATCH in self.sizes:
+            sizes[MODEL_PATCH] = self.sizes[MODEL_PATCH]
         key = (tuple(sizes.values()), self.workload, self.vram, self._floor, dtype_bytes, self.dequant_bytes())
         if key == self._planned_for:
             return self.plan

@@ -20,6 +20,7 @@ from zturbo.images import image_size
 from zturbo.output.metadata import ModelFiles, api_graph, request_from_api_graph
 from zturbo.paths import safe_join, split_annotation
 from zturbo.request import GenerationRequest
+from zturbo.server.creator_control import ControlSettings, add_control
 from zturbo.server.protocols import RegistryLike
 
 DEFAULT_PREFIX = "zturbo"
@@ -29,6 +30,7 @@ class GraphRequest(BaseModel):
     # The form is a GenerationRequest field for field; pydantic checks the types, `validate` the ranges.
     settings: GenerationRequest
     filename_prefix: str = Field(default=DEFAULT_PREFIX, max_length=200)
+    control: ControlSettings | None = None  # the ControlNet panel (zturbo.server.creator_control)
 
 
 def settings_dict(request: GenerationRequest) -> dict[str, Any]:
@@ -66,7 +68,8 @@ def build_graph(
     request.validate(samplers or [request.sampler], schedulers or [request.scheduler])
     prefix = body.filename_prefix.strip() or DEFAULT_PREFIX
     size = _image_size(request.image, folders) if request.image and folders else None
-    return api_graph(request, model_files(models_dir), filename_prefix=prefix, image_size=size)
+    graph = api_graph(request, model_files(models_dir), filename_prefix=prefix, image_size=size)
+    return graph if body.control is None else add_control(graph, body.control, models_dir)
 
 
 def _image_size(name: str, folders: dict[str, Path]) -> tuple[int, int]:

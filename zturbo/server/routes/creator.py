@@ -4,13 +4,14 @@
 - `POST /zturbo/inspect` a dropped PNG or workflow JSON → settings, prompt, workflow
 - `GET /zturbo/gallery` finished images with their settings
 - `POST /zturbo/outputs/delete` delete an output image (and its history entry once empty)
+- `GET /zturbo/control/preview` the preprocessed ControlNet map of an input image (PNG)
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from zturbo.server.creator import GraphRequest, build_graph
@@ -49,3 +50,16 @@ def gallery(history: History, config: Config, limit: int = Query(default=100, ge
 @router.post("/outputs/delete")
 def delete(body: DeleteOutput, history: History, config: Config) -> dict:
     return delete_output(history, config.output_dir, body.filename, body.subfolder)
+
+
+@router.get("/control/preview")
+def control_preview(
+    config: Config,
+    image: str = Query(min_length=1, max_length=500),
+    kind: str = Query(default="canny", alias="type"),
+    low: float = Query(default=0.4, ge=0.01, le=0.99),
+    high: float = Query(default=0.8, ge=0.01, le=0.99),
+) -> Response:
+    from zturbo.server.creator_control import preview_png
+
+    return Response(preview_png(config.input_dir, image, kind, low, high), media_type="image/png")

@@ -10,6 +10,7 @@ import { connectSocket } from "./socket.js";
 import { clearStyle, expandPrompt, loadStyles, setupStyles } from "./styles.js";
 import { setupFileLoading } from "./dropload.js";
 import { initFields, initSize, setupInitImage } from "./initimage.js";
+import { readControl, setupControl } from "./control.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -37,7 +38,7 @@ async function generate(event) {
     const fields = await initFields();
     const all = jobSettings().map((settings) => ({ ...settings, ...fields }));
     for (const settings of all) {
-      const { prompt } = await postJSON("/zturbo/graph", { settings });
+      const { prompt } = await postJSON("/zturbo/graph", { settings, control: readControl() });
       const { prompt_id } = await queuePrompt(prompt);
       addJob(prompt_id, excerpt($("#prompt").value.trim()));
     }
@@ -84,6 +85,7 @@ async function main() {
   setupGallery({ applySettings, upscale: upscaleImage });
   setupInitImage();
   setupFileLoading({ applySettings, onQueued: (id, title) => addJob(id, title) });
+  setupControl();
   $("#create-form").addEventListener("submit", generate);
   $("#prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#create-form").requestSubmit();
