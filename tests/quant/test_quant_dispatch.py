@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
 from zturbo.quant import linear as quant
+from zturbo.quant import weight as weight_module
 from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
 from zturbo.quant.gguf import DEQUANTIZERS, GGUFWeight
 from zturbo.quant.gguf_quantize import quantize as torch_quantize
@@ -120,14 +121,14 @@ def test_compiled_path_is_cached_per_type_and_changes_nothing(monkeypatch, spy, 
         for kind, q in layers.items():
             assert torch.equal(q(X), expected[kind])
     assert layer("Q8_0", dtype)(X).shape == (3, 32)  # a second Q8_0 layer reuses the Q8_0 callable
-    assert sorted(spy.compiled) == sorted(["dequantize_Q8_0", "dequantize_Q4_0", "_fp8_eager"])
+    assert sorted(spy.compiled) == sorted(["dequantize_Q8_0", "dequantize_Q4_0", "dequantize_fp8"])
     assert spy.calls == 10
     assert set(quant._COMPILED) == {Q.Q8_0, Q.Q4_0, FP8_KEY}
 
 
 def test_every_gguf_type_gets_its_own_code_object() -> None:
     """torch.compile caches (and limits recompilations) per code object: types must not share one."""
-    codes = {quant._gguf_eager(qtype).__code__ for qtype in DEQUANTIZERS}
+    codes = {quant._eager_expander(GGUFWeight, qtype).__code__ for qtype in DEQUANTIZERS}
     assert len(codes) == len(DEQUANTIZERS)
 
 
@@ -182,7 +183,7 @@ def test_device_capability_is_asked_once_per_device(monkeypatch) -> None:
         return (9, 0)
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
-    monkeypatch.setattr(quant, "_CAPABILITY", {})
+    monkeypatch.setattr(weight_module, "_CAPABILITY", {})
     for _ in range(5):
         assert quant._capability(torch.device("cuda", 0)) == (9, 0)
     quant._capability(torch.device("cuda", 1))
@@ -249,7 +250,7 @@ def test_compiled_dequantization_is_bit_equal_to_eager_on_cuda(monkeypatch, dtyp
         eager = q.dequantize_weight()
         monkeypatch.delenv(EAGER_ENV)
         compiled = q.dequantize_weight()
-        key = FP8_KEY if isinstance(weight, Fp8Weight) else weight.qtype
+        key = weight.expand_key
         assert key in quant._COMPILED and key not in quant._BROKEN, name
         assert compiled.dtype == eager.dtype == dtype
         assert torch.equal(
