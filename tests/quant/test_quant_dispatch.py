@@ -15,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
+from zturbo.checkpoints.fp8 import split_quantized_state_dict
 from zturbo.quant import linear as quant
 from zturbo.quant import weight as weight_module
-from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant.fp8 import quantize_to_fp8
 from zturbo.quant.gguf import DEQUANTIZERS, GGUFWeight
 from zturbo.quant.gguf_quantize import quantize as torch_quantize
 from zturbo.quant.linear import EAGER_ENV, FP8_KEY, QuantLinear
+from zturbo.quant.weight import QuantWeight
+from zturbo.testing.synthetic_quant import comfy_quant_layer
 
 
 def gen(seed: int) -> torch.Generator:
@@ -219,10 +222,11 @@ def _blocks(qtype: Q, shape: tuple[int, int]) -> torch.Tensor:
     return raw.reshape(shape[0], -1)
 
 
-def _cuda_weights() -> dict[str, GGUFWeight | Fp8Weight]:
-    """Every supported GGUF type, and fp8 in both formats with per-row and per-tensor scales."""
+def _cuda_weights() -> dict[str, QuantWeight]:
+    """Every supported GGUF type, fp8 in both formats with per-row and per-tensor scales, and ComfyUI's
+    int8 (plain and convrot), nvfp4 (plain and pre-scaled) and mxfp8 layouts, read by the reader."""
     shape = (96, 512)
-    weights: dict[str, GGUFWeight | Fp8Weight] = {
+    weights: dict[str, QuantWeight] = {
         qtype.name: GGUFWeight(_blocks(qtype, shape), qtype, torch.Size(shape)) for qtype in DEQUANTIZERS
     }
     w = torch.randn(shape, generator=gen(5))
@@ -231,6 +235,9 @@ def _cuda_weights() -> dict[str, GGUFWeight | Fp8Weight]:
             weights[f"{fmt}-{'row' if per_row else 'tensor'}"] = quantize_to_fp8(
                 w, per_row=per_row, dtype=fmt
             )
+    for fmt in ("int8_tensorwise", "int8_convrot", "nvfp4", "nvfp4_prescaled", "mxfp8"):
+        tensors = {f"w.{k}": v for k, v in comfy_quant_layer(w, fmt).items()}
+        weights[fmt] = split_quantized_state_dict(tensors)[1]["w.weight"]
     return weights
 
 
@@ -269,8 +276,9 @@ def test_quant_linear_output_is_the_same_compiled_or_eager_on_cuda(monkeypatch) 
         monkeypatch.delenv(EAGER_ENV)
         assert torch.equal(q(x), eager), name
     # Inside an outer compile region the plain dequantizer is traced and fused there: same result.
-    q = QuantLinear(_cuda_weights()["Q4_K"], compute_dtype=torch.bfloat16).cuda()
-    torch._dynamo.reset()
-    outer = torch.compile(q, dynamic=False, fullgraph=True)
-    # The fused graph may pick its own GEMM: equal up to bf16 rounding of the output.
-    torch.testing.assert_close(outer(x), q(x), rtol=2**-7, atol=1e-3)
+    for name in ("Q4_K", "int8_convrot", "nvfp4_prescaled", "mxfp8"):
+        q = QuantLinear(_cuda_weights()[name], compute_dtype=torch.bfloat16).cuda()
+        torch._dynamo.reset()
+        outer = torch.compile(q, dynamic=False, fullgraph=True)
+        # The fused graph may pick its own GEMM: equal up to bf16 rounding of the output.
+        torch.testing.assert_close(outer(x), q(x), rtol=2**-7, atol=1e-3, msg=name)
