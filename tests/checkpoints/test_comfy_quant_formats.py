@@ -118,7 +118,9 @@ def test_missing_companions_are_named(fmt: str, drop: str, message: str) -> None
 def test_inconsistent_layers_are_refused() -> None:
     sd = layer("nvfp4")
     sd["blk.weight_scale"] = sd["blk.weight_scale"][:64]  # a tiled grid must hold 128 rows
-    with pytest.raises(ModelFileError, match=r"blk\.weight_scale holds 1024 values; a 64x16 grid.*needs 2048"):
+    with pytest.raises(
+        ModelFileError, match=r"blk\.weight_scale holds 1024 values; a 64x16 grid.*needs 2048"
+    ):
         split_quantized_state_dict(sd)
     sd = layer("int8_tensorwise")
     sd["blk.weight"] = sd["blk.weight"].to(torch.bfloat16)

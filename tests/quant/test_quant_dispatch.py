@@ -282,3 +282,14 @@ def test_quant_linear_output_is_the_same_compiled_or_eager_on_cuda(monkeypatch) 
         outer = torch.compile(q, dynamic=False, fullgraph=True)
         # The fused graph may pick its own GEMM: equal up to bf16 rounding of the output.
         torch.testing.assert_close(outer(x), q(x), rtol=2**-7, atol=1e-3, msg=name)
+
+
+def test_every_compiled_dequantizer_traces_fullgraph_with_its_arguments() -> None:
+    """What `_run_compiled` hands torch.compile on CUDA (the weight's tensors, then its static fields: a
+    GGUF type, a shape, a flag, a group size), traced here with the CPU-safe aot_eager backend."""
+    for name, weight in _cuda_weights().items():
+        fn = quant._eager_expander(type(weight), weight.expand_key)
+        args = [getattr(weight, f) for f in (*weight.tensor_fields(), *weight.static_fields())]
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=False)
+        assert torch.equal(compiled(*args, torch.bfloat16), weight.expand(torch.bfloat16)), name

@@ -48,9 +48,10 @@ def hadamard_groups(x: Tensor, group_size: int) -> Tensor:
     levels = (group_size.bit_length() - 1) // 2
     shape = x.shape
     y = x.reshape(*shape[:-1], shape[-1] // group_size, *([4] * levels))
+    del x  # each stage then holds two full-size float32 tensors at most (~9 bytes an element in all)
     for axis in range(y.ndim - levels, y.ndim):
         # H₄ row i is all ones but a -1 at 3 - i: (H₄ v)_i = sum(v) - 2·v_{3-i}.
-        y = torch.sub(y.sum(axis, keepdim=True), y.flip(axis), alpha=2)
+        y = y.flip(axis).mul_(-2).add_(y.sum(axis, keepdim=True))
     return y.reshape(shape)
 
 

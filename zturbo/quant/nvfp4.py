@@ -32,13 +32,15 @@ E2M1_MAX = 6.0
 
 
 def e2m1_values(codes: Tensor) -> Tensor:
-    """uint8 e2m1 codes (0..15) -> float32 values, exactly."""
-    magnitude = codes & 7
-    exponent, mantissa = magnitude >> 1, magnitude & 1
+    """uint8 e2m1 codes (0..15) -> float32 values, exactly (code 8 is -0.0).
+
+    Integer steps on bytes, one float32 tensor: at most ~7 bytes an element are held at once.
+    """
+    exponent, mantissa = (codes & 7) >> 1, codes & 1
     # twice the magnitude: m for subnormals (exponent 0), (2 + m) · 2^(e-1) otherwise
     twice = torch.where(exponent == 0, mantissa, ((mantissa + 2) << exponent) >> 1)
-    value = twice.float() * 0.5
-    return torch.where(codes >= 8, -value, value)
+    del exponent, mantissa
+    return torch.where(codes >= 8, -0.5, 0.5).mul_(twice)
 
 
 def unpack_nibbles(data: Tensor) -> Tensor:
@@ -88,8 +90,9 @@ class NVFP4Weight(QuantWeight):
         values = e2m1_values(unpack_nibbles(self.data)).reshape(rows, -1, NVFP4_BLOCK)
         factor = self.scale * self.block_scale.float()  # () or (rows, 1) times (rows, blocks)
         weight = (values * factor.unsqueeze(-1)).reshape(rows, in_features)
+        del values
         if self.pre_quant_scale is not None:
-            weight = weight * self.pre_quant_scale.float().reshape(1, -1)
+            weight = weight.mul_(self.pre_quant_scale.float().reshape(1, -1))
         return weight.to(dtype)
 
     def compute_note(self, native: bool) -> str | None:
