@@ -127,8 +127,11 @@ def test_quantization_metadata_header() -> None:
 
 
 def test_unsupported_comfy_quant_format_is_named() -> None:
-    sd = {"a.weight": torch.zeros(4, 8, dtype=torch.uint8), "a.comfy_quant": comfy_quant({"format": "nvfp4"})}
-    with pytest.raises(ModelFileError, match=r"z\.safetensors.*'nvfp4'.*float8_e4m3fn"):
+    sd = {
+        "a.weight": torch.zeros(4, 8, dtype=torch.int8),
+        "a.comfy_quant": comfy_quant({"format": "awq_w4a16"}),
+    }
+    with pytest.raises(ModelFileError, match=r"z\.safetensors.*'awq_w4a16'.*float8_e4m3fn.*nvfp4"):
         split_fp8_state_dict(sd, source="z.safetensors")
 
 

@@ -131,7 +131,8 @@ def test_gguf_files_quantize_what_published_files_quantize(gguf_models: Path) ->
 def test_gguf_weights_stay_quantized_after_loading(gguf_models: Path) -> None:
     dit = load_dit(gguf_models / "dit-Q4_0.gguf", dtype=torch.float32).module
     assert (
-        isinstance(dit.layers[0].attention.to_q, QuantLinear) and dit.layers[0].attention.to_q.qtype == Q.Q4_0
+        isinstance(dit.layers[0].attention.to_q, QuantLinear)
+        and dit.layers[0].attention.to_q.quantized().qtype == Q.Q4_0
     )
     assert type(dit.noise_refiner[0].attention.to_q) is torch.nn.Linear  # refiners are not quantized
     te = load_text_encoder(gguf_models / "te-Q4_K.gguf", dtype=torch.float32).module
@@ -169,7 +170,8 @@ def test_every_dit_type_loads_the_reference_values(gguf_models: Path, qtype: Q) 
     expected = reference.state_dict()
     for name, module in quantized.named_modules():
         if isinstance(module, QuantLinear):
-            assert module.qtype == qtype and torch.equal(module.weight, expected[f"{name}.weight"]), name
+            assert module.quantized().qtype == qtype, name
+            assert torch.equal(module.weight, expected[f"{name}.weight"]), name
     plain = quantized.state_dict()
     assert all(torch.equal(plain[k], expected[k]) for k in plain)
     x = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(0))
@@ -252,7 +254,7 @@ def test_fp8_on_load_equals_quantize_to_fp8(
     reference = generate(tmp_path / "expanded.safetensors", te, vae)
     assert torch.equal(ours.latents, reference.latents)
     dit = load_dit(source, dtype=torch.float32, weight_dtype=weight_dtype).module
-    assert dit.layers[0].attention.to_q.fp8_dtype == dtype
+    assert dit.layers[0].attention.to_q.quantized().data.dtype == dtype
     assert type(dit.noise_refiner[0].attention.to_q) is torch.nn.Linear
     assert type(dit.all_x_embedder["2-1"]) is torch.nn.Linear
 

@@ -59,7 +59,8 @@ def test_output_equals_the_parts_outputs_side_by_side(kind: str, dtype: torch.dt
     fused = QuantLinear.concatenated(layers)
     assert fused is not None
     assert (fused.out_features, fused.in_features) == (sum(OUTS), IN)
-    assert fused.qtype == layers[0].qtype and fused.fp8_dtype == layers[0].fp8_dtype
+    stored, first = fused.quantized(), layers[0].quantized()
+    assert type(stored) is type(first) and stored.label == first.label  # same GGUF type / fp8 format
     x = torch.randn(2, 7, IN, generator=gen(3))
 
     assert torch.equal(fused.weight, torch.cat([p.weight for p in layers]))
@@ -90,9 +91,7 @@ def test_mixed_per_row_and_per_tensor_scales_stack() -> None:
 
 def test_static_input_scales_must_agree() -> None:
     def with_input_scale(layer: QuantLinear, value: float) -> QuantLinear:
-        w = Fp8Weight(
-            layer.qweight.view(layer.fp8_dtype), layer.scale.view(torch.float32), torch.tensor(value)
-        )
+        w = Fp8Weight(layer.quantized().data, layer.scale.view(torch.float32), torch.tensor(value))
         return QuantLinear(w, layer.bias, compute_dtype=layer.compute_dtype)
 
     a, b, c = parts("fp8-row", torch.float32)

@@ -15,11 +15,15 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 
+from zturbo.checkpoints.fp8 import split_quantized_state_dict
 from zturbo.quant import linear as quant
-from zturbo.quant.fp8 import Fp8Weight, quantize_to_fp8
+from zturbo.quant import weight as weight_module
+from zturbo.quant.fp8 import quantize_to_fp8
 from zturbo.quant.gguf import DEQUANTIZERS, GGUFWeight
 from zturbo.quant.gguf_quantize import quantize as torch_quantize
 from zturbo.quant.linear import EAGER_ENV, FP8_KEY, QuantLinear
+from zturbo.quant.weight import QuantWeight
+from zturbo.testing.synthetic_quant import comfy_quant_layer
 
 
 def gen(seed: int) -> torch.Generator:
@@ -120,14 +124,14 @@ def test_compiled_path_is_cached_per_type_and_changes_nothing(monkeypatch, spy, 
         for kind, q in layers.items():
             assert torch.equal(q(X), expected[kind])
     assert layer("Q8_0", dtype)(X).shape == (3, 32)  # a second Q8_0 layer reuses the Q8_0 callable
-    assert sorted(spy.compiled) == sorted(["dequantize_Q8_0", "dequantize_Q4_0", "_fp8_eager"])
+    assert sorted(spy.compiled) == sorted(["dequantize_Q8_0", "dequantize_Q4_0", "dequantize_fp8"])
     assert spy.calls == 10
     assert set(quant._COMPILED) == {Q.Q8_0, Q.Q4_0, FP8_KEY}
 
 
 def test_every_gguf_type_gets_its_own_code_object() -> None:
     """torch.compile caches (and limits recompilations) per code object: types must not share one."""
-    codes = {quant._gguf_eager(qtype).__code__ for qtype in DEQUANTIZERS}
+    codes = {quant._eager_expander(GGUFWeight, qtype).__code__ for qtype in DEQUANTIZERS}
     assert len(codes) == len(DEQUANTIZERS)
 
 
@@ -182,7 +186,7 @@ def test_device_capability_is_asked_once_per_device(monkeypatch) -> None:
         return (9, 0)
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
-    monkeypatch.setattr(quant, "_CAPABILITY", {})
+    monkeypatch.setattr(weight_module, "_CAPABILITY", {})
     for _ in range(5):
         assert quant._capability(torch.device("cuda", 0)) == (9, 0)
     quant._capability(torch.device("cuda", 1))
@@ -218,10 +222,11 @@ def _blocks(qtype: Q, shape: tuple[int, int]) -> torch.Tensor:
     return raw.reshape(shape[0], -1)
 
 
-def _cuda_weights() -> dict[str, GGUFWeight | Fp8Weight]:
-    """Every supported GGUF type, and fp8 in both formats with per-row and per-tensor scales."""
+def _cuda_weights() -> dict[str, QuantWeight]:
+    """Every supported GGUF type, fp8 in both formats with per-row and per-tensor scales, and ComfyUI's
+    int8 (plain and convrot), nvfp4 (plain and pre-scaled) and mxfp8 layouts, read by the reader."""
     shape = (96, 512)
-    weights: dict[str, GGUFWeight | Fp8Weight] = {
+    weights: dict[str, QuantWeight] = {
         qtype.name: GGUFWeight(_blocks(qtype, shape), qtype, torch.Size(shape)) for qtype in DEQUANTIZERS
     }
     w = torch.randn(shape, generator=gen(5))
@@ -230,6 +235,9 @@ def _cuda_weights() -> dict[str, GGUFWeight | Fp8Weight]:
             weights[f"{fmt}-{'row' if per_row else 'tensor'}"] = quantize_to_fp8(
                 w, per_row=per_row, dtype=fmt
             )
+    for fmt in ("int8_tensorwise", "int8_convrot", "nvfp4", "nvfp4_prescaled", "mxfp8"):
+        tensors = {f"w.{k}": v for k, v in comfy_quant_layer(w, fmt).items()}
+        weights[fmt] = split_quantized_state_dict(tensors)[1]["w.weight"]
     return weights
 
 
@@ -249,7 +257,7 @@ def test_compiled_dequantization_is_bit_equal_to_eager_on_cuda(monkeypatch, dtyp
         eager = q.dequantize_weight()
         monkeypatch.delenv(EAGER_ENV)
         compiled = q.dequantize_weight()
-        key = FP8_KEY if isinstance(weight, Fp8Weight) else weight.qtype
+        key = weight.expand_key
         assert key in quant._COMPILED and key not in quant._BROKEN, name
         assert compiled.dtype == eager.dtype == dtype
         assert torch.equal(
@@ -268,8 +276,20 @@ def test_quant_linear_output_is_the_same_compiled_or_eager_on_cuda(monkeypatch) 
         monkeypatch.delenv(EAGER_ENV)
         assert torch.equal(q(x), eager), name
     # Inside an outer compile region the plain dequantizer is traced and fused there: same result.
-    q = QuantLinear(_cuda_weights()["Q4_K"], compute_dtype=torch.bfloat16).cuda()
-    torch._dynamo.reset()
-    outer = torch.compile(q, dynamic=False, fullgraph=True)
-    # The fused graph may pick its own GEMM: equal up to bf16 rounding of the output.
-    torch.testing.assert_close(outer(x), q(x), rtol=2**-7, atol=1e-3)
+    for name in ("Q4_K", "int8_convrot", "nvfp4_prescaled", "mxfp8"):
+        q = QuantLinear(_cuda_weights()[name], compute_dtype=torch.bfloat16).cuda()
+        torch._dynamo.reset()
+        outer = torch.compile(q, dynamic=False, fullgraph=True)
+        # The fused graph may pick its own GEMM: equal up to bf16 rounding of the output.
+        torch.testing.assert_close(outer(x), q(x), rtol=2**-7, atol=1e-3, msg=name)
+
+
+def test_every_compiled_dequantizer_traces_fullgraph_with_its_arguments() -> None:
+    """What `_run_compiled` hands torch.compile on CUDA (the weight's tensors, then its static fields: a
+    GGUF type, a shape, a flag, a group size), traced here with the CPU-safe aot_eager backend."""
+    for name, weight in _cuda_weights().items():
+        fn = quant._eager_expander(type(weight), weight.expand_key)
+        args = [getattr(weight, f) for f in (*weight.tensor_fields(), *weight.static_fields())]
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=False)
+        assert torch.equal(compiled(*args, torch.bfloat16), weight.expand(torch.bfloat16)), name

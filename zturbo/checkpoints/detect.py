@@ -101,14 +101,18 @@ def _detect_dit(ckpt: Checkpoint, keys: set[str]) -> Detection | None:
 
 
 def _storage_label(ckpt: Checkpoint) -> str:
-    """ "GGUF, " / "fp8 scaled, " / "": what `zturbo models` shows before the layout."""
+    """ "GGUF, " / "int8, " / "nvfp4 + fp8 scaled, " / "": what `zturbo models` shows before the layout."""
+    from zturbo.checkpoints.fp8 import header_formats
+
     if ckpt.format == "gguf":
         return "GGUF, "
-    if any(
-        k.endswith(("scaled_fp8", ".scale_weight", ".comfy_quant", ".weight_scale")) for k in ckpt.tensors
+    found = set(header_formats(ckpt.tensors).values())
+    labels = [kind for kind in ("int8", "nvfp4", "mxfp8") if kind in found]
+    if any(k.endswith(("scaled_fp8", ".scale_weight")) for k in ckpt.tensors) or (
+        "fp8" in found and any(k.endswith((".comfy_quant", ".weight_scale")) for k in ckpt.tensors)
     ):
-        return "fp8 scaled, "
-    return ""
+        labels.append("fp8 scaled")
+    return " + ".join(labels) + ", " if labels else ""
 
 
 def _detect_text_encoder(ckpt: Checkpoint, keys: set[str]) -> Detection | None:

@@ -16,7 +16,7 @@ from torch import nn
 from zturbo.checkpoints import keymaps
 from zturbo.checkpoints.assign import assign_state_dict, build_empty
 from zturbo.checkpoints.detect import DIT, KIND_LABELS, TEXT_ENCODER, VAE, Detection, bundle_part, detect
-from zturbo.checkpoints.fp8 import split_fp8_state_dict
+from zturbo.checkpoints.fp8 import split_quantized_state_dict
 from zturbo.checkpoints.reader import Checkpoint, open_checkpoint
 from zturbo.errors import InputError, ModelFileError
 from zturbo.models.configs import ConfigError, DiTConfig, TextEncoderConfig, VAEConfig
@@ -25,7 +25,9 @@ from zturbo.models.configs import ConfigError, DiTConfig, TextEncoderConfig, VAE
 FP8_WEIGHT_DTYPES = {
     "fp8": torch.float8_e4m3fn,
     "fp8_e4m3fn": torch.float8_e4m3fn,
-    "fp8_e4m3fn_fast": torch.float8_e4m3fn,  # same storage; the fp8 matmul where the GPU has one
+    # same storage; the stored format's own matmul where the GPU has one (fp8 `_scaled_mm`, and for int8
+    # files `_int_mm`), which also quantizes the activations
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
     "fp8_e5m2": torch.float8_e5m2,
 }
 WEIGHT_DTYPES = ("default", *FP8_WEIGHT_DTYPES)
@@ -68,12 +70,13 @@ def read_component(source: Path, expected_kind: str) -> tuple[dict[str, object],
 
 
 def _read(ckpt: Checkpoint) -> dict[str, object]:
-    """All tensors; ComfyUI fp8 files come back as `Fp8Weight`s with their marker and scale keys consumed."""
+    """All tensors; ComfyUI's quantized layers (fp8, int8, nvfp4, mxfp8) come back as `QuantWeight`s with
+    their marker and scale keys consumed."""
     tensors = ckpt.load()
     if ckpt.format != "safetensors":
         return tensors
-    plain, fp8 = split_fp8_state_dict(tensors, metadata=ckpt.metadata, source=ckpt.path)  # type: ignore[arg-type]
-    return {**plain, **fp8}
+    plain, quantized = split_quantized_state_dict(tensors, metadata=ckpt.metadata, source=ckpt.path)  # type: ignore[arg-type]
+    return {**plain, **quantized}
 
 
 def wrong_kind_error(path: Path, expected_kind: str, found: Detection) -> ModelFileError:

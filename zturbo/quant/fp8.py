@@ -7,16 +7,20 @@ File layouts (ComfyUI's plain, "scaled fp8" and `comfy_quant` fp8 files) are rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from zturbo.quant.weight import QuantWeight, cuda_capability, row_or_tensor_scale
+
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+FP8_KEY = "fp8"  # the compiled dequantizer both fp8 formats share (their dtype is a guard, not code)
 
 
 @dataclass(frozen=True, eq=False)
-class Fp8Weight:
+class Fp8Weight(QuantWeight):
     """fp8 values and their fp32 scale: () per tensor or (out, 1) per row; `input_scale` feeds fp8 matmul."""
 
     data: Tensor
@@ -24,18 +28,17 @@ class Fp8Weight:
     input_scale: Tensor | None = None
     full_precision_mm: bool = False  # the file asks for dequantize-then-matmul on this layer
 
+    ROWS: ClassVar[tuple[str, ...]] = ("data",)
+    SCALES: ClassVar[tuple[str, ...]] = ("scale",)
+    SHARED: ClassVar[tuple[str, ...]] = ("input_scale",)
+
     def __post_init__(self) -> None:
         if self.data.dtype not in FP8_DTYPES:
             raise ValueError(f"Fp8Weight needs float8 data, got {self.data.dtype}")
-        scale = self.scale.float()
-        if scale.numel() == 1:
-            scale = scale.reshape(())
-        elif self.data.ndim >= 1 and scale.numel() == self.data.shape[0]:
-            scale = scale.reshape(-1, *([1] * (self.data.ndim - 1)))
-        else:
-            raise ValueError(f"scale of {scale.numel()} values fits neither per tensor nor per row")
-        object.__setattr__(self, "scale", scale)
-        if self.input_scale is not None:
+        object.__setattr__(self, "scale", row_or_tensor_scale(self.scale, self.data.shape))
+        if self.input_scale is not None and (
+            self.input_scale.ndim or self.input_scale.dtype != torch.float32
+        ):
             object.__setattr__(self, "input_scale", self.input_scale.float().reshape(()))
 
     @property
@@ -43,31 +46,30 @@ class Fp8Weight:
         return self.data.shape
 
     @property
-    def device(self) -> torch.device:
-        return self.data.device
+    def label(self) -> str:
+        return str(self.data.dtype).removeprefix("torch.")
 
     @property
-    def nbytes(self) -> int:
-        return self.data.numel() + self.scale.numel() * 4
+    def expand_key(self) -> str:
+        return FP8_KEY
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Fp8Weight:
-        def move(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking)
-
-        return Fp8Weight(move(self.data), move(self.scale), move(self.input_scale), self.full_precision_mm)
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+    def expand(self, dtype: torch.dtype) -> Tensor:
         return dequantize_fp8(self.data, self.scale, dtype)
 
-    def chunk(self, parts: int, dim: int = 0) -> list[Fp8Weight]:
-        """Split rows into `parts` views (a fused qkv into q, k, v); per-row scales split with them."""
-        if dim != 0 or self.data.shape[0] % parts:
-            raise ValueError(f"cannot split fp8 {tuple(self.data.shape)} into {parts} along dim {dim}")
-        scales = self.scale.chunk(parts, dim=0) if self.scale.ndim else [self.scale] * parts
-        return [
-            Fp8Weight(data, scale, self.input_scale, self.full_precision_mm)
-            for data, scale in zip(self.data.chunk(parts, dim=0), scales, strict=True)
-        ]
+    def native_linear_applies(self, x: Tensor, compute_dtype: torch.dtype) -> bool:
+        """Row-wise scaled `_scaled_mm`: e4m3, bf16, dimensions of 16, Ada/Hopper or newer."""
+        return (
+            not self.full_precision_mm
+            and self.data.dtype == torch.float8_e4m3fn
+            and compute_dtype == torch.bfloat16
+            and x.is_cuda
+            and self.shape[1] % 16 == 0
+            and self.shape[0] % 16 == 0
+            and cuda_capability(x.device) >= (8, 9)
+        )
+
+    def native_linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        return fp8_scaled_linear(x, self.data, self.scale, bias, self.input_scale)
 
 
 def dequantize_fp8(data: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:

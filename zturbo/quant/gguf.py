@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import Tensor
+
+from zturbo.quant.weight import QuantWeight
 
 Q = GGMLQuantizationType
 QK_K = 256
 
 
 @dataclass(frozen=True, eq=False)
-class GGUFWeight:
+class GGUFWeight(QuantWeight):
     """A quantized tensor: raw ggml blocks (uint8, rows of bytes) plus what is needed to expand them."""
 
     data: Tensor
     qtype: GGMLQuantizationType
     shape: torch.Size
+
+    ROWS: ClassVar[tuple[str, ...]] = ("data",)
 
     def __post_init__(self) -> None:
         block_size, type_size = GGML_QUANT_SIZES[self.qtype]
@@ -34,34 +39,24 @@ class GGUFWeight:
             raise ValueError(f"{self.qtype.name} {tuple(self.shape)} needs {expected} uint8 bytes")
 
     @property
-    def device(self) -> torch.device:
-        return self.data.device
+    def label(self) -> str:
+        return self.qtype.name
 
     @property
-    def nbytes(self) -> int:
-        return self.data.numel()
+    def expand_key(self) -> GGMLQuantizationType:
+        return self.qtype
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> GGUFWeight:
-        return GGUFWeight(self.data.to(device, non_blocking=non_blocking), self.qtype, self.shape)
+    def expand(self, dtype: torch.dtype) -> Tensor:
+        return dequantize_raw(self.data, self.qtype, self.shape, dtype)
 
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return dequantize(self, dtype)
-
-    def chunk(self, parts: int, dim: int = 0) -> list[GGUFWeight]:
-        """Split whole rows into `parts` views (a fused qkv into q, k, v) without touching the bytes.
-
-        Blocks run along a row, so a row split is a byte-row split, as long as every row is whole blocks.
-        """
-        rows, row_elements = self.shape[0], self.shape[1:].numel()
+    def can_split_rows(self) -> bool:
+        """Blocks run along a row, so a row split is a byte-row split, as long as every row is whole blocks."""
         block_size = GGML_QUANT_SIZES[self.qtype][0]
-        if dim != 0 or rows % parts or row_elements % block_size:
-            raise ValueError(
-                f"cannot split {self.qtype.name} {tuple(self.shape)} into {parts} along dim {dim}"
-            )
-        shape = torch.Size((rows // parts, *self.shape[1:]))
-        return [GGUFWeight(d, self.qtype, shape) for d in self.data.reshape(rows, -1).chunk(parts, dim=0)]
+        return len(self.shape) >= 1 and self.shape[1:].numel() % block_size == 0
 
-
+    def _with_rows(self, tensors: dict[str, Tensor | None], rows: int) -> GGUFWeight:
+        shape = torch.Size((rows, *self.shape[1:]))
+        return GGUFWeight(tensors["data"], self.qtype, shape)  # type: ignore[arg-type]
 
 
 def dequantize(weight: GGUFWeight, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -197,4 +192,3 @@ DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[Tensor], Tensor]] = {
     Q.Q3_K: _q3_k,
     Q.Q2_K: _q2_k,
 }
-

@@ -1,75 +1,90 @@
-"""Computing with quantized weights: `QuantLinear`, fp8 quantization on load, and the loader's entry point.
+"""Computing with quantized weights: `QuantLinear`, its dequantizer dispatch, and the loader's entry point.
 
-Weights stay in their stored form (GGUF blocks or fp8 + scale) and are expanded to the compute dtype
-inside `forward`, on the input's device: VRAM holds ~4-8 bits a weight plus one layer's expanded copy,
-and streaming a layer to the GPU moves the small form. fp8 weights can instead feed row-wise scaled
-`torch._scaled_mm` (Ada/Hopper and newer) when asked to; dequantize-then-matmul stays the default because
-it is exact with respect to the stored weights, and the fp8 matmul also quantizes the activations.
+`QuantLinear` is generic over `zturbo.quant.weight.QuantWeight`: it keeps a weight's stored tensors as
+buffers and its static fields as attributes, rebuilds the weight object (views, no copies) on the input's
+device at every call, and either expands it to the compute dtype and runs `F.linear`, or, when asked
+(`use_scaled_mm`) and the format has one that applies, runs the format's own matmul on the stored form
+(fp8 `_scaled_mm` on Ada/Hopper, int8 `_int_mm`). VRAM holds the stored form plus one layer's expanded
+copy, and streaming a layer to the GPU moves the small form. Dequantize-then-matmul stays the default
+because it is exact with respect to the stored weights; the native matmuls also quantize activations.
 
 Expansion speed: the dequantizers are plain torch, a dozen small kernels each when run eagerly, which
 made a Q4_0 DiT step 70% slower than bf16 on an H100. On CUDA, `QuantLinear` therefore expands through a
 `torch.compile`d dequantizer (one fused kernel; bit-exact with eager, measured per type): one compiled
-callable per stored type, created on first use, shapes specialised by torch's guards. Inside an outer
-`torch.compile` region (the DiT's compiled blocks) the plain function is traced instead, so the outer
-graph fuses it with its neighbours. CPU and MPS stay eager (no C++ compiler or Triton assumed).
-`ZTURBO_EAGER_DEQUANT=1` forces eager everywhere (A/B benchmarks); a type whose compilation fails
-warns once and stays eager for the rest of the process.
+callable per `expand_key` (a GGUF type, "fp8", "int8", ...), created on first use, shapes and static
+fields specialised by torch's guards. Inside an outer `torch.compile` region (the DiT's compiled blocks)
+the plain function is traced instead, so the outer graph fuses it with its neighbours. CPU and MPS stay
+eager (no C++ compiler or Triton assumed). `ZTURBO_EAGER_DEQUANT=1` forces eager everywhere (A/B
+benchmarks); a type whose compilation fails warns once and stays eager for the rest of the process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gguf import GGML_QUANT_SIZES
 from torch import Tensor, nn
 
 from zturbo.errors import ModelFileError
-from zturbo.quant.fp8 import Fp8Weight, dequantize_fp8, fp8_scaled_linear
-from zturbo.quant.gguf import GGUFWeight, dequantize_raw
+from zturbo.quant.fp8 import FP8_KEY
+from zturbo.quant.weight import QuantWeight, cuda_capability
+
+__all__ = ["FP8_KEY", "QuantLinear", "QuantWeight", "expand_weight", "load_state_dict_with_quant"]
 
 log = logging.getLogger(__name__)
 
-QuantWeight = GGUFWeight | Fp8Weight
 _LOAD_CHUNK_ELEMENTS = 1 << 24  # bounds the float32 temporary when dequantizing at load (64 MB)
 EAGER_ENV = "ZTURBO_EAGER_DEQUANT"
-FP8_KEY = "fp8"  # dequantizer cache key of fp8 weights (GGUF ones are keyed by their qtype)
 
 # ---------------------------------------------------------------- on-the-fly expansion
 
 Expander = Callable[..., Tensor]
-_COMPILED: dict[object, Expander] = {}  # per stored type, created lazily (process-wide, like torch's caches)
-_BROKEN: set[object] = set()  # types whose compilation failed once: eager from then on
-_GGUF_EAGER: dict[object, Expander] = {}  # per GGUF type: the plain function the compiled one wraps
-_CAPABILITY: dict[int, tuple[int, int]] = {}  # CUDA device index -> compute capability, asked once
+_COMPILED: dict[Hashable, Expander] = {}  # per expand_key, created lazily (process-wide, like torch's caches)
+_BROKEN: set[Hashable] = set()  # keys whose compilation failed once: eager from then on
+_EAGER: dict[Hashable, Expander] = {}  # per expand_key: the plain function the compiled one wraps
 # A DiT has ~10 weight shapes per stored type (more once Q‖K‖V and W1‖W3 are fused); torch's default
 # limit of 8 graphs per function would quietly send the rest to eager.
 DEQUANT_RECOMPILE_LIMIT = 64
 
 
-def _gguf_eager(qtype: object) -> Expander:
-    """`(data, shape, dtype) -> weight` for one GGUF type, with its own code object.
+def key_name(key: Hashable) -> str:
+    """A dequantizer key as a name: a GGUF type's name, or the key's text."""
+    return str(getattr(key, "name", key))
+
+
+def _eager_expander(weight_type: type[QuantWeight], key: Hashable) -> Expander:
+    """`(*fields, dtype) -> weight` for one key, rebuilding the weight from its fields, with its own code.
 
     torch.compile keeps its compiled graphs (and counts recompilations against a small limit) per code
-    object; a closure shared by all types would make a Q4_K_M file's several types and a DiT's ~8 weight
-    shapes compete for one limit. `code.replace` gives every type its own entry.
+    object; a closure shared by all keys would make a Q4_K_M file's several types and a DiT's ~8 weight
+    shapes compete for one limit. `code.replace` gives every key its own entry.
     """
+    names = (*weight_type.tensor_fields(), *weight_type.static_fields())
 
-    def expand(data: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-        return dequantize_raw(data, qtype, shape, dtype)  # type: ignore[arg-type]
+    def expand(*args: object) -> Tensor:
+        *values, dtype = args
+        return weight_type.trusted(dict(zip(names, values, strict=True))).expand(dtype)  # type: ignore[arg-type]
 
-    name = f"dequantize_{getattr(qtype, 'name', qtype)}"
+    name = f"dequantize_{key_name(key)}"
     expand.__code__ = expand.__code__.replace(co_name=name)
     expand.__name__ = expand.__qualname__ = name
     return expand
 
 
-def _fp8_eager(data: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    return dequantize_fp8(data, scale, dtype)
+def expand_weight(weight: QuantWeight, dtype: torch.dtype) -> Tensor:
+    """A weight in `dtype` on its device; compiled on CUDA (see the module docstring)."""
+    if not _wants_compiled(weight.device):
+        return weight.expand(dtype)
+    key = weight.expand_key
+    eager = _EAGER.get(key)
+    if eager is None:
+        eager = _EAGER[key] = _eager_expander(type(weight), key)
+    fields = (*weight.tensor_fields(), *weight.static_fields())
+    return _run_compiled(key, eager, *(getattr(weight, f) for f in fields), dtype)
 
 
 def _compile(fn: Expander) -> Expander:
@@ -91,25 +106,7 @@ def _wants_compiled(device: torch.device) -> bool:
     return not (torch.compiler.is_compiling() or device.type != "cuda" or _eager_forced())
 
 
-def expand_gguf(data: Tensor, qtype: object, shape: torch.Size, dtype: torch.dtype) -> Tensor:
-    """GGUF blocks -> `dtype` weight of `shape`; compiled on CUDA (see the module docstring)."""
-    if not _wants_compiled(data.device):
-        return dequantize_raw(data, qtype, shape, dtype)  # type: ignore[arg-type]
-    eager = _GGUF_EAGER.get(qtype)
-    if eager is None:
-        eager = _GGUF_EAGER[qtype] = _gguf_eager(qtype)
-    return _run_compiled(qtype, eager, data, shape, dtype)
-
-
-def expand_fp8(data: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """fp8 values times their fp32 scale -> `dtype`; compiled on CUDA (see the module docstring)."""
-    scale = _to(scale, data.device)
-    if not _wants_compiled(data.device):
-        return dequantize_fp8(data, scale, dtype)
-    return _run_compiled(FP8_KEY, _fp8_eager, data, scale, dtype)
-
-
-def _run_compiled(key: object, eager: Expander, *args: object) -> Tensor:
+def _run_compiled(key: Hashable, eager: Expander, *args: object) -> Tensor:
     """`eager(*args)` through its compiled version, created at the first call for `key`.
 
     Compilation happens lazily at that first call, so failures (no Triton, an unsupported op) surface
@@ -132,7 +129,7 @@ def _run_compiled(key: object, eager: Expander, *args: object) -> Tensor:
     except Exception as exc:  # any compiler failure means "use eager"
         _BROKEN.add(key)
         _COMPILED.pop(key, None)
-        name = getattr(key, "name", key)
+        name = key_name(key)
         detail = str(exc).splitlines()[0] if str(exc) else ""
         log.warning(
             "compiling the %s dequantizer failed, so %s weights expand eagerly from now on (%s: %s)",
@@ -161,21 +158,21 @@ def reset_dequantizers() -> None:
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
-    """Compute capability of a CUDA device, asked of the driver once per device (not per layer call)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _CAPABILITY:
-        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
-    return _CAPABILITY[index]
+    """Compute capability of a CUDA device (`zturbo.quant.weight.cuda_capability`, asked once per device)."""
+    return cuda_capability(device)
 
 
 # ---------------------------------------------------------------- the layer
 
 
 class QuantLinear(nn.Module):
-    """A Linear whose weight is a GGUFWeight or Fp8Weight, expanded to `compute_dtype` on every call.
+    """A Linear whose weight is any `QuantWeight`, expanded to `compute_dtype` on every call.
 
-    The stored bytes are non-persistent buffers: `.to()` moves them and `named_buffers()` counts them,
-    but `state_dict()` leaves them out, because the checkpoint file, not the module, is their serial form.
+    The stored tensors are non-persistent buffers (`qweight` for the packed values, the other tensors
+    under their field names, floating ones viewed as integers of the same width so `module.to(dtype)`
+    leaves them alone): `.to()` moves them and `named_buffers()` counts them, but `state_dict()` leaves
+    them out, because the checkpoint file, not the module, is their serial form. `use_scaled_mm` lets the
+    format's native matmul run where it applies (`QuantWeight.native_linear_applies`).
     """
 
     def __init__(
@@ -193,14 +190,15 @@ class QuantLinear(nn.Module):
         self.weight_shape = torch.Size(weight.shape)
         self.compute_dtype = compute_dtype
         self.use_scaled_mm = use_scaled_mm
-        self.qtype = weight.qtype if isinstance(weight, GGUFWeight) else None
-        self.fp8_dtype = weight.data.dtype if isinstance(weight, Fp8Weight) else None
-        self.full_precision_mm = isinstance(weight, Fp8Weight) and weight.full_precision_mm
-        # Stored as integer views: `model.to(torch.bfloat16)` casts floating buffers (fp8 counts as
-        # floating), which would double the weight's size and round the fp32 scales.
-        self.register_buffer("qweight", weight.data.view(torch.uint8), persistent=False)
-        self.register_buffer("scale", _as_int(getattr(weight, "scale", None)), persistent=False)
-        self.register_buffer("input_scale", _as_int(getattr(weight, "input_scale", None)), persistent=False)
+        self.weight_type = type(weight)
+        self.weight_static = weight.static()
+        self.label = weight.label
+        # (field, buffer, stored dtype) per tensor: what `quantized` needs at every call, looked up once.
+        self._stored_fields = tuple(
+            (name, _buffer_name(name), dtype) for name, dtype in weight.stored_dtypes().items()
+        )
+        for name, tensor in weight.stored().items():
+            self.register_buffer(_buffer_name(name), tensor, persistent=False)
         self.register_buffer("bias", bias, persistent=False)
 
     @property
@@ -208,12 +206,22 @@ class QuantLinear(nn.Module):
         """The expanded weight, for code that inspects `.weight` (diffusers reads `.weight.dtype`)."""
         return self.dequantize_weight()
 
+    def quantized(self, device: torch.device | None = None) -> QuantWeight:
+        """The weight in its stored form (views of the buffers), on `device` (default: where it is)."""
+        fields = dict(self.weight_static)
+        for name, buffer, dtype in self._stored_fields:
+            tensor = self._buffers[buffer]
+            if tensor is not None:
+                if device is not None:
+                    tensor = _to(tensor, device)
+                if tensor.dtype != dtype:
+                    tensor = tensor.view(dtype)
+            fields[name] = tensor
+        return self.weight_type.trusted(fields)
+
     def dequantize_weight(self, device: torch.device | None = None) -> Tensor:
         """Expand on `device` (default: where the bytes are); only the small form is copied there."""
-        data = self.qweight if device is None else _to(self.qweight, device)
-        if self.qtype is not None:
-            return expand_gguf(data, self.qtype, self.weight_shape, self.compute_dtype)
-        return expand_fp8(data.view(self.fp8_dtype), self.scale.view(torch.float32), self.compute_dtype)
+        return expand_weight(self.quantized(device), self.compute_dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.compute_dtype:
@@ -223,110 +231,53 @@ class QuantLinear(nn.Module):
             bias = _to(bias, x.device)
             if bias.dtype != self.compute_dtype:
                 bias = bias.to(self.compute_dtype)
-        if self._scaled_mm_applies(x):
-            weight = _to(self.qweight, x.device).view(self.fp8_dtype)
-            scale = _to(self.scale, x.device).view(torch.float32)
-            input_scale = (
-                None if self.input_scale is None else _to(self.input_scale, x.device).view(torch.float32)
-            )
-            return fp8_scaled_linear(x, weight, scale, bias, input_scale)
-        return F.linear(x, self.dequantize_weight(x.device), bias)
+        weight = self.quantized(x.device)
+        if self.use_scaled_mm and weight.native_linear_applies(x, self.compute_dtype):
+            return weight.native_linear(x, bias)
+        return F.linear(x, expand_weight(weight, self.compute_dtype), bias)
 
-    def _scaled_mm_applies(self, x: Tensor) -> bool:
-        """Whether the fp8 matmul may run; the device's capability is looked up once, not per call."""
-        return (
-            self.use_scaled_mm
-            and not self.full_precision_mm
-            and self.fp8_dtype == torch.float8_e4m3fn
-            and self.compute_dtype == torch.bfloat16
-            and x.is_cuda
-            and self.in_features % 16 == 0
-            and self.out_features % 16 == 0
-            and _capability(x.device) >= (8, 9)
-        )
+    def _native_mm_applies(self, x: Tensor) -> bool:
+        """Whether the format's own matmul would run for `x` (the device's capability is asked once)."""
+        return self.use_scaled_mm and self.quantized(x.device).native_linear_applies(x, self.compute_dtype)
 
     def extra_repr(self) -> str:
-        kind = self.qtype.name if self.qtype is not None else str(self.fp8_dtype).removeprefix("torch.")
-        return f"in_features={self.in_features}, out_features={self.out_features}, weight={kind}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight={self.label}"
 
     @classmethod
     def concatenated(cls, parts: Sequence[QuantLinear]) -> QuantLinear | None:
         """One layer computing `torch.cat([p(x) for p in parts], -1)` in one GEMM, or None if impossible.
 
         Q‖K‖V and W1‖W3 of a quantized block then cost one expansion and one matmul instead of three
-        or two. Weight rows are stacked in their stored form: GGUF blocks run along rows, so each part's
-        bytes are `(rows, bytes per row)` and stack as they are; fp8 values stack with their scales (a
-        per-tensor scale becomes that part's rows of a per-row vector, which multiplies identically).
-        None when the parts differ in anything their outputs depend on (stored type, fp8 format,
-        compute dtype, input width, matmul path, bias presence or dtype, static input scale, device) or
-        when a part's rows are not whole blocks. The parts are left untouched (the caller drops them);
-        the result holds a copy of their bytes.
+        or two. Weight rows are stacked in their stored form (`QuantWeight.stack`: GGUF byte rows, fp8
+        values with their scales, a per-tensor scale becoming that part's rows of a per-row vector, which
+        multiplies identically). None when the parts differ in anything their outputs depend on (stored
+        type or static settings, compute dtype, input width, matmul path, bias presence or dtype, a
+        shared activation-side tensor, device) or when a part's rows are not separable. The parts are
+        left untouched (the caller drops them); the result holds a copy of their bytes.
         """
         parts = list(parts)
         if not parts or not all(isinstance(p, QuantLinear) for p in parts):
             return None
-        if not _stackable(parts):
-            return None
         first = parts[0]
-        out_features = sum(p.out_features for p in parts)
-        shape = torch.Size((out_features, first.in_features))
+        if any(
+            p.compute_dtype != first.compute_dtype or p.use_scaled_mm != first.use_scaled_mm for p in parts
+        ):
+            return None
         biases = [p.bias for p in parts]
+        if any((b is None) != (biases[0] is None) for b in biases):
+            return None
+        if biases[0] is not None and len({(b.dtype, b.device) for b in biases}) != 1:  # type: ignore[union-attr]
+            return None
+        weight = first.weight_type.stack([p.quantized() for p in parts])
+        if weight is None:
+            return None
         bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
-        weight: QuantWeight
-        if first.qtype is not None:
-            rows = [p.qweight.reshape(p.out_features, -1) for p in parts]
-            weight = GGUFWeight(torch.cat(rows), first.qtype, shape)
-        else:
-            data = torch.cat([p.qweight.reshape(p.out_features, -1) for p in parts])
-            scales = [_row_scales(p) for p in parts]
-            input_scale = None if first.input_scale is None else first.input_scale.view(torch.float32)
-            weight = Fp8Weight(
-                data.view(first.fp8_dtype), torch.cat(scales), input_scale, first.full_precision_mm
-            )
         return cls(weight, bias, compute_dtype=first.compute_dtype, use_scaled_mm=first.use_scaled_mm)
 
 
-def _stackable(parts: list[QuantLinear]) -> bool:
-    """Whether the parts' rows can be stacked into one layer with the same outputs (see `concatenated`)."""
-    first = parts[0]
-
-    def same(attribute: Callable[[QuantLinear], object]) -> bool:
-        return all(attribute(p) == attribute(first) for p in parts)
-
-    settings = (
-        lambda p: p.qtype,
-        lambda p: p.fp8_dtype,
-        lambda p: p.compute_dtype,
-        lambda p: p.in_features,
-        lambda p: p.use_scaled_mm,
-        lambda p: p.full_precision_mm,
-        lambda p: p.qweight.device,
-        lambda p: p.bias is None,
-        lambda p: None if p.bias is None else (p.bias.dtype, p.bias.device),
-        lambda p: p.input_scale is None,
-    )
-    if not all(same(attribute) for attribute in settings):
-        return False
-    if first.qtype is not None:
-        block_size, type_size = GGML_QUANT_SIZES[first.qtype]
-        if first.in_features % block_size:
-            return False  # a block would straddle two rows: rows are not byte-separable
-        row_bytes = first.in_features // block_size * type_size
-        if any(p.qweight.numel() != p.out_features * row_bytes for p in parts):
-            return False
-    if first.input_scale is not None:
-        values = [p.input_scale.view(torch.float32).reshape(()) for p in parts]  # type: ignore[union-attr]
-        if any(v.device != values[0].device or not torch.equal(v, values[0]) for v in values):
-            return False  # one static activation scale per GEMM: only identical ones can be shared
-    return True
-
-
-def _row_scales(part: QuantLinear) -> Tensor:
-    """A part's fp32 scale as one value per output row, `(out_features, 1)`."""
-    scale = part.scale.view(torch.float32)  # type: ignore[union-attr]
-    if scale.numel() == 1:
-        return scale.reshape(1, 1).expand(part.out_features, 1)
-    return scale.reshape(part.out_features, 1)
+def _buffer_name(field: str) -> str:
+    """The packed values are `qweight` (a `weight` attribute is the expanded weight); others keep their names."""
+    return "qweight" if field == "data" else field
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:
@@ -337,10 +288,6 @@ def _to(t: Tensor, device: torch.device) -> Tensor:
     if t.device == device:
         return t
     return t.to(device, non_blocking=device.type == "cuda")
-
-
-def _as_int(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.view(torch.int32)
 
 
 def load_state_dict_with_quant(
@@ -360,6 +307,7 @@ def load_state_dict_with_quant(
     """
     _check_keys_and_shapes(model, state_dict, source)
     rest = dict(state_dict)
+    notes: dict[str, int] = {}
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Linear) and isinstance(rest.get(f"{prefix}weight"), QuantWeight):
@@ -367,28 +315,31 @@ def load_state_dict_with_quant(
             bias = _plain(rest.pop(f"{prefix}bias", None), compute_dtype)
             layer = QuantLinear(weight, bias, compute_dtype=compute_dtype, use_scaled_mm=use_scaled_mm)
             _replace_module(model, name, layer)
+            note = weight.compute_note(use_scaled_mm)  # type: ignore[union-attr]
+            if note:
+                notes[note] = notes.get(note, 0) + 1
+    for note, count in notes.items():
+        log.info("%s: %d layer%s (%s)", note, count, "" if count == 1 else "s", source)
     plain = {k: _plain(v, compute_dtype) for k, v in rest.items()}
     model.load_state_dict(plain, strict=True, assign=True)
 
 
 def _plain(value: Tensor | QuantWeight | None, dtype: torch.dtype) -> Tensor | None:
-    if isinstance(value, Fp8Weight):
-        return value.dequantize(dtype)
-    if isinstance(value, GGUFWeight):
+    if isinstance(value, QuantWeight):
         return _dequantize_rows_chunked(value, dtype)
     return value
 
 
-def _dequantize_rows_chunked(weight: GGUFWeight, dtype: torch.dtype) -> Tensor:
+def _dequantize_rows_chunked(weight: QuantWeight, dtype: torch.dtype) -> Tensor:
     """Dequantize a few rows at a time so a 150k-row embedding needs no 1.5 GB float32 temporary."""
-    if len(weight.shape) < 2 or weight.data.ndim < 2 or weight.data.shape[0] != weight.shape[0]:
+    if len(weight.shape) < 2 or not weight.can_split_rows():
         return weight.dequantize(dtype)
     rows = weight.shape[0]
     out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
     step = max(1, _LOAD_CHUNK_ELEMENTS // max(1, weight.shape[1:].numel()))
     for start in range(0, rows, step):
-        part = weight.data[start : start + step]
-        out[start : start + step] = dequantize_raw(part, weight.qtype, out[start : start + step].shape, dtype)
+        stop = min(start + step, rows)
+        out[start:stop] = weight.rows(start, stop).dequantize(dtype)
     return out
 
 
