@@ -25,14 +25,14 @@ RUNNABLE = [
     "image_z_image_turbo", "image_z_image_turbo_int8", "image_z_image", "image_z_image_int8", "basic_switch_node",
 ]  # fmt: skip
 # Run unmodified on the real engine and tiny files elsewhere (they need real pixels in and out).
-REAL_ENGINE = {"utility_z_image_turbo_2k_upscaler.app": "tests/test_upscale.py"}
+REAL_ENGINE = {
+    "utility_z_image_turbo_2k_upscaler.app": "tests/test_upscale.py",
+    "image_z_image_turbo_fun_union_controlnet": "tests/test_controlnet_workflows.py",
+}
 CORE = "zturbo does not implement this ComfyUI node yet"
 API = "ComfyUI API node: zturbo does not provide it"
 CUSTOM = "custom node (not part of ComfyUI): zturbo does not provide it"
 BLOCKED = {
-    "image_z_image_turbo_fun_union_controlnet": {
-        "Canny": CORE, "ModelPatchLoader": CORE, "QwenImageDiffsynthControlnet": CORE,
-    },
     "template_rob_realistic_2k_images_quick_variations": {
         "ImageRemoveAlpha+": CUSTOM, "AILab_QwenVL": CUSTOM, "GrokImageNode": API,
     },
