@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 from server.conftest import wait_until
 from server.doubles import FakeExecutor, save_prompt
 from zturbo.server import ServerConfig, create_app
-from zturbo.server.history import HistoryRecord, HistoryStore, db_path_for
+from zturbo.server.history import HistoryRecord, HistoryStore
+
+LOCAL = "http://127.0.0.1:8188"
 
 
 def record(prompt_id: str, status: str = "success") -> HistoryRecord:
@@ -49,12 +51,12 @@ def test_delete_clear_trim_and_output_index(tmp_path: Path) -> None:
 
 def test_wal_mode(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path / "h.sqlite3")
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.pragma("journal_mode") == "wal"
 
 
 def test_history_routes_and_restart(config: ServerConfig) -> None:
     ids = []
-    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir))) as client:
+    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir)), base_url=LOCAL) as client:
         for _ in range(3):
             ids.append(client.post("/prompt", json={"prompt": save_prompt()}).json()["prompt_id"])
         wait_until(lambda: len(client.get("/history").json()) == 3)
@@ -62,9 +64,9 @@ def test_history_routes_and_restart(config: ServerConfig) -> None:
         assert list(client.get("/api/history", params={"max_items": 1, "offset": 0}).json()) == [ids[0]]
         assert client.post("/history", json={"delete": [ids[0]]}).status_code == 200
         before = client.get(f"/history/{ids[1]}").json()
-    assert db_path_for(config.output_dir).is_file()
+    assert config.state_db.is_file()
 
-    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir))) as client:
+    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir)), base_url=LOCAL) as client:
         assert list(client.get("/history").json()) == ids[1:]
         assert client.get(f"/history/{ids[1]}").json() == before
         image = before[ids[1]]["outputs"]["9"]["images"][0]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 
-from zturbo.errors import InputError
+from zturbo.errors import ImageTooLargeError, InputError
 from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.saving import png_text, write_batch, write_png8, write_png16
 from zturbo.nodes.schema import (
@@ -158,10 +158,25 @@ def _frame_mask(frame: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return torch.zeros((64, 64), dtype=torch.float32)
 
 
+def _open_checked(path: Path) -> Image.Image:
+    """The image with its size (all frames) checked from the header, before any pixel is decoded."""
+    what = f"LoadImage: {path.name}"
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError.from_pillow(exc, what) from None
+    try:
+        ImageTooLargeError.check(img.width, img.height, what, frames=getattr(img, "n_frames", 1))
+    except ImageTooLargeError:
+        img.close()
+        raise
+    return img
+
+
 def read_image(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All same-sized frames of an image file as IMAGE [B,H,W,3] and MASK [B,H,W] (1 - alpha)."""
     images, masks = [], []
-    with Image.open(path) as img:
+    with _open_checked(path) as img:
         for raw in ImageSequence.Iterator(img):
             frame = ImageOps.exif_transpose(raw) or raw
             if frame.mode == "I":
