@@ -47,7 +47,9 @@ class ImageTooLargeError(InputError):
     """An image declares more pixels than zturbo decodes (a decompression bomb, or just too big)."""
 
     @classmethod
-    def check(cls, width: int, height: int, what: str, limit: int = MAX_IMAGE_PIXELS, frames: int = 1) -> None:
+    def check(
+        cls, width: int, height: int, what: str, limit: int = MAX_IMAGE_PIXELS, frames: int = 1
+    ) -> None:
         """Raise unless `frames` images of `width`×`height` fit in `limit` pixels (read from the header)."""
         pixels = width * height * max(frames, 1)
         if pixels > limit:

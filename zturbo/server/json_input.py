@@ -109,7 +109,9 @@ def loads(raw: bytes | str, what: str = "body") -> Any:
     except _Refused as exc:
         raise InputError(f"{what}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise InputError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise InputError(
+            f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"{what}: not valid JSON ({exc})") from None
     if _SURROGATE.search(data):

@@ -46,7 +46,11 @@ def remove_partial_files(folders: list[Path], since_ms: int) -> list[Path]:
         for pattern in PARTIAL_PATTERNS:
             for path in folder.rglob(pattern):
                 try:
-                    if path.is_file() and not path.is_symlink() and path.stat().st_mtime * 1000 >= since_ms - 2000:
+                    if (
+                        path.is_file()
+                        and not path.is_symlink()
+                        and path.stat().st_mtime * 1000 >= since_ms - 2000
+                    ):
                         path.unlink()
                         removed.append(path)
                 except OSError as exc:
