@@ -113,4 +113,6 @@ def writable_folder(root: Path, subfolder: str) -> Path:
         folder = make_folder_inside(root, parts, what="subfolder")
     except InputError:  # the parts are clean: only a symlink escape is left
         raise ForbiddenPathError(_ESCAPE_MESSAGE) from None
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"subfolder {subfolder!r}: a file is in the way of that folder") from None
     return contained(root, folder)

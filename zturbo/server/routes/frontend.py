@@ -41,8 +41,9 @@ def user_path(config: Any, name: str) -> Path:
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
         raise InputError(f"invalid user data path {name!r}")
     *folders, filename = name.split("/")
+    filename = paths.check_filename(filename)  # before any folder is made for it
     folder = paths.writable_folder(user_root(config), "/".join(folders))
-    return paths.contained(user_root(config), folder / paths.check_filename(filename))
+    return paths.contained(user_root(config), folder / filename)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
