@@ -83,7 +83,7 @@ class ServerConfig:
     max_request_bytes: int = 64 * MIB
     # Bounds on what one prompt may hold (a workflow of a few hundred nodes is large).
     max_prompt_nodes: int = 5000
-    max_prompt_bytes: int = 16 * MIB
+    max_prompt_bytes: int = 8 * MIB
     # Images decoded for a client (`/view` previews, `/upload`, `/zturbo/inspect`) may hold this many pixels.
     max_image_pixels: int = 8192 * 8192
     ui: UiKind = "creator"
