@@ -161,3 +161,15 @@ def test_long_names_are_a_clear_400(client: TestClient, length: int) -> None:
     assert client.post("/upload/image", files={"image": (chinese, png(), "image/png")}).status_code == 400
     ok = "城市夜景" * 20 + ".png"
     assert client.post("/upload/image", files={"image": (ok, png(), "image/png")}).status_code == 200
+
+
+def test_a_folder_in_the_way_is_a_clear_4xx(client: TestClient, config: ServerConfig) -> None:
+    (config.input_dir / "taken.png").mkdir()
+    response = client.post(
+        "/upload/image", files={"image": ("taken.png", png(), "image/png")}, data={"overwrite": "true"}
+    )
+    assert response.status_code == 400 and "folder" in response.json()["error"]["message"]
+    assert client.post("/api/userdata/workflows%2Fa.json", content=b"{}").status_code == 200
+    assert client.post("/api/userdata/workflows", content=b"{}").status_code == 409
+    response = client.post("/api/userdata/workflows%2Fa.json/move/workflows?overwrite=true")
+    assert response.status_code == 409

@@ -138,6 +138,8 @@ def _store_upload(
         filename, duplicate = _free_name(folder, filename, image)
     else:
         paths.contained(root, folder / filename)
+    if (folder / filename).is_dir():
+        raise InputError(f"{filename!r} is a folder in {kind}; pick another name")
     if not duplicate:
         _write_atomic(folder, filename, image, config.max_upload_bytes)
     return {"name": filename, "subfolder": subfolder, "type": kind}

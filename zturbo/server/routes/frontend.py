@@ -175,6 +175,8 @@ async def post_userdata(
     name: str, request: Request, config: Config, overwrite: bool = True, full_info: bool = False
 ) -> Any:
     path = user_path(config, name)
+    if path.is_dir():
+        return JSONResponse({"error": f"{name} is a folder"}, status_code=409)
     if path.exists() and not overwrite:
         return JSONResponse({"error": "file exists"}, status_code=409)
     _write_atomic(path, await request.body())
