@@ -49,6 +49,15 @@ def test_delete_clear_trim_and_output_index(tmp_path: Path) -> None:
     assert store.get_history() == {} and store.count() == 0
 
 
+def test_huge_paging_numbers(tmp_path: Path) -> None:
+    """Found by the fuzzer: numbers past SQLite's 64-bit integers were a 500 (OverflowError)."""
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    store.add(record("p0"))
+    assert list(store.get_history(max_items=10**30)) == ["p0"]
+    assert store.get_history(max_items=1, offset=10**30) == {}
+    assert list(store.get_history(max_items=2**63)) == ["p0"]
+
+
 def test_wal_mode(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path / "h.sqlite3")
     assert store.db.pragma("journal_mode") == "wal"

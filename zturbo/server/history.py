@@ -20,6 +20,7 @@ from typing import Any
 from zturbo.server.db import Database
 
 log = logging.getLogger(__name__)
+SQLITE_MAX = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -203,7 +204,11 @@ class HistoryStore:
         return _comfy_entry(row) if row else None
 
     def get_history(self, max_items: int | None = None, offset: int | None = None) -> dict[str, dict]:
-        """Oldest first, like ComfyUI: no offset (or a negative one) means "the newest `max_items`"."""
+        """Oldest first, like ComfyUI: no offset (or a negative one) means "the newest `max_items`".
+
+        Both are clamped to what SQLite's 64-bit integers hold (a larger one means "all" anyway)."""
+        max_items = None if max_items is None else min(max_items, SQLITE_MAX)
+        offset = None if offset is None else min(offset, SQLITE_MAX)
         with self.db.transaction() as conn:
             total = conn.execute("SELECT COUNT(*) FROM history").fetchone()[0]
             if offset is None or offset < 0:
