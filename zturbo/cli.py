@@ -527,6 +527,19 @@ def serve(
             "--preview-method", help="Live previews for API clients: none (ComfyUI's default) | auto."
         ),
     ] = "none",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Server state: history, queue, user settings (default: .zturbo/ next to the output folder).",
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host", help="Also answer requests addressed to this host name (repeatable; '*': any)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
@@ -543,6 +556,8 @@ def serve(
         auth_token=auth_token,
         preview_method=preview_method,
         ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
+        data_dir=data_dir,
+        allowed_hosts=tuple(allowed_host or ()),
     )
     run_server(config)
 

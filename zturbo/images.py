@@ -22,30 +22,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from zturbo.errors import InputError
+from zturbo.errors import MAX_IMAGE_PIXELS, ImageTooLargeError, InputError
 
-# 8192×8192: an 8K square, far above what the model is run at (≤ 4096 a side) and what a 4× upscale of
-# a 2K image is; below Pillow's own warning threshold, so Pillow never decides for us.
-MAX_IMAGE_PIXELS = 8192 * 8192
 MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's choices
 
 ImageSource = Path | str | bytes | BinaryIO
 
 
-def check_pixels(width: int, height: int, what: str, frames: int = 1) -> None:
-    """Refuse an image whose decoded pixels (all frames together) exceed `MAX_IMAGE_PIXELS`."""
-    total = width * height * frames
-    if total > MAX_IMAGE_PIXELS:
-        size = f"{width}×{height}" + (f" × {frames} frames" if frames > 1 else "")
-        raise InputError(
-            f"{what}: {size} is {total:,} pixels, over the limit of {MAX_IMAGE_PIXELS:,} "
-            "(8192×8192); scale it down first"
-        )
+def check_pixels(width: int, height: int, what: str, frames: int = 1, limit: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose decoded pixels (all frames together) exceed `limit` (ImageTooLargeError)."""
+    ImageTooLargeError.check(width, height, what, limit, frames)
 
 
 @contextmanager
-def open_image(source: ImageSource, what: str | None = None) -> Iterator[Image.Image]:
-    """Open an image (header only) after checking it is one and that its size is within the cap.
+def open_image(
+    source: ImageSource, what: str | None = None, limit: int = MAX_IMAGE_PIXELS
+) -> Iterator[Image.Image]:
+    """Open an image (header only) after checking it is one and that its size is within `limit` pixels.
 
     `what` names the input in errors (default: the path). Decoding errors later on (a truncated
     file) are the caller's to wrap; `frames` does that.
@@ -57,13 +50,13 @@ def open_image(source: ImageSource, what: str | None = None) -> Iterator[Image.I
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(stream)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise ImageTooLargeError.from_pillow(exc, name, limit) from None
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not an image that can be read ({exc})") from None
     with img:
-        check_pixels(img.width, img.height, name, getattr(img, "n_frames", 1))
+        check_pixels(img.width, img.height, name, getattr(img, "n_frames", 1), limit)
         yield img
 
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from server.doubles import FakeExecutor
 from zturbo.server import ServerConfig, create_app
+from zturbo.server.uvicorn_setup import uvicorn_config
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
@@ -67,8 +68,9 @@ class LiveServer:
 
 
 def run_live(app: FastAPI) -> Iterator[LiveServer]:
-    """Real uvicorn on 127.0.0.1 and a free port (port 0), in a thread; stopped when the test ends."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    """Real uvicorn on 127.0.0.1 and a free port (port 0), in a thread, set up as `serve` sets it up;
+    stopped when the test ends."""
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started)

@@ -37,3 +37,28 @@ def test_engine_settings_are_validated_and_reach_the_engine(tmp_path):
         EngineSettings(speed="turbo")
     with pytest.raises(InputError, match="step cache must be a finite number"):
         EngineSettings(step_cache=-1.0)
+
+
+def test_serve_flags_reach_the_config(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import zturbo.server.app as server_app
+    from zturbo.cli import app
+
+    seen = []
+    monkeypatch.setattr(server_app, "serve", lambda config: seen.append(config))
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "--output-dir", str(tmp_path / "out"),
+            "--data-dir", str(tmp_path / "state"),
+            "--allowed-host", "box.lan",
+            "--allowed-host", "zturbo.example",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.data_dir == tmp_path / "state" and config.state_db.parent == tmp_path / "state"
+    assert config.allowed_hosts == ("box.lan", "zturbo.example")
+    assert config.user_dir == tmp_path / "state" / "user"

@@ -9,7 +9,9 @@ from fastapi.testclient import TestClient
 from server.conftest import wait_until
 from server.doubles import FakeExecutor, save_prompt
 from zturbo.server import ServerConfig, create_app
-from zturbo.server.history import HistoryRecord, HistoryStore, db_path_for
+from zturbo.server.history import HistoryRecord, HistoryStore
+
+LOCAL = "http://127.0.0.1:8188"
 
 
 def record(prompt_id: str, status: str = "success") -> HistoryRecord:
@@ -47,14 +49,23 @@ def test_delete_clear_trim_and_output_index(tmp_path: Path) -> None:
     assert store.get_history() == {} and store.count() == 0
 
 
+def test_huge_paging_numbers(tmp_path: Path) -> None:
+    """Found by the fuzzer: numbers past SQLite's 64-bit integers were a 500 (OverflowError)."""
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    store.add(record("p0"))
+    assert list(store.get_history(max_items=10**30)) == ["p0"]
+    assert store.get_history(max_items=1, offset=10**30) == {}
+    assert list(store.get_history(max_items=2**63)) == ["p0"]
+
+
 def test_wal_mode(tmp_path: Path) -> None:
     store = HistoryStore(tmp_path / "h.sqlite3")
-    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.pragma("journal_mode") == "wal"
 
 
 def test_history_routes_and_restart(config: ServerConfig) -> None:
     ids = []
-    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir))) as client:
+    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir)), base_url=LOCAL) as client:
         for _ in range(3):
             ids.append(client.post("/prompt", json={"prompt": save_prompt()}).json()["prompt_id"])
         wait_until(lambda: len(client.get("/history").json()) == 3)
@@ -62,9 +73,9 @@ def test_history_routes_and_restart(config: ServerConfig) -> None:
         assert list(client.get("/api/history", params={"max_items": 1, "offset": 0}).json()) == [ids[0]]
         assert client.post("/history", json={"delete": [ids[0]]}).status_code == 200
         before = client.get(f"/history/{ids[1]}").json()
-    assert db_path_for(config.output_dir).is_file()
+    assert config.state_db.is_file()
 
-    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir))) as client:
+    with TestClient(create_app(config, executor=FakeExecutor(config.output_dir)), base_url=LOCAL) as client:
         assert list(client.get("/history").json()) == ids[1:]
         assert client.get(f"/history/{ids[1]}").json() == before
         image = before[ids[1]]["outputs"]["9"]["images"][0]

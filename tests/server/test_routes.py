@@ -154,7 +154,7 @@ def test_comfy_frontend_served_at_root(config, executor: FakeExecutor, tmp_path)
     web.mkdir()
     (web / "index.html").write_text("<html>comfy</html>")
     config.ui, config.comfy_frontend_dir = "comfy", web
-    with TestClient(create_app(config, executor=executor)) as test_client:
+    with TestClient(create_app(config, executor=executor), base_url="http://127.0.0.1:8188") as test_client:
         assert "comfy" in test_client.get("/").text
         assert test_client.get("/prompt").json() == {"exec_info": {"queue_remaining": 0}}
 

@@ -33,7 +33,7 @@ def test_frontend_api_base_under_comfy(client: TestClient) -> None:
     """Served at /comfy/, the frontend calls /comfy/api/... and /comfy/ws."""
     assert client.get("/comfy/api/object_info").json() == client.get("/api/object_info").json()
     assert client.get("/comfy/api/users").json() == {"storage": "server", "migrated": True}
-    with client.websocket_connect("/comfy/ws?clientId=abc") as ws:
+    with client.websocket_connect("ws://127.0.0.1:8188/comfy/ws?clientId=abc") as ws:
         assert json.loads(ws.receive_text())["data"]["sid"] == "abc"
 
 

@@ -137,7 +137,9 @@ def test_status_broadcast_on_queue_changes(live: LiveServer, executor: FakeExecu
         recv_until(ws, remaining_is(1))
         executor.gate.set()
         recv_until(ws, remaining_is(0))
-    assert history(live, first)["status"]["status_str"] == "success" and history(live, second) == {}
+    assert history(live, first)["status"]["status_str"] == "success"
+    cancelled = history(live, second)["status"]  # a deleted prompt ends as cancelled, with its events
+    assert cancelled["status_str"] == "error" and cancelled["messages"][0][0] == "execution_interrupted"
 
 
 def test_prompt_without_client_id_is_broadcast(live: LiveServer) -> None:

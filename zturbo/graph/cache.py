@@ -10,6 +10,7 @@ Like ComfyUI's default ("classic") cache, only entries of the current prompt are
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zturbo.graph.prompt import is_link, unwrap
+from zturbo.graph.prompt import DependencyCycle, dependency_order, is_link, unwrap
 from zturbo.nodes.schema import UNIQUE_ID
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class OutputCache:
 
 
 class SignatureBuilder:
-    """Computes (and memoises) every node's cache key for one prompt."""
+    """Computes (and memoises) every node's cache key for one prompt, sources first (no recursion)."""
 
     def __init__(
         self, prompt: dict[str, Any], registry: NodeRegistry, context: ExecutionContext | None
@@ -76,17 +77,30 @@ class SignatureBuilder:
         self.registry = registry
         self.context = context
         self._memo: dict[str, str] = {}
-        self._visiting: set[str] = set()
 
     def all_keys(self) -> dict[str, str]:
-        return {node_id: self.key(node_id) for node_id in self.prompt}
+        """Every node that has a key: one in or behind a cycle, or linked to a missing node, has none
+        (validation refused the outputs that need it; `key` says why if one is asked for)."""
+        keys = {}
+        for node_id in self.prompt:
+            with contextlib.suppress(GraphError):
+                keys[node_id] = self.key(node_id)
+        return keys
 
     def key(self, node_id: str) -> str:
         if node_id in self._memo:
             return self._memo[node_id]
-        if node_id in self._visiting:
-            raise GraphError(node_id, f"node {node_id} depends on itself (the graph has a cycle)")
-        self._visiting.add(node_id)
+        try:
+            order = dependency_order(self.prompt, [node_id], stop=lambda n: n in self._memo)
+        except DependencyCycle as cycle:
+            raise GraphError(node_id, str(cycle)) from None
+        for step in order:
+            if step not in self._memo:
+                self._memo[step] = self._digest(step)
+        return self._memo[node_id]
+
+    def _digest(self, node_id: str) -> str:
+        """The key of a node whose sources all have theirs."""
         node = self.prompt[node_id]
         items = [
             self._input_item(node_id, name, value) for name, value in sorted(node.get("inputs", {}).items())
@@ -95,10 +109,7 @@ class SignatureBuilder:
         schema = self.registry.schema(node["class_type"])
         if schema is not None and schema.has_hidden(UNIQUE_ID[1]):
             parts.append(node_id)  # ComfyUI keys nodes that see their own id by that id
-        digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
-        self._visiting.discard(node_id)
-        self._memo[node_id] = digest
-        return digest
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()
 
     def _input_item(self, node_id: str, name: str, value: Any) -> list[Any]:
         if is_link(value) and len(value) == 2:
@@ -107,7 +118,7 @@ class SignatureBuilder:
                 raise GraphError(
                     node_id, f"input '{name}' of node {node_id} is linked to missing node {source}"
                 )
-            return [name, "link", self.key(source), slot]
+            return [name, "link", self._memo[source], slot]
         return [name, "value", unwrap(value)]
 
     def _is_changed(self, node_id: str, node: dict[str, Any]) -> Any:

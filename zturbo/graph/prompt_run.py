@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import Interrupted
 from zturbo.graph.cache import CachedNode, GraphError, OutputCache, SignatureBuilder
-from zturbo.graph.prompt import coerce, is_link, normalize_prompt, unwrap
+from zturbo.graph.prompt import DependencyCycle, coerce, dependency_order, is_link, normalize_prompt, unwrap
 from zturbo.graph.validation import full_type_name
 from zturbo.nodes.base import NodeOutput
 from zturbo.nodes.context import ExecutionContext, NodeContext
@@ -135,6 +135,7 @@ class PromptRun:
         self.executed: list[str] = []
         self.cached_at_start: list[str] = []
         self.keys: dict[str, str] = {}
+        self.signatures = SignatureBuilder(self.prompt, registry, context)
         self.error: dict[str, Any] | None = None
         self.was_interrupted = False
         self.planned: set[str] = set()  # nodes already placed in an execution order
@@ -173,11 +174,11 @@ class PromptRun:
 
     def _prepare(self) -> None:
         """Key every node, keep only this prompt's cache entries, announce what is cached."""
-        self.keys = SignatureBuilder(self.prompt, self.registry, self.context).all_keys()
+        self.keys = self.signatures.all_keys()
         self.cache.retain(set(self.keys.values()))
         self.cached_at_start = [n for n, k in self.keys.items() if self.cache.get(k) is not None]
-        for node_id in self.prompt:
-            entry = self.cache.get(self.keys[node_id])
+        for node_id, key in self.keys.items():
+            entry = self.cache.get(key)
             if entry is not None and entry.ui is not None:
                 self.ui[node_id] = entry.ui
         self.add_message(
@@ -192,23 +193,33 @@ class PromptRun:
             if output not in self.prompt:
                 log.warning("prompt %s: output %s is not in the prompt; skipped", self.prompt_id, output)
                 continue
-            self._visit(output, order, self.planned, set())
+            order += self._order([output])
+        for node_id in order:
+            if node_id not in self.keys:
+                self.signatures.key(node_id)  # raises GraphError saying why it has no key
         return order
 
-    def _visit(self, node_id: str, order: list[str], done: set[str], path: set[str]) -> None:
-        if node_id in done:
-            return
-        if node_id in path:
-            raise GraphError(node_id, f"node {node_id} depends on itself (the graph has a cycle)")
-        path.add(node_id)
-        if self.cache.get(self.keys[node_id]) is None:
-            lazy = self._lazy_inputs(node_id)
-            for name, value in self.prompt[node_id].get("inputs", {}).items():
-                if is_link(value) and len(value) == 2 and name not in lazy:
-                    self._visit(value[0], order, done, path)
-        path.discard(node_id)
-        done.add(node_id)
-        order.append(node_id)
+    def _order(self, roots: list[str]) -> list[str]:
+        """The nodes `roots` need, not yet planned, in dependency order (iterative: chains of any
+        length); cached nodes and lazy inputs end the walk upstream."""
+        try:
+            order = dependency_order(
+                self.prompt, roots, stop=self._cached, skip=self.planned, sources=self._eager_sources
+            )
+        except DependencyCycle as cycle:
+            raise GraphError(cycle.nodes[0], str(cycle)) from None
+        self.planned.update(order)
+        return order
+
+    def _cached(self, node_id: str) -> bool:
+        key = self.keys.get(node_id)
+        return key is not None and self.cache.get(key) is not None
+
+    def _eager_sources(self, node_id: str) -> list[str]:
+        """The nodes `node_id` reads from, except through lazy inputs."""
+        lazy = self._lazy_inputs(node_id)
+        inputs = self.prompt[node_id].get("inputs", {})
+        return [str(v[0]) for n, v in inputs.items() if is_link(v) and len(v) == 2 and n not in lazy]
 
     def _lazy_inputs(self, node_id: str) -> set[str]:
         cls = self.registry.get(self.prompt[node_id]["class_type"])
@@ -230,9 +241,7 @@ class PromptRun:
             if not links:
                 return True
             for source, _slot in links:
-                order: list[str] = []
-                self._visit(source, order, self.planned, set())
-                for upstream in order:
+                for upstream in self._order([str(source)]):
                     if upstream not in self.results and not self._run_node(upstream):
                         return False
             inputs.update(self._gather_inputs(node_id, cls.schema))

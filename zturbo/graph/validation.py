@@ -6,18 +6,31 @@ inputs, so the shapes, types and messages follow ComfyUI's; only `details` may s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from zturbo.graph.missing import MissingType, missing_message, missing_types
-from zturbo.graph.prompt import coerce, is_link, link_type, normalize_prompt, types_match, unwrap
+from zturbo.graph.prompt import (
+    DependencyCycle,
+    coerce,
+    dependency_order,
+    is_link,
+    link_type,
+    normalize_prompt,
+    types_match,
+    unwrap,
+)
 from zturbo.nodes.schema import InputSpec, NodeSchema
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import ExecutionContext
     from zturbo.nodes.registry import NodeRegistry
+
+
+CYCLE = "dependency_cycle"
 
 
 @dataclass
@@ -71,7 +84,12 @@ def custom_validated(cls: type) -> list[str]:
 
 
 class PromptValidator:
-    """Validates one prompt; node results are memoised so shared ancestors are checked once."""
+    """Validates one prompt; node results are memoised so shared ancestors are checked once.
+
+    Each output's ancestors are validated in dependency order, sources first, so the check of a link
+    always finds its source done: no recursion, whatever the chain's length; a cycle is reported on
+    its nodes (`dependency_cycle`) and fails only the outputs that depend on it.
+    """
 
     def __init__(
         self, prompt: dict[str, Any], registry: NodeRegistry, context: ExecutionContext | None
@@ -90,6 +108,7 @@ class PromptValidator:
         node_errors: dict[str, Any] = {}
         for output in outputs:
             try:
+                self._validate_ancestors(output)
                 valid, reasons = self.validate_node(output)
             except Exception as exc:  # a bug or a malformed graph: report it, never crash the caller
                 valid = False
@@ -108,12 +127,33 @@ class PromptValidator:
             failed.append((output, reasons))
             self._collect_node_errors(output, node_errors)
         if not good:
-            details = "\n".join(f"{e['message']}: {e['details']}" for _, errs in failed for e in errs)
+            # As in ComfyUI, the outputs' own reasons; and a cycle, which ComfyUI would not survive,
+            # however far upstream (the output it breaks has no reason of its own).
+            lines = [f"{e['message']}: {e['details']}" for _, errs in failed for e in errs]
+            for entry in node_errors.values():
+                lines += [f"{e['message']}: {e['details']}" for e in entry["errors"] if e["type"] == CYCLE]
+            details = "\n".join(dict.fromkeys(lines))
             error = prompt_error(
                 "prompt_outputs_failed_validation", "Prompt outputs failed validation", details
             )
             return ValidationResult(False, error, node_errors, [])
         return ValidationResult(True, None, node_errors, good)
+
+    def _validate_ancestors(self, output: str) -> None:
+        """Validate what `output` depends on, sources first (see the class docstring)."""
+        try:
+            order = dependency_order(self.prompt, [output], skip=set(self.validated))
+        except DependencyCycle as cycle:
+            reason = prompt_error(CYCLE, "Dependency cycle detected", str(cycle), {"nodes": cycle.nodes[:-1]})
+            for node_id in cycle.nodes:
+                self.validated[node_id] = (False, [reason])
+            if output not in cycle.nodes:
+                self.validated[output] = (False, [])
+            return
+        for node_id in order[:-1]:
+            # A node whose own check raises is left unmemoised: its consumer's link check reports it.
+            with contextlib.suppress(Exception):
+                self.validate_node(node_id)
 
     def _collect_outputs(self, partial_targets: list[str] | None) -> tuple[list[str], dict | None]:
         targets = {str(t) for t in partial_targets} if partial_targets is not None else None

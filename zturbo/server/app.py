@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from zturbo.server.compat import JsonBodyMiddleware
 from zturbo.server.config import ServerConfig
-from zturbo.server.errors import install_error_handlers
+from zturbo.server.errors import CatchAllMiddleware, install_error_handlers
 from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.routes import (
     comfy_extras,
@@ -27,7 +27,12 @@ from zturbo.server.routes import (
     system,
     ws,
 )
-from zturbo.server.security import BodyLimitMiddleware, OriginGuardMiddleware, TokenAuthMiddleware
+from zturbo.server.security import (
+    BodyLimitMiddleware,
+    HostGuardMiddleware,
+    OriginGuardMiddleware,
+    TokenAuthMiddleware,
+)
 from zturbo.server.state import build_state
 from zturbo.server.web_mount import ComfyPrefixMiddleware, mount_web
 
@@ -100,14 +105,19 @@ def create_app(
         app.include_router(router)
         app.include_router(router, prefix="/api")
     mount_web(app, config)
-    # Added innermost first: origin check runs before auth, auth before reading any body.
+    # Added innermost first: Host, then origin, then auth, all before any body is read.
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
-        BodyLimitMiddleware, request_limit=config.max_request_bytes, upload_limit=config.max_upload_bytes
+        BodyLimitMiddleware,
+        request_limit=config.max_request_bytes,
+        upload_limit=config.max_upload_bytes,
+        prompt_limit=min(config.max_prompt_bytes, config.max_request_bytes),
     )
     if config.auth_token:
         app.add_middleware(TokenAuthMiddleware, token=config.auth_token)
-    app.add_middleware(OriginGuardMiddleware)
+    app.add_middleware(OriginGuardMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(HostGuardMiddleware, config=config)
+    app.add_middleware(CatchAllMiddleware)
     app.add_middleware(ComfyPrefixMiddleware)  # outermost: every check sees the real route's path
     return app
 
@@ -116,7 +126,9 @@ def serve(config: ServerConfig, *, executor: ExecutorLike | None = None) -> None
     """Run until Ctrl-C. Refuses a non-loopback host without an auth token before binding."""
     import uvicorn
 
+    from zturbo.server.uvicorn_setup import uvicorn_config
+
     app = create_app(config, executor=executor)
     host = f"[{config.host}]" if ":" in config.host else config.host
-    log.info("zturbo serving on http://%s:%d", host, config.port)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    log.info("zturbo serving on http://%s:%d (state in %s)", host, config.port, config.data_dir)
+    uvicorn.Server(uvicorn_config(app, config.host, config.port)).run()

@@ -1,18 +1,26 @@
-"""Prompt history and the output index in SQLite, under `<output_dir>/.zturbo/history.sqlite3`.
+"""Prompt history and the output index, in the server's state database (`db.Database`).
 
-Living next to the images means history moves with the output folder and survives restarts. WAL mode
-lets readers (HTTP threads) proceed while the worker thread writes; one lock serialises our own use of
-the shared connection.
+The database lives in the data directory, never in a folder clients can name (`/view` once served
+`output/.zturbo/history.sqlite3`, and an upload could replace it). Recording a job in history also
+drops it from the queue journal (`journal.py`), in the same transaction: a job is queued or finished,
+never both, never neither.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sqlite3
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from zturbo.server.db import Database
+
+log = logging.getLogger(__name__)
+SQLITE_MAX = 2**63 - 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -41,11 +49,41 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 CREATE INDEX IF NOT EXISTS outputs_by_prompt ON outputs(prompt_id);
 CREATE INDEX IF NOT EXISTS outputs_by_file ON outputs(type, subfolder, filename);
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    prompt_id TEXT NOT NULL UNIQUE,
+    number REAL NOT NULL,
+    prompt TEXT NOT NULL,
+    extra_data TEXT NOT NULL,
+    outputs TEXT NOT NULL,
+    started INTEGER
+);
 """
 
 
-def db_path_for(output_dir: Path) -> Path:
+def legacy_db_path(output_dir: Path) -> Path:
+    """Where versions before the data directory kept history (inside the output folder)."""
     return output_dir / ".zturbo" / "history.sqlite3"
+
+
+def migrate_legacy_db(output_dir: Path, target: Path) -> bool:
+    """Move an old `output/.zturbo/history.sqlite3` to `target` (once, when `target` is new)."""
+    old = legacy_db_path(output_dir)
+    if not old.is_file() or target.exists():
+        return False
+    conn = sqlite3.connect(str(old))
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file
+    finally:
+        conn.close()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(old, target)
+    for suffix in ("-wal", "-shm"):
+        Path(str(old) + suffix).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else lives there: leave it
+        old.parent.rmdir()
+    log.info("moved the history database from %s to %s", old, target)
+    return True
 
 
 @dataclass
@@ -114,20 +152,17 @@ def _output_rows(record: HistoryRecord) -> list[tuple]:
 class HistoryStore:
     """Thread-safe history; `get_history` follows ComfyUI's `max_items`/`offset` semantics."""
 
-    def __init__(self, path: Path, max_items: int = 10000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+    def __init__(self, db: Database | Path, max_items: int = 10000) -> None:
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.db.add_schema(SCHEMA)
+        self.path = self.db.path
         self.max_items = max_items
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
+
+    def contains(self, prompt_id: str) -> bool:
+        return self.db.row("SELECT 1 FROM history WHERE prompt_id = ?", (prompt_id,)) is not None
 
     def add(self, record: HistoryRecord) -> None:
         extra = record.extra_data
@@ -147,54 +182,51 @@ class HistoryStore:
             record.start_time,
             record.end_time,
         )
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM history WHERE prompt_id = ?", (record.prompt_id,))
-            self._db.execute(
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM history WHERE prompt_id = ?", (record.prompt_id,))
+            conn.execute(
                 "INSERT INTO history (prompt_id, number, item, outputs, meta, status, status_str, interrupted,"
                 " error, workflow_id, create_time, start_time, end_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 values,
             )
-            self._db.executemany("INSERT INTO outputs VALUES (?,?,?,?,?,?)", _output_rows(record))
-            self._trim()
-
-    def _trim(self) -> None:
-        self._db.execute(
-            "DELETE FROM history WHERE seq NOT IN (SELECT seq FROM history ORDER BY seq DESC LIMIT ?)",
-            (self.max_items,),
-        )
+            conn.executemany("INSERT INTO outputs VALUES (?,?,?,?,?,?)", _output_rows(record))
+            conn.execute("DELETE FROM queue WHERE prompt_id = ?", (record.prompt_id,))
+            conn.execute(
+                "DELETE FROM history WHERE seq NOT IN (SELECT seq FROM history ORDER BY seq DESC LIMIT ?)",
+                (self.max_items,),
+            )
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+        return self.db.row("SELECT COUNT(*) FROM history")[0]  # type: ignore[index]
 
     def get(self, prompt_id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT item, outputs, status, meta FROM history WHERE prompt_id = ?", (prompt_id,)
-            ).fetchone()
+        row = self.db.row("SELECT item, outputs, status, meta FROM history WHERE prompt_id = ?", (prompt_id,))
         return _comfy_entry(row) if row else None
 
     def get_history(self, max_items: int | None = None, offset: int | None = None) -> dict[str, dict]:
-        """Oldest first, like ComfyUI: no offset (or a negative one) means "the newest `max_items`"."""
-        with self._lock:
-            total = self._db.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+        """Oldest first, like ComfyUI: no offset (or a negative one) means "the newest `max_items`".
+
+        Both are clamped to what SQLite's 64-bit integers hold (a larger one means "all" anyway)."""
+        max_items = None if max_items is None else min(max_items, SQLITE_MAX)
+        offset = None if offset is None else min(offset, SQLITE_MAX)
+        with self.db.transaction() as conn:
+            total = conn.execute("SELECT COUNT(*) FROM history").fetchone()[0]
             if offset is None or offset < 0:
                 offset = max(total - max_items, 0) if max_items is not None else 0
             limit = -1 if max_items is None else max(max_items, 0)
-            rows = self._db.execute(
+            rows = conn.execute(
                 "SELECT prompt_id, item, outputs, status, meta FROM history ORDER BY seq LIMIT ? OFFSET ?",
                 (limit, offset),
             ).fetchall()
         return {row[0]: _comfy_entry(row[1:]) for row in rows}
 
     def delete(self, prompt_ids: list[str]) -> None:
-        with self._lock, self._db:
-            self._db.executemany("DELETE FROM history WHERE prompt_id = ?", [(p,) for p in prompt_ids])
+        with self.db.transaction() as conn:
+            conn.executemany("DELETE FROM history WHERE prompt_id = ?", [(p,) for p in prompt_ids])
 
     def clear(self) -> None:
-        with self._lock, self._db:
-            self._db.execute("DELETE FROM history")
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM history")
 
     def job_rows(self, prompt_id: str | None = None) -> list[JobRow]:
         query = (
@@ -204,8 +236,7 @@ class HistoryStore:
         args: tuple = ()
         if prompt_id is not None:
             query, args = query + " WHERE prompt_id = ?", (prompt_id,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
+        rows = self.db.rows(query + " ORDER BY seq", args)
         return [
             JobRow(
                 r[0],
@@ -224,11 +255,10 @@ class HistoryStore:
 
     def find_output(self, filename: str, subfolder: str = "", folder_type: str = "output") -> str | None:
         """Which prompt wrote this file (the output index), or None."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT prompt_id FROM outputs WHERE type = ? AND subfolder = ? AND filename = ? LIMIT 1",
-                (folder_type, subfolder, filename),
-            ).fetchone()
+        row = self.db.row(
+            "SELECT prompt_id FROM outputs WHERE type = ? AND subfolder = ? AND filename = ? LIMIT 1",
+            (folder_type, subfolder, filename),
+        )
         return row[0] if row else None
 
 

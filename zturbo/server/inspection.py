@@ -9,16 +9,17 @@ present, else from the API graph; the runnable prompt from `workflow`, else `pro
 from __future__ import annotations
 
 import io
-import json
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zturbo.errors import InputError
+from zturbo.errors import MAX_IMAGE_PIXELS, ImageTooLargeError, InputError
 from zturbo.graph.formats import PNG_SIGNATURE, load_workflow_data
 from zturbo.output.metadata import api_graph, parse_parameters
 from zturbo.output.png import read_png_text
+from zturbo.server import json_input
 from zturbo.server.creator import model_files, settings_dict, settings_from_graph
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,6 @@ class Inspection:
         }
 
 
-def _json(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-
-
 def _workflow_into(found: Inspection, data: Any, registry: Any) -> None:
     """Fill prompt (and workflow) from parsed workflow JSON; a graph we cannot convert is noted."""
     try:
@@ -63,8 +57,21 @@ def _workflow_into(found: Inspection, data: Any, registry: Any) -> None:
         found.settings = settings_from_graph(prompt)
 
 
-def _inspect_png(data: bytes, registry: Any, models_dir: Path) -> Inspection:
-    chunks = read_png_text(io.BytesIO(data))  # type: ignore[arg-type]
+def _png_text(data: bytes, limit: int) -> dict[str, str]:
+    """The PNG's text chunks; its pixels are never decoded, but a bomb's header is refused all the same."""
+    if len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        ImageTooLargeError.check(width, height, "the dropped PNG", limit)
+    try:
+        return read_png_text(io.BytesIO(data))  # type: ignore[arg-type]
+    except InputError:
+        raise
+    except Exception as exc:  # Pillow's limits on text chunks, a truncated file, ...
+        raise InputError(f"the dropped PNG could not be read ({exc})") from None
+
+
+def _inspect_png(data: bytes, registry: Any, models_dir: Path, limit: int) -> Inspection:
+    chunks = _png_text(data, limit)
     found = Inspection("png")
     request = None
     if "parameters" in chunks:
@@ -76,7 +83,7 @@ def _inspect_png(data: bytes, registry: Any, models_dir: Path) -> Inspection:
     for key in ("workflow", "prompt"):
         if key in chunks and found.prompt is None:
             try:
-                _workflow_into(found, _json(chunks[key], f"the PNG's {key} chunk"), registry)
+                _workflow_into(found, json_input.loads(chunks[key], f"the PNG's {key} chunk"), registry)
             except InputError as exc:
                 found.notes.append(str(exc))
     if found.prompt is None and request is not None:
@@ -86,16 +93,16 @@ def _inspect_png(data: bytes, registry: Any, models_dir: Path) -> Inspection:
     return found
 
 
-def inspect_bytes(data: bytes, registry: Any, models_dir: Path) -> Inspection:
+def inspect_bytes(data: bytes, registry: Any, models_dir: Path, limit: int = MAX_IMAGE_PIXELS) -> Inspection:
     """Inspect an uploaded PNG or workflow JSON; `InputError` if it is neither."""
     if data.startswith(PNG_SIGNATURE):
-        return _inspect_png(data, registry, models_dir)
+        return _inspect_png(data, registry, models_dir, limit)
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError("expected a PNG image or a workflow JSON file") from exc
     found = Inspection("json")
-    _workflow_into(found, _json(text, "the file"), registry)
+    _workflow_into(found, json_input.loads(data, "the file"), registry)
     if found.prompt is None:
         raise InputError("; ".join(found.notes) or "not a ComfyUI workflow")
     return found

@@ -1,9 +1,11 @@
 """The HTTP layer over `zturbo.paths` for paths that clients name (`/view`, `/upload`, `/userdata`).
 
 Clients may URL-encode a name once or twice more than the framework decodes, so every decoded form is
-judged (`%2e%2e%2f` and `%252e...` are `../` too). A malformed name (absolute, drive, NUL, backslash)
-is a 400 `InputError`; one that tries to leave its folder (`..` in a subfolder, a symlink escape) is a
-403 `ForbiddenPathError`.
+judged (`%2e%2e%2f` and `%252e...` are `../` too). A malformed name (absolute, drive, NUL, backslash,
+over 255 bytes, not valid Unicode) is a 400 `InputError`; one that tries to leave its folder (`..` in
+a subfolder, a symlink escape) or names a hidden file or folder (`.zturbo`, `.tmp-…` files being
+written) is a 403 `ForbiddenPathError`. Hidden names are never served or written: that is where state
+and half-written files live.
 """
 
 from __future__ import annotations
@@ -23,6 +25,26 @@ from zturbo.paths import (
 from zturbo.server.errors import ForbiddenPathError
 
 _ESCAPE_MESSAGE = "path resolves outside its folder"
+# Most file systems' limit for one name (ext4, NTFS, APFS), in bytes of UTF-8.
+MAX_NAME_BYTES = 255
+
+
+def check_part(part: str, what: str) -> str:
+    """One name in a path: valid Unicode, at most 255 bytes, not hidden."""
+    try:
+        size = len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InputError(f"{what} {part!r} is not valid Unicode") from None
+    if size > MAX_NAME_BYTES:
+        raise InputError(f"{what} is {size} bytes long; a name may have at most {MAX_NAME_BYTES}")
+    if part.startswith("."):
+        raise ForbiddenPathError(f"{what} {part!r} is hidden; names starting with '.' are not served")
+    return part
+
+
+def is_hidden(relative: Path) -> bool:
+    """Whether any part of a path below a root is hidden (for listings)."""
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _variants(text: str) -> list[str]:
@@ -44,7 +66,7 @@ def check_filename(filename: str) -> str:
             or is_drive_path(variant)
         ):
             raise InputError(f"invalid filename {filename!r}")
-    return filename
+    return check_part(filename, "filename")
 
 
 def check_subfolder(subfolder: str) -> list[str]:
@@ -55,7 +77,7 @@ def check_subfolder(subfolder: str) -> list[str]:
             raise InputError(f"invalid subfolder {subfolder!r}")
         if problem == "parent":
             raise ForbiddenPathError(f"subfolder {subfolder!r} leaves its folder")
-    return list(relative_parts(subfolder, what="subfolder"))
+    return [check_part(part, "subfolder") for part in relative_parts(subfolder, what="subfolder")]
 
 
 def contained(root: Path, path: Path) -> Path:
@@ -91,4 +113,6 @@ def writable_folder(root: Path, subfolder: str) -> Path:
         folder = make_folder_inside(root, parts, what="subfolder")
     except InputError:  # the parts are clean: only a symlink escape is left
         raise ForbiddenPathError(_ESCAPE_MESSAGE) from None
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"subfolder {subfolder!r}: a file is in the way of that folder") from None
     return contained(root, folder)

@@ -60,6 +60,11 @@ class PromptQueue:
             number = next(self._number)
         return float(-number if front else number)
 
+    def numbers_after(self, number: float) -> None:
+        """Continue numbering past `number` (prompts re-queued from the journal keep theirs)."""
+        with self._lock:
+            self._number = itertools.count(max(int(number) + 1, next(self._number)))
+
     def put(self, item: QueueItem) -> None:
         with self._lock:
             heapq.heappush(self._heap, (item.number, next(self._order), item))
@@ -100,21 +105,27 @@ class PromptQueue:
         with self._lock:
             return any(i.prompt_id == prompt_id for i in self.running() + self.pending())
 
-    def delete(self, prompt_ids: list[str]) -> list[str]:
-        """Drop pending prompts; returns the ids actually removed (running ones need `interrupt`)."""
+    def remove(self, prompt_ids: list[str]) -> list[QueueItem]:
+        """Drop pending prompts; returns those actually removed (running ones need `interrupt`)."""
         wanted = set(prompt_ids)
         with self._lock:
-            removed = [e[2].prompt_id for e in self._heap if e[2].prompt_id in wanted]
+            removed = [e[2] for e in sorted(self._heap) if e[2].prompt_id in wanted]
             if removed:
                 self._heap = [e for e in self._heap if e[2].prompt_id not in wanted]
                 heapq.heapify(self._heap)
                 self.on_change()
             return removed
 
-    def clear(self) -> None:
+    def delete(self, prompt_ids: list[str]) -> list[str]:
+        return [item.prompt_id for item in self.remove(prompt_ids)]
+
+    def clear(self) -> list[QueueItem]:
+        """Drop every pending prompt; returns them."""
         with self._lock:
+            removed = [entry[2] for entry in sorted(self._heap)]
             self._heap = []
             self.on_change()
+            return removed
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running prompt (only if it is `prompt_id`, when given); atomic with `task_done`."""

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+def validation_message(exc: ValidationError, what: str) -> str:
+    """Pydantic's errors as one line per field: `body.prompt_id: Input should be a valid string`."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in (what, *error.get("loc", ())))
+        lines.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(lines) or f"{what}: invalid"
 
 
 class _Body(BaseModel):

@@ -1,8 +1,12 @@
 """ASGI middleware that guards every route, WebSocket included.
 
-- Cross-origin protection as ComfyUI does it: a browser page on another site must not be able to queue
-  jobs on a loopback server (browsers let any page POST to 127.0.0.1). Reject `Sec-Fetch-Site:
-  cross-site`, and an `Origin` whose host differs from a loopback `Host`.
+- DNS rebinding: a page on `evil.example` whose name is made to resolve to 127.0.0.1 talks to us
+  *same-origin*, so the Origin check cannot see it; its requests carry `Host: evil.example`. Every
+  request (WebSocket too) whose Host is not a loopback name, the address we listen on or an
+  `--allowed-host` is refused before routing.
+- Cross-origin protection: a browser page on another site must not be able to queue jobs (browsers
+  let any page POST to 127.0.0.1). Reject `Sec-Fetch-Site: cross-site`, and an `Origin` whose host or
+  port differs from the `Host` (a missing port is the scheme's default: `http://127.0.0.1` is port 80).
 - Bearer-token auth, required when the server listens on a non-loopback address.
 - Body size limits (413), checked on `Content-Length` and again while the body streams in.
 
@@ -19,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.responses import JSONResponse
 
-from zturbo.server.config import is_loopback_host
+from zturbo.server.config import ServerConfig
 from zturbo.server.errors import PayloadTooLargeError, error_response
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PREFIXES = ("/upload/", "/api/upload/")
+PROMPT_PATHS = ("/prompt", "/api/prompt")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -45,7 +50,11 @@ async def _reject(scope: Scope, receive: Receive, send: Send, status: int, messa
     await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
 
 
-def _split_host(value: str) -> tuple[str | None, int | None]:
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def split_host(value: str) -> tuple[str | None, int | None]:
+    """`Host` header -> (lower-case name without brackets, port or None); (None, None) if malformed."""
     try:
         parts = urlsplit("//" + value.strip().lower())
         return parts.hostname, parts.port
@@ -53,39 +62,68 @@ def _split_host(value: str) -> tuple[str | None, int | None]:
         return None, None
 
 
-def cross_origin_reason(headers: dict[str, str]) -> str | None:
-    """Why a request looks cross-site, or None when it may pass."""
+def cross_origin_reason(headers: dict[str, str], allowed_hosts: tuple[str, ...] = ()) -> str | None:
+    """Why a request looks cross-site, or None when it may pass.
+
+    A browser names the port in `Origin` unless it is the scheme's default, so an Origin without a port
+    means 80 (or 443): `http://127.0.0.1` is another origin than a server on 127.0.0.1:8188. An Origin
+    whose name is in `allowed_hosts` passes (a reverse proxy that rewrites the Host header).
+    """
     if headers.get("sec-fetch-site", "").lower() == "cross-site":
         return "cross-site request refused"
     origin, host = headers.get("origin"), headers.get("host")
-    if origin is None or host is None:
-        return None
-    host_name, host_port = _split_host(host)
-    if not is_loopback_host(host_name):
+    if origin is None:
         return None
     if origin.strip().lower() == "null":
         return "opaque origin refused"
     try:
         parsed = urlsplit(origin.strip().lower())
-        origin_name, origin_port = parsed.hostname, parsed.port
+        origin_name, scheme = parsed.hostname, parsed.scheme
+        origin_port = parsed.port or DEFAULT_PORTS.get(scheme)
     except ValueError:
         return "malformed origin refused"
-    if not origin_name:
+    if not origin_name or scheme not in DEFAULT_PORTS:
+        return f"malformed origin {origin!r} refused"
+    if origin_name in allowed_hosts:
         return None
-    # Like ComfyUI: compare ports only when both sides name one (some browsers drop default ports).
-    same = origin_name == host_name and (origin_port is None or host_port is None or origin_port == host_port)
+    host_name, host_port = split_host(host or "")
+    same = origin_name == host_name and origin_port == (host_port or DEFAULT_PORTS[scheme])
     return None if same else f"origin {origin!r} does not match host {host!r}"
 
 
-class OriginGuardMiddleware:
-    """403 for cross-site requests to a loopback server."""
+class HostGuardMiddleware:
+    """403 for requests addressed to a name this server was not told to answer (DNS rebinding)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, config: ServerConfig) -> None:
         self.app = app
+        self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            reason = cross_origin_reason(_headers(scope))
+            host = _headers(scope).get("host")
+            # No Host at all is an HTTP/1.0 client, never a browser page: nothing to rebind.
+            name = split_host(host)[0] if host is not None else None
+            if host is not None and not self.config.host_allowed(name):
+                reason = (
+                    f"host {host!r} is not served here (DNS rebinding protection); "
+                    "start the server with --allowed-host NAME to answer to that name"
+                )
+                log.warning("refused %s %s: %s", scope["type"], scope.get("path"), reason)
+                await _reject(scope, receive, send, 403, reason)
+                return
+        await self.app(scope, receive, send)
+
+
+class OriginGuardMiddleware:
+    """403 for cross-site requests (a page on another origin, or `Sec-Fetch-Site: cross-site`)."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            reason = cross_origin_reason(_headers(scope), self.allowed_hosts)
             if reason is not None:
                 log.warning("refused %s %s: %s", scope["type"], scope.get("path"), reason)
                 await _reject(scope, receive, send, 403, reason)
@@ -122,13 +160,18 @@ class TokenAuthMiddleware:
 class BodyLimitMiddleware:
     """413 for bodies over the limit: uploads get `upload_limit`, everything else `request_limit`."""
 
-    def __init__(self, app: ASGIApp, request_limit: int, upload_limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, request_limit: int, upload_limit: int, prompt_limit: int | None = None
+    ) -> None:
         self.app = app
         self.request_limit = request_limit
         self.upload_limit = upload_limit
+        self.prompt_limit = prompt_limit or request_limit
 
     def limit_for(self, path: str) -> int:
-        return self.upload_limit if path.startswith(UPLOAD_PREFIXES) else self.request_limit
+        if path.startswith(UPLOAD_PREFIXES):
+            return self.upload_limit
+        return self.prompt_limit if path.rstrip("/") in PROMPT_PATHS else self.request_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from zturbo.errors import InputError
 from zturbo.server.config import ServerConfig
+from zturbo.server.db import Database
 from zturbo.server.events import EventHub
-from zturbo.server.history import HistoryStore, db_path_for
+from zturbo.server.history import HistoryRecord, HistoryStore, migrate_legacy_db
+from zturbo.server.journal import QueueJournal
 from zturbo.server.protocols import ExecutorLike, RegistryLike
-from zturbo.server.queue import PromptQueue
-from zturbo.server.worker import QueueWorker
+from zturbo.server.queue import PromptQueue, QueueItem
+from zturbo.server.recovery import Recovery, recover
+from zturbo.server.worker import QueueWorker, end_events, now_ms
+
+log = logging.getLogger(__name__)
+
+
+class DuplicatePromptError(InputError):
+    """A prompt id that is queued, running or finished already (its history entry must not be replaced)."""
 
 
 @dataclass
@@ -22,6 +34,8 @@ class ServerState:
     history: HistoryStore
     hub: EventHub
     worker: QueueWorker
+    journal: QueueJournal
+    recovery: Recovery = field(default_factory=Recovery)
 
     @property
     def folders(self) -> dict[str, Path]:
@@ -42,12 +56,65 @@ class ServerState:
     def broadcast_status(self) -> None:
         self.hub.send_sync("status", {"status": self.queue_info()})
 
+    def known(self, prompt_id: str) -> bool:
+        return (
+            self.queue.contains(prompt_id)
+            or self.history.contains(prompt_id)
+            or self.journal.contains(prompt_id)
+        )
+
+    def submit(self, item: QueueItem) -> None:
+        """Journal first, then queue: a prompt whose id was answered is never lost to a crash."""
+        if self.known(item.prompt_id):
+            raise DuplicatePromptError(f"prompt {item.prompt_id} was already submitted")
+        try:
+            self.journal.add(item)
+        except sqlite3.IntegrityError:  # the same id, submitted at the same moment
+            raise DuplicatePromptError(f"prompt {item.prompt_id} was already submitted") from None
+        self.queue.put(item)
+
+    def cancel_pending(self, prompt_ids: list[str]) -> list[str]:
+        """Drop waiting prompts: each gets a `cancelled` history entry and its end events."""
+        removed = self.queue.remove(prompt_ids)
+        self._record_cancelled(removed)
+        return [item.prompt_id for item in removed]
+
+    def clear_pending(self) -> list[str]:
+        removed = self.queue.clear()
+        self._record_cancelled(removed)
+        return [item.prompt_id for item in removed]
+
+    def _record_cancelled(self, items: list[QueueItem]) -> None:
+        for item in items:
+            event = {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": []}
+            message = ["execution_interrupted", {**event, "timestamp": now_ms()}]
+            record = HistoryRecord(item=item.as_comfy(), end_time=now_ms(), interrupted=True)
+            record.status = {"status_str": "error", "completed": False, "messages": [message]}
+            try:
+                self.history.add(record)
+            except Exception:
+                log.exception("could not record the cancelled prompt %s", item.prompt_id)
+                self.journal.remove([item.prompt_id])
+            self.worker.announce_end(item, end_events(item.prompt_id, ("execution_interrupted", event)))
+
+    def take_notices(self, client_id: str) -> list[tuple[str, dict]]:
+        """End events of this client's prompts that a crash interrupted (once)."""
+        return self.recovery.notices.pop(client_id, [])
+
+
+def open_database(config: ServerConfig) -> Database:
+    migrate_legacy_db(config.output_dir, config.state_db)
+    return Database(config.state_db)
+
 
 def build_state(config: ServerConfig, executor: ExecutorLike, registry: RegistryLike) -> ServerState:
     hub = EventHub()
     queue = PromptQueue()
-    history = HistoryStore(db_path_for(config.output_dir), max_items=config.max_history)
-    worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for)
-    state = ServerState(config, executor, registry, queue, history, hub, worker)
+    db = open_database(config)
+    history = HistoryStore(db, max_items=config.max_history)
+    journal = QueueJournal(db)
+    worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
+    state = ServerState(config, executor, registry, queue, history, hub, worker, journal)
+    state.recovery = recover(journal, history, queue, [config.output_dir, config.temp_dir, config.input_dir])
     queue.on_change = state.broadcast_status
     return state

@@ -15,8 +15,9 @@ from typing import Any
 from zturbo.graph.prompt_run import error_report
 from zturbo.server.events import EventHub, preview_frame
 from zturbo.server.history import HistoryRecord, HistoryStore
+from zturbo.server.journal import QueueJournal
 from zturbo.server.protocols import ExecutorLike
-from zturbo.server.queue import PromptQueue, RunningJob
+from zturbo.server.queue import PromptQueue, QueueItem, RunningJob
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class JobChannel:
         self.prompt_id = job.item.prompt_id
         self.client_id = job.item.client_id
         self.last_node: str | None = None
+        # End events of this client's other prompts, cancelled while this one ran: sent after its own
+        # end, so a client that tracks "the running prompt" (the ComfyUI editor) is not reset mid-job.
+        self.after_finish: list[tuple[str, dict]] = []
 
     def emit(self, event: str, data: dict) -> None:
         if event == "executing":
@@ -43,6 +47,8 @@ class JobChannel:
         """`executing` with node None, ComfyUI's "this prompt is done" signal: sent here, exactly once,
         after history is saved (clients fetch /history/{id} when they see it)."""
         self.hub.send_sync("executing", {"node": None, "prompt_id": self.prompt_id}, self.client_id)
+        for event, data in self.after_finish:
+            self.hub.send_sync(event, data, self.client_id)
 
     def emit_preview(self, image: bytes) -> None:
         metadata = None
@@ -56,6 +62,11 @@ class JobChannel:
                 "real_node_id": node,
             }
         self.hub.send_frame_sync(preview_frame(image, metadata), self.client_id)
+
+
+def end_events(prompt_id: str, last: tuple[str, dict]) -> list[tuple[str, dict]]:
+    """A prompt's last status event, then ComfyUI's "done" signal (`executing` with node None)."""
+    return [last, ("executing", {"node": None, "prompt_id": prompt_id})]
 
 
 def crash_messages(prompt_id: str, exc: BaseException, started: int) -> tuple[list, dict]:
@@ -77,10 +88,13 @@ class QueueWorker:
         history: HistoryStore,
         hub: EventHub,
         previews_for: Callable[[dict], bool] = lambda extra_data: True,
+        journal: QueueJournal | None = None,
     ) -> None:
         self.queue, self.executor, self.history, self.hub = queue, executor, history, hub
         self.previews_for = previews_for
+        self.journal = journal
         self.channel: JobChannel | None = None
+        self._channel_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zturbo-worker", daemon=True)
 
@@ -103,10 +117,26 @@ class QueueWorker:
             except Exception:  # the loop itself must survive anything
                 log.exception("worker loop error")
 
+    def announce_end(self, item: QueueItem, events: list[tuple[str, dict]]) -> None:
+        """Send a prompt's end events to its client: now, or after the client's running prompt ends."""
+        with self._channel_lock:
+            channel = self.channel
+            if channel is not None and channel.client_id == item.client_id:
+                channel.after_finish.extend(events)
+                return
+        for event, data in events:
+            self.hub.send_sync(event, data, item.client_id)
+
     def _execute(self, job: RunningJob) -> None:
         item, channel = job.item, JobChannel(self.hub, job)
-        self.channel = channel
+        with self._channel_lock:
+            self.channel = channel
         started = now_ms()
+        if self.journal is not None:
+            try:
+                self.journal.started(item.prompt_id, started)
+            except Exception:
+                log.exception("could not mark %s as running in the queue journal", item.prompt_id)
         record = HistoryRecord(item=item.as_comfy(), start_time=started)
         try:
             result = self.executor.execute(
@@ -155,7 +185,8 @@ class QueueWorker:
             self.history.add(record)
         except Exception:
             log.exception("could not save history for %s", record.prompt_id)
-        self.channel = None
+        with self._channel_lock:
+            self.channel = None
         self.queue.task_done(job)
         channel.finish()
 

@@ -93,6 +93,8 @@ def move_userdata(file: str, dest: str, config: Config, overwrite: bool = False)
     source, target = user_path(config, file), user_path(config, dest)
     if not source.is_file():
         raise NotFoundError(f"{file} not found")
+    if target.is_dir():
+        return JSONResponse({"error": f"{dest} is a folder"}, status_code=409)
     if target.exists() and not overwrite:
         return JSONResponse({"error": "file exists"}, status_code=409)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,9 @@ router = APIRouter(prefix="/zturbo", tags=["creator"])
 
 
 class DeleteOutput(BaseModel):
-    filename: str = Field(min_length=1, max_length=500)
-    subfolder: str = Field(default="", max_length=500)
+    # Generous bounds: the path checks give the precise reason (255 bytes a name) for anything longer.
+    filename: str = Field(min_length=1, max_length=4096)
+    subfolder: str = Field(default="", max_length=4096)
 
 
 @router.post("/graph")
@@ -39,7 +40,7 @@ def inspect(state: State, config: Config, file: Annotated[UploadFile, File()]) -
     data = file.file.read(config.max_upload_bytes + 1)
     if len(data) > config.max_upload_bytes:
         raise PayloadTooLargeError(f"file over {config.max_upload_bytes} bytes")
-    return inspect_bytes(data, state.registry, config.models_dir).as_json()
+    return inspect_bytes(data, state.registry, config.models_dir, config.max_image_pixels).as_json()
 
 
 @router.get("/gallery")

@@ -1,5 +1,6 @@
-"""`/view` and `/upload/image`: every client-named path goes through `zturbo.server.paths`
-(the HTTP layer over `zturbo.paths`)."""
+"""`/view`, `/upload/image` and `/upload/mask`: every client-named path goes through
+`zturbo.server.paths` (the HTTP layer over `zturbo.paths`), every image is size-checked from its header
+before anything decodes it (`images.opened`), and uploads must be images."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import hashlib
 import mimetypes
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse, Response
+from PIL import Image
 
 from zturbo.errors import InputError
 from zturbo.paths import split_annotation
-from zturbo.server import paths
+from zturbo.server import json_input, paths
 from zturbo.server.deps import Config, State
 from zturbo.server.errors import NotFoundError, PayloadTooLargeError
-from zturbo.server.images import channel_png, preview_bytes
+from zturbo.server.images import channel_png, opened, preview_bytes
 
 router = APIRouter(tags=["files"])
 CHUNK = 1024 * 1024
@@ -57,11 +60,12 @@ def view(
     if not path.is_file():
         raise NotFoundError(f"{name} not found")
     headers = {"Content-Disposition": _disposition(name), "X-Content-Type-Options": "nosniff"}
+    limit = state.config.max_image_pixels
     if preview:
-        body, media = preview_bytes(path, preview, channel or "")
+        body, media = preview_bytes(path, preview, channel or "", limit)
         return Response(body, media_type=media, headers=headers)
     if channel in ("rgb", "a"):
-        return Response(channel_png(path, channel), media_type="image/png", headers=headers)
+        return Response(channel_png(path, channel, limit), media_type="image/png", headers=headers)
     media = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if media in ACTIVE_TYPES:
         media, headers["Content-Disposition"] = "application/octet-stream", _disposition(name, True)
@@ -112,6 +116,35 @@ def _write_atomic(folder: Path, filename: str, upload: UploadFile, limit: int) -
         raise
 
 
+def _check_image(upload: UploadFile, limit: int) -> None:
+    """Uploads are images: readable by Pillow and within the pixel limit (read from the header only)."""
+    upload.file.seek(0)
+    with opened(upload.file, f"uploaded image {upload.filename!r}", limit):
+        pass
+    upload.file.seek(0)
+
+
+def _store_upload(
+    state: State, config: Config, image: UploadFile, type_: str | None, subfolder: str, overwrite: str | None
+) -> dict:
+    if not image.filename:
+        raise InputError("uploaded image has no filename")
+    filename = paths.check_filename(image.filename)
+    root, kind = paths.root_for(state.folders, type_, "input")
+    folder = paths.writable_folder(root, subfolder)
+    _check_image(image, config.max_image_pixels)
+    duplicate = False
+    if overwrite not in ("true", "1"):
+        filename, duplicate = _free_name(folder, filename, image)
+    else:
+        paths.contained(root, folder / filename)
+    if (folder / filename).is_dir():
+        raise InputError(f"{filename!r} is a folder in {kind}; pick another name")
+    if not duplicate:
+        _write_atomic(folder, filename, image, config.max_upload_bytes)
+    return {"name": filename, "subfolder": subfolder, "type": kind}
+
+
 @router.post("/upload/image")
 def upload_image(
     state: State,
@@ -121,16 +154,43 @@ def upload_image(
     subfolder: Annotated[str, Form()] = "",
     overwrite: Annotated[str | None, Form()] = None,
 ) -> dict:
-    if not image.filename:
-        raise InputError("uploaded image has no filename")
-    filename = paths.check_filename(image.filename)
-    root, kind = paths.root_for(state.folders, type, "input")
-    folder = paths.writable_folder(root, subfolder)
-    duplicate = False
-    if overwrite not in ("true", "1"):
-        filename, duplicate = _free_name(folder, filename, image)
-    else:
-        paths.contained(root, folder / filename)
-    if not duplicate:
-        _write_atomic(folder, filename, image, config.max_upload_bytes)
-    return {"name": filename, "subfolder": subfolder, "type": kind}
+    return _store_upload(state, config, image, type, subfolder, overwrite)
+
+
+def _masked(original: Path, mask: UploadFile, limit: int) -> bytes:
+    """ComfyUI's `/upload/mask`: the original image with the mask's alpha as its alpha, as PNG."""
+    with opened(original, original.name, limit) as img:
+        out = img.convert("RGBA")
+    mask.file.seek(0)
+    with opened(mask.file, "mask", limit) as m:
+        alpha = m.convert("RGBA").getchannel("A").resize(out.size, Image.Resampling.LANCZOS)
+    out.putalpha(alpha)
+    buffer = BytesIO()
+    out.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@router.post("/upload/mask")
+def upload_mask(
+    state: State,
+    config: Config,
+    image: Annotated[UploadFile, File()],
+    original_ref: Annotated[str, Form()],
+    type: Annotated[str | None, Form()] = None,  # noqa: A002 - ComfyUI's form field name
+    subfolder: Annotated[str, Form()] = "",
+    overwrite: Annotated[str | None, Form()] = None,
+) -> dict:
+    """The mask editor's save: `image` holds the mask (alpha), `original_ref` names the image it edits."""
+    ref = json_input.loads(original_ref, "original_ref")
+    if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
+        raise InputError('original_ref: expected {"filename": ..., "subfolder": ..., "type": ...}')
+    name, annotated = split_annotation(ref["filename"])
+    root, _ = paths.root_for(state.folders, annotated or ref.get("type"), "output")
+    original = paths.readable_file(root, str(ref.get("subfolder") or ""), name)
+    if not original.is_file():
+        raise NotFoundError(f"original image {name} not found")
+    data = _masked(original, image, config.max_image_pixels)
+    if len(data) > config.max_upload_bytes:
+        raise PayloadTooLargeError(f"masked image over {config.max_upload_bytes} bytes")
+    masked = UploadFile(BytesIO(data), filename=image.filename)
+    return _store_upload(state, config, masked, type, subfolder, overwrite)

@@ -1,9 +1,15 @@
 """What the ComfyUI frontend asks of a single-user server: `/users`, `/settings`, `/userdata`
-(saved workflows), `/i18n`. Files live under `<user_dir>/default/`, every path checked like `/view`."""
+(saved workflows), `/i18n`. Files live under `<user_dir>/default/`, every path checked like `/view`.
+
+Settings are validated before they are written (`json_input.loads`: no lone surrogates, NaN or
+nesting that could not be read back), so a bad write is a 400 and `GET /settings`, which the frontend
+needs to start, keeps working; a file already spoiled by an older version is read leniently.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,10 +20,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from zturbo.errors import InputError
-from zturbo.server import paths
+from zturbo.server import json_input, paths
 from zturbo.server.deps import Config
 from zturbo.server.errors import NotFoundError
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["frontend"])
 SETTINGS_FILE = "comfy.settings.json"
 
@@ -34,20 +41,56 @@ def user_path(config: Any, name: str) -> Path:
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
         raise InputError(f"invalid user data path {name!r}")
     *folders, filename = name.split("/")
+    filename = paths.check_filename(filename)  # before any folder is made for it
     folder = paths.writable_folder(user_root(config), "/".join(folders))
-    return paths.contained(user_root(config), folder / paths.check_filename(filename))
+    return paths.contained(user_root(config), folder / filename)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _readable_entries(raw: bytes) -> dict:
+    """What can be kept of a settings file an older version spoiled: the entries that round-trip."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    kept = {}
+    for key, value in data.items():
+        try:
+            kept[key] = json_input.loads(json.dumps({key: value}))[key]
+        except (InputError, ValueError, RecursionError):
+            log.warning("dropping the unreadable setting %r", key.encode("utf-8", "replace"))
+    return kept
 
 
 def _settings(config: Any) -> dict:
     path = user_root(config) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    raw = path.read_bytes()
+    try:
+        data = json_input.loads(raw, "settings file")
+    except InputError as exc:
+        log.warning("%s: %s; keeping what can be read", path, exc)
+        return _readable_entries(raw)
+    return data if isinstance(data, dict) else {}
+
+
+def _save_settings(config: Any, settings: dict) -> None:
+    data = json.dumps(settings, ensure_ascii=False).encode("utf-8")
+    json_input.loads(data, "settings")  # never write what could not be read back
+    _write_atomic(user_root(config) / SETTINGS_FILE, data)
 
 
 @router.get("/users")
@@ -66,12 +109,9 @@ def get_settings(config: Config) -> dict:
 
 
 async def _json_body(request: Request, what: str) -> Any:
-    """The body as JSON whatever the content type (the frontend often sends none)."""
+    """The body as JSON whatever the content type (the frontend often sends none), strictly parsed."""
     raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what}: the body is not JSON") from exc
+    return json_input.loads(raw, what) if raw.strip() else None
 
 
 @router.post("/settings")
@@ -79,7 +119,7 @@ async def post_settings(config: Config, request: Request) -> Response:
     body = await _json_body(request, "settings")
     if not isinstance(body, dict):
         raise InputError("settings: expected a JSON object")
-    _write_atomic(user_root(config) / SETTINGS_FILE, json.dumps({**_settings(config), **body}).encode())
+    _save_settings(config, {**_settings(config), **body})
     return Response(status_code=200)
 
 
@@ -91,9 +131,7 @@ def get_setting(setting_id: str, config: Config) -> Any:
 @router.post("/settings/{setting_id}")
 async def post_setting(setting_id: str, config: Config, request: Request) -> Response:
     value = await _json_body(request, f"setting {setting_id!r}")
-    _write_atomic(
-        user_root(config) / SETTINGS_FILE, json.dumps({**_settings(config), setting_id: value}).encode()
-    )
+    _save_settings(config, {**_settings(config), setting_id: value})
     return Response(status_code=200)
 
 
@@ -106,7 +144,8 @@ def list_userdata(config: Config, dir: str = "", recurse: bool = False, full_inf
     )
     if not base.is_dir():
         return Response("Directory not found", status_code=404)
-    files = sorted(p for p in (base.rglob("*") if recurse else base.glob("*")) if p.is_file())
+    found = base.rglob("*") if recurse else base.glob("*")
+    files = sorted(p for p in found if p.is_file() and not paths.is_hidden(p.relative_to(base)))
     if not full_info:
         return [p.relative_to(base).as_posix() for p in files]
     return [
@@ -136,6 +175,8 @@ async def post_userdata(
     name: str, request: Request, config: Config, overwrite: bool = True, full_info: bool = False
 ) -> Any:
     path = user_path(config, name)
+    if path.is_dir():
+        return JSONResponse({"error": f"{name} is a folder"}, status_code=409)
     if path.exists() and not overwrite:
         return JSONResponse({"error": "file exists"}, status_code=409)
     _write_atomic(path, await request.body())

@@ -90,7 +90,7 @@ def get_job(job_id: str, state: State) -> Any:
 
 def _cancel(state: Any, job_id: str) -> bool:
     """Dequeue if pending, interrupt if running; finished or unknown ids are a no-op."""
-    return bool(state.queue.delete([job_id])) or state.queue.interrupt(job_id)
+    return bool(state.cancel_pending([job_id])) or state.queue.interrupt(job_id)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from zturbo.server.deps import Queue
+from zturbo.server.deps import Queue, State
 from zturbo.server.schemas import ClearDelete, InterruptRequest
 
 router = APIRouter(tags=["queue"])
@@ -19,11 +19,12 @@ def get_queue(queue: Queue) -> dict:
 
 
 @router.post("/queue")
-def post_queue(body: ClearDelete, queue: Queue) -> Response:
+def post_queue(body: ClearDelete, state: State) -> Response:
+    """Removed prompts end as `cancelled` (history entry, `execution_interrupted` + `executing` null)."""
     if body.clear:
-        queue.clear()
+        state.clear_pending()
     if body.delete:
-        queue.delete(body.delete)
+        state.cancel_pending(body.delete)
     return Response(status_code=200)
 
 

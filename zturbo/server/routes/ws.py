@@ -1,14 +1,15 @@
 """`/ws?clientId=`: ComfyUI's event stream.
 
-On connect the client gets `status` with its `sid`; a first message `{"type": "feature_flags"}` is
-answered with the server's flags. A reader and a writer run in one task group: when either ends (the
-client left, a send failed) the other is cancelled, and only this connection is affected.
+On connect the client gets `status` with its `sid` (then, after a crash, the end events of its prompts
+that died with the old server); a first message `{"type": "feature_flags"}` is answered with the
+server's flags. Anything else a client sends is ignored, however malformed (deep nesting, huge numbers,
+lone surrogates). A reader and a writer run in one task group: when either ends (the client left, a
+send failed) the other is cancelled, and only this connection is affected.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 
@@ -16,6 +17,8 @@ import anyio
 from anyio import CancelScope
 from fastapi import APIRouter, WebSocket
 
+from zturbo.errors import InputError
+from zturbo.server import json_input
 from zturbo.server.deps import State
 from zturbo.server.events import Client, encode_json
 from zturbo.server.state import ServerState
@@ -40,9 +43,9 @@ async def _write(websocket: WebSocket, client: Client, scope: CancelScope) -> No
 
 def _handle(text: str, first: bool, client: Client, state: ServerState) -> None:
     try:
-        message = json.loads(text)
-    except json.JSONDecodeError:
-        log.warning("invalid JSON from websocket client %s", client.sid)
+        message = json_input.loads(text, "websocket message")
+    except InputError as exc:
+        log.warning("ignoring a message from websocket client %s: %s", client.sid, exc)
         return
     if first and isinstance(message, dict) and message.get("type") == "feature_flags":
         data = message.get("data")
@@ -57,7 +60,10 @@ async def _read(websocket: WebSocket, client: Client, state: ServerState) -> Non
         if message["type"] == "websocket.disconnect":
             return
         if message.get("text") is not None:
-            _handle(message["text"], first, client, state)
+            try:
+                _handle(message["text"], first, client, state)
+            except Exception:  # nothing a client sends may end its connection
+                log.exception("websocket client %s: message handling failed", client.sid)
             first = False
 
 
@@ -67,6 +73,8 @@ def _greet(client: Client, state: ServerState) -> None:
     if channel is not None and channel.client_id == client.sid and channel.last_node is not None:
         # A client reconnecting mid-job learns which node is running, as in ComfyUI.
         client.offer(encode_json("executing", {"node": channel.last_node, "prompt_id": channel.prompt_id}))
+    for event, data in state.take_notices(client.sid):
+        client.offer(encode_json(event, data))
 
 
 @router.websocket("/ws")

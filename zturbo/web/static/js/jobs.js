@@ -93,12 +93,13 @@ async function cancel(promptId) {
   if (job.state === "queued") {
     await postJSON("/queue", { delete: [promptId] });
     // The delete only drops pending prompts: one that started while it was on its way runs on, so ask
-    // where it is now and, if it runs, stop it there. One that already ran keeps its card: its end
-    // event (or the resync after a reconnect) shows the result.
+    // where it is now and, if it runs, stop it there. Otherwise its history entry tells: cancelled
+    // (the delete landed) or the result of a run that beat it.
     const queue = await getJSON("/queue");
     if (!queue.queue_running.some((item) => item[1] === promptId)) {
-      const ran = (await getJSON(`/history/${promptId}`))[promptId];
-      if (!ran && !FINAL.has(job.state)) setState(job, "cancelled");
+      const ended = (await getJSON(`/history/${promptId}`))[promptId];
+      if (ended) finish(promptId);
+      else if (!FINAL.has(job.state)) setState(job, "cancelled");
       return;
     }
   }
