@@ -1,10 +1,25 @@
-"""`QuantLinear.concatenated`: Q‖K‖V and W1‖W3 of quantized blocks as one layer, one GEMM."""
+"""`QuantLinear.concatenated`: Q‖K‖V and W1‖W3 of quantized blocks as one layer, one GEMM.
+
+What is exact and what is bounded:
+- The stacked layer's weight is bit for bit the parts' weights stacked (dequantization works row by row
+  on whole blocks), and its output is bit for bit `F.linear` of that stacked weight: the same GEMM.
+- Its output next to the parts' outputs side by side is not exact by construction: one GEMM of N = 128
+  rows against three of 64, 32 and 32, and BLAS picks its kernel (and with it the order in which each
+  dot product's K terms are summed) by shape. MKL's AVX2 sgemm (AVX2-only CPUs; on Intel AVX-512 run it
+  with `MKL_ENABLE_INSTRUCTIONS=AVX2`) sums N ≥ 96 differently from N ≤ 64 here. `assert_same_sums`
+  bounds the difference: each side is a sum of n = K + 1 terms (K products and the bias) in some order,
+  within γₙ·S of the exact sum, γₙ = n·u / (1 − n·u), u = 2⁻²⁴, S = |x|·|W|ᵀ + |b| (Higham, Accuracy and
+  Stability of Numerical Algorithms, §3.1), so the two differ by at most 2·γₙ·S per element. bf16 outputs add one bf16
+  rounding per side (half an ulp, 2⁻⁸ relative). Measured on that MKL path: the worst element is off
+  by 1.7e-3 of its bound; the parts' outputs in the wrong order are outside the bound in 99% of elements.
+"""
 
 from __future__ import annotations
 
 import gguf
 import pytest
 import torch
+import torch.nn.functional as F
 from gguf import GGMLQuantizationType as Q
 from torch import nn
 
@@ -33,6 +48,21 @@ def gguf_weight(qtype: Q, out_features: int, in_features: int = IN, seed: int = 
 def fp8_weight(out_features: int, per_row: bool, seed: int = 0, **kw) -> Fp8Weight:
     weight = torch.randn(out_features, IN, generator=gen(seed)) * (seed + 1)  # parts of different scales
     return quantize_to_fp8(weight, per_row=per_row, **kw)
+
+
+def assert_same_sums(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, fused: QuantLinear) -> None:
+    """`got` and `want` are x·Wᵀ + b summed in two orders: equal within 2·γₙ·S (see the module docstring)."""
+    x64, w64 = x.to(fused.compute_dtype).double(), fused.weight.double()
+    s = x64.abs() @ w64.abs().T
+    if fused.bias is not None:
+        s = s + fused.bias.to(fused.compute_dtype).double().abs()
+    n = fused.in_features + 1
+    gamma = n * 2.0**-24 / (1 - n * 2.0**-24)
+    bound = 2 * gamma * s
+    if got.dtype == torch.bfloat16:  # each side rounded its fp32 sum once: within 2⁻⁸ of it
+        bound = bound + 2.0**-8 * (got.double().abs() + want.double().abs()) / (1 - 2.0**-8)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert bool(((got.double() - want.double()).abs() <= bound).all())
 
 
 KINDS = ("Q8_0", "Q4_0", "Q4_K", "Q6_K", "fp8-row", "fp8-tensor")
@@ -64,8 +94,10 @@ def test_output_equals_the_parts_outputs_side_by_side(kind: str, dtype: torch.dt
     x = torch.randn(2, 7, IN, generator=gen(3))
 
     assert torch.equal(fused.weight, torch.cat([p.weight for p in layers]))
+    b = torch.cat([p.bias for p in layers]).to(dtype) if bias else None
     out = fused(x)
-    assert out.dtype == dtype and torch.equal(out, torch.cat([p(x) for p in layers], dim=-1))
+    assert out.dtype == dtype and torch.equal(out, F.linear(x.to(dtype), fused.weight, b))
+    assert_same_sums(out, torch.cat([p(x) for p in layers], dim=-1), x, fused)
     for p, (data, ptr) in zip(layers, before, strict=True):  # the parts are left as they were
         assert p.qweight.data_ptr() == ptr and torch.equal(p.qweight, data)
 
@@ -86,7 +118,8 @@ def test_mixed_per_row_and_per_tensor_scales_stack() -> None:
     fused = QuantLinear.concatenated([row, tensor])
     assert fused is not None
     x = torch.randn(4, IN, generator=gen(4))
-    assert torch.equal(fused(x), torch.cat([row(x), tensor(x)], dim=-1))
+    assert torch.equal(fused.weight, torch.cat([row.weight, tensor.weight]))
+    assert_same_sums(fused(x), torch.cat([row(x), tensor(x)], dim=-1), x, fused)
 
 
 def test_static_input_scales_must_agree() -> None:
