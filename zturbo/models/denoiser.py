@@ -40,16 +40,19 @@ def transformer_forward(
     """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
 
     zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of
-    (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it.
+    (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it,
+    unless the model names its own `input_dtype` (zturbo's DiT off its plain path: fp32, so the
+    caption features and t keep their range and precision; the weights are fp16 there).
     `step_cache` is for a `ZImageDiT` only (passed only when given).
     """
     param = next(model.parameters())
-    caps = [c.to(param.device, param.dtype) for c in captions]
-    t = t.to(param.device, param.dtype)
+    dtype = getattr(model, "input_dtype", None) or param.dtype
+    caps = [c.to(param.device, dtype) for c in captions]
+    t = t.to(param.device, dtype)
     if step_cache is not None:
-        return model(x.to(param.device, param.dtype), t, caps, step_cache=step_cache).float()
+        return model(x.to(param.device, dtype), t, caps, step_cache=step_cache).float()
     if getattr(model, "batched_api", False):
-        return model(x.to(param.device, param.dtype), t, caps).float()
+        return model(x.to(param.device, dtype), t, caps).float()
     latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
     out = model(latents, t, caps, return_dict=False)[0]
     return torch.stack([o.float() for o in out]).squeeze(2)
