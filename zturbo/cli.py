@@ -29,7 +29,14 @@ ModelsDir = Annotated[
     typer.Option("--models-dir", help="ComfyUI-style models folder [env ZTURBO_MODELS, default ./models]"),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
-DtypeOpt = Annotated[str, typer.Option(help="auto | bf16 | fp16 | fp32 (auto: bf16 on GPU, fp32 on CPU)")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto | bf16 | fp16 | fp32. auto: bf16 on GPUs with bf16, fp16 on GPUs without (RTX 20xx/10xx, T4, "
+        "older AMD: the fp16-safe path, never black images), fp32 on CPU. The VAE decodes in fp32 where bf16 "
+        "is missing."
+    ),
+]
 SpeedOpt = Annotated[
     str,
     typer.Option(

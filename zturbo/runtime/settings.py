@@ -22,8 +22,8 @@ from zturbo.runtime.memory import MemoryPlan, parse_vram
 class EngineSettings:
     """How the engine runs.
 
-    - `device` auto | cuda | cuda:N | mps | cpu; `dtype` auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU,
-      fp32 on the CPU).
+    - `device` auto | cuda | cuda:N | mps | cpu; `dtype` auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU
+      with bf16, the fp16-safe path on one without, fp32 on the CPU: `runtime.device`).
     - `vram`: the GPU memory to plan for ("auto" = free VRAM, "8G", "unlimited"), or None for no
       planning at all (every component resident: the library default).
     - `speed` reference | eager | compile | max, `step_cache` (0 = off): `runtime.compile.SpeedOptions`.
@@ -51,6 +51,11 @@ class EngineSettings:
             "speed_options",
             SpeedOptions(self.speed, self.compile_mode, self.compile_cache, step_cache=self.step_cache),
         )
+        if self.speed == "reference" and self.placement.fp16_dit:
+            raise InputError(
+                "--speed reference runs diffusers' class unchanged, which has no fp16-safe path (plain fp16 "
+                "gives black images): use --speed eager (or compile, max), or --dtype fp32"
+            )
         if self.vram is not None:
             parse_vram(self.vram)
         if self.weight_dtype not in WEIGHT_DTYPES:
