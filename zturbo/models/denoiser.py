@@ -18,7 +18,7 @@ import logging
 import torch
 from torch import nn
 
-from zturbo.errors import GenerationError
+from zturbo.errors import NonFiniteError
 from zturbo.models.zimage_dit import StepCache, ZImageDiT
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class ZImageDenoiser:
         return denoised
 
     def check_finite(self) -> None:
-        """Raise if any call so far produced NaN/inf, naming the first (one host sync for all calls)."""
+        """Raise `NonFiniteError` if any call so far produced NaN/inf, naming the first (one host sync for
+        all calls) and how the model computed (`Engine.sample` retries once on a safer path)."""
         if not self._finite:
             return
         flags = torch.stack([f for f, _ in self._finite]).cpu()
@@ -152,10 +153,22 @@ class ZImageDenoiser:
             return
         first = int((~flags).nonzero()[0])
         sigma = float(self._finite[first][1])
-        raise GenerationError(
-            f"the diffusion model produced NaN/inf values at model call {first + 1} (sigma {sigma:.4f}). "
-            "This usually means fp16 overflow: use --dtype bf16 (or fp32)."
+        raise NonFiniteError(
+            f"the diffusion model produced NaN/inf values at model call {first + 1} (sigma {sigma:.4f}) "
+            f"computing in {compute_description(self.model)}"
         )
+
+
+def compute_description(model: nn.Module) -> str:
+    """How a DiT computes, for messages: "bf16", "fp16-safe (fp32 residual)", "fp32 (bf16 weights)"..."""
+    dit = getattr(model, "dit", model)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    precision = getattr(dit, "precision", "plain")
+    if precision == "fp16":
+        return "fp16-safe (fp32 residual)"
+    if precision == "fp32" and dtype != "float32":
+        return f"fp32 ({dtype} weights)"
+    return dtype
 
 
 def _repeat_to(conds: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
