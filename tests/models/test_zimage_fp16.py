@@ -207,3 +207,19 @@ def test_fp16_safe_with_a_gguf_file(tmp_path):
     got = run(safe, *inputs())
     assert torch.isfinite(got).all()
     assert rel_error(got, expected) <= BOUND
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["eager", "compile", "max"])
+def test_fp16_safe_on_cuda_in_every_speed_mode(mode):
+    """cuBLAS/cuDNN kernels, the compiled block (fused scaling) and CUDA graphs: finite, within the bound."""
+    from zturbo.runtime.compile import SpeedOptions, accelerate
+
+    x, t, captions = inputs()
+    x, t, captions = x.cuda(), t.cuda(), [c.cuda() for c in captions]
+    expected = run(ours(torch.float32).cuda(), x, t, captions)
+    model = accelerate(ours(torch.float16).cuda(), SpeedOptions(mode))
+    for _ in range(2):  # the second call replays the graph in max mode
+        got = run(model, x, t, captions)
+        assert torch.isfinite(got).all()
+        assert rel_error(got, expected) <= BOUND
