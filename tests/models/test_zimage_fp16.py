@@ -26,6 +26,7 @@ import torch
 from gguf import GGMLQuantizationType as Q
 
 from zturbo.checkpoints.load import load_dit
+from zturbo.errors import InputError
 from zturbo.models import zimage_fp16
 from zturbo.models.zimage_convert import SplitLinear, from_diffusers
 from zturbo.models.zimage_dit import ZImageDiT
@@ -164,6 +165,14 @@ def test_fp32_compute_over_fp16_weights_matches_fp32(fp32_run):
 def test_fp16_safe_needs_fp16_weights():
     with pytest.raises(ValueError, match="needs fp16 weights"):
         ours(torch.bfloat16).set_precision("fp16")
+
+
+def test_weights_beyond_fp16_range_are_refused():
+    model, state_dict = overflow_prone_dit()
+    state_dict["layers.0.ffn_norm1.weight"][0] = 1e5  # inf once cast to fp16
+    model.load_state_dict({k: v.half() for k, v in state_dict.items()}, assign=True)
+    with pytest.raises(InputError, match="beyond fp16's range"):
+        from_diffusers(model)
 
 
 def quantized(compute_dtype: torch.dtype, names=("to_q.weight", "to_k.weight", "w1.weight", "w3.weight")):

@@ -160,7 +160,7 @@ class ZImageDenoiser:
 
 
 def compute_description(model: nn.Module) -> str:
-    """How a DiT computes, for messages: "bf16", "fp16-safe (fp32 residual)", "fp32 (bf16 weights)"..."""
+    """How a DiT computes, for messages: "bfloat16", "fp16-safe (fp32 residual)", "fp32 (bfloat16 weights)"."""
     dit = getattr(model, "dit", model)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     precision = getattr(dit, "precision", "plain")

@@ -270,6 +270,8 @@ class ZImageDiT(nn.Module):
         if precision != "plain":
             for block in self.blocks():
                 zimage_fp16.check_block(block)
+        if precision == "fp16":
+            zimage_fp16.check_fp16_range(self)
         dtype = torch.float16 if precision == "fp16" else torch.float32
         self.precision = precision
         for block in self.blocks():

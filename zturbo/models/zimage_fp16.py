@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import sdpa_kernel
 
+from zturbo.errors import InputError
 from zturbo.models.zimage_layout import apply_rope
 
 PRECISIONS = ("plain", "fp16", "fp32")  # plain: the weights' dtype throughout (bf16 or fp32)
@@ -132,6 +133,17 @@ def check_block(block: nn.Module) -> None:
     for name in ("qkv", "out", "w13", "w2"):
         if _has_bias(getattr(block, name)):
             raise ValueError(f"the fp16-safe path needs bias-free block projections ({name} has a bias)")
+
+
+def check_fp16_range(model: nn.Module) -> None:
+    """The small tensors (norm weights, biases, pad tokens) are where a trained value could exceed 65504
+    and have turned into inf when the weights were cast to fp16; matrices hold values of order 1."""
+    small = [p for p in model.parameters() if p.numel() <= 1 << 16 and p.is_floating_point()]
+    if small and not bool(torch.stack([torch.isfinite(p).all() for p in small]).all()):
+        raise InputError(
+            "this diffusion model holds norm weights, biases or pad tokens beyond fp16's range (65504): "
+            "use --dtype bf16 or fp32"
+        )
 
 
 def block_forward(block, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, adaln: Tensor | None):
