@@ -107,7 +107,7 @@ def test_scaled_rms_norm_forgets_a_power_of_two_exactly():
     c = torch.tensor(2.0**-9)
     expected = zimage_fp16.rms_norm32(y, weight, 1e-5, torch.tensor(1.0))
     assert torch.equal(zimage_fp16.rms_norm32(y * c, weight, 1e-5, c), expected)
-    small = y * 1e-4  # where ε matters: the ε·c² correction keeps it exact
+    small = y * 1e-4  # where ε matters: the scale is divided out (exactly) before normalising
     expected = zimage_fp16.rms_norm32(small, weight, 1e-5, torch.tensor(1.0))
     assert torch.equal(zimage_fp16.rms_norm32(small * c, weight, 1e-5, c), expected)
 

@@ -18,20 +18,21 @@ Z-Image's activations leave fp16's range (largest finite value 65504; the releas
 4. The attention output is a convex combination of the rows of V (|o| ≤ max|v|), but the
    out-projection can grow it like any GEMM.
 
-The fix, and why it is exact: every branch reaches x only through its post-norm, and RMSNorm forgets
-scale: N(c·y; ε·c²) = N(y; ε) for any c > 0. Both branches are homogeneous in the quantities we
-scale: the attention branch is linear in V (Q and K pass their own QK-norms, which take the same ε·c²
-correction) and the out-projection is linear; in the FFN the scale is applied after the silu, where
-W₂ is linear. So each GEMM input is multiplied by a power of two c = 2⁻ᵉ that puts its largest
-magnitude in [1, 2) — per tensor for the attention input (V mixes tokens, so one c for all), per
-token after the attention and after the silu — and the post-norm divides it out through ε·c².
-A power of two commutes with rounding while values stay normal, so the result is bit for bit what
-fp16 with an unbounded exponent would compute (values below 2⁻¹⁴ of a row's largest become
+The fix, and why it is exact: every fp16 tensor of a branch holds c·(its true value) for a power of
+two c = 2⁻ᵉ chosen on the device so that the largest magnitude of each GEMM's input lies in [1, 2);
+fp32 code divides c out again (exact) wherever the branch leaves fp16. That works because each
+branch is linear where the scales sit: the GEMMs have no bias (W(c·h) = c·Wh), attention is linear in
+V (Q and K are divided back before their QK-norms), and in the FFN the scale is applied after the
+silu, where W₂ is linear. c is one per tensor for the attention input (V mixes tokens) and one per
+token after the attention and after the silu (the out-projection, W₂ and the post-norms act on each
+row alone). A power of two commutes with rounding while values stay normal, so the result is bit for
+bit what fp16 with an unbounded exponent would compute (values below 2⁻¹⁴ of a row's largest become
 subnormal: absolute error ≤ 2⁻²⁵ of that largest value). No GEMM output can overflow unless a weight
-row's L1 norm exceeds 32752 (trained rows: ~10²). No clamps: nothing saturates, so nothing changes
-in range (a clamp to ±65504 before a norm changes the branch's direction wherever it fires).
-GEMMs, attention and the elementwise work between them run in fp16; QK-norm, RoPE, the softmax's
-statistics (inside the fused kernels) and the post-norms in fp32.
+row's L1 norm exceeds 32752 (trained rows: ~10²). The post-norms, which make each branch's
+contribution independent of its scale anyway, see the unscaled values in fp32. No clamps: nothing
+saturates, so nothing changes in range (a clamp to ±65504 before a norm changes the branch's direction
+wherever it fires). GEMMs and attention run in fp16; modulation, QK-norm, RoPE, the FFN's
+silu·product and the post-norms in fp32 (the softmax statistics inside the fused kernels are fp32).
 
 What remains is fp16's rounding (unit roundoff u = 2⁻¹¹, three bits finer than bf16's 2⁻⁸): a few
 roundings per branch (GEMM inputs and outputs), adding up along the residual (tests/models/
@@ -56,7 +57,7 @@ from zturbo.errors import InputError
 from zturbo.models.zimage_layout import apply_rope
 
 PRECISIONS = ("plain", "fp16", "fp32")  # plain: the weights' dtype throughout (bf16 or fp32)
-_E_RANGE = 60  # scales stay within 2^±60: exact, and eps·c² stays finite in fp32
+_E_RANGE = 60  # scales stay within 2^±60: exact powers of two, and nothing they touch leaves fp32's range
 
 
 def pow2_inverse(amax: Tensor) -> Tensor:
@@ -77,12 +78,19 @@ def amax(x: Tensor, dim: int | None = None) -> Tensor:
 
 
 def rms_norm32(y: Tensor, weight: Tensor, eps: float, scale: Tensor | None = None) -> Tensor:
-    """RMSNorm in fp32 of y = scale·ŷ, as of ŷ: y·rsqrt(mean y² + ε·scale²)·w (exact: see the docstring)."""
-    y = y.float()
-    if scale is None:
-        return F.rms_norm(y, weight.shape, weight.float(), eps)
-    ms = y.pow(2).mean(-1, keepdim=True)
-    return y * torch.rsqrt(ms + eps * scale * scale) * weight.float()
+    """RMSNorm in fp32 of y / scale (y holds scale·ŷ, scale a power of two: the division is exact)."""
+    if scale is not None:  # one pass: a dimensioned fp32 divisor promotes fp16 to fp32
+        y = torch.div(y, scale.reshape(1) if scale.dim() == 0 else scale)
+    return F.rms_norm(y.float(), weight.shape, weight.float(), eps)
+
+
+def scaled(x: Tensor, c: Tensor, dtype: torch.dtype) -> Tensor:
+    """x·c (computed in fp32) in `dtype`, in one pass where the eager path allows."""
+    c = c.reshape(1) if c.dim() == 0 else c
+    if torch.compiler.is_compiling():
+        return (x * c).to(dtype)  # the compiler fuses it anyway
+    out = torch.empty(torch.broadcast_shapes(x.shape, c.shape), dtype=dtype, device=x.device)
+    return torch.mul(x, c, out=out)
 
 
 def linear_fp32(layer: nn.Module, x: Tensor) -> Tensor:
@@ -172,7 +180,7 @@ def _scaled_input(block, h: Tensor) -> tuple[Tensor, Tensor | None]:
     if block.precision != "fp16":
         return h, None
     c = pow2_inverse(amax(h))
-    return (h * c).to(block.compute_dtype), c
+    return scaled(h, c, block.compute_dtype), c
 
 
 def _times(a: Tensor | None, b: Tensor) -> Tensor:
@@ -198,7 +206,7 @@ def attention(
     o = o.transpose(1, 2).reshape(batch, seq, -1)  # = c·ô: attention is linear in V
     if block.precision == "fp16":  # per token: the out-projection and N₂ act on each row alone
         c_o = pow2_inverse(amax(o, dim=-1))
-        o, c = (o.float() * c_o).to(dtype), _times(c, c_o)
+        o, c = scaled(o, c_o, dtype), _times(c, c_o)
     return run_linear(block.out, o, dtype), c
 
 
@@ -209,7 +217,7 @@ def feed_forward(block, h: Tensor) -> tuple[Tensor, Tensor | None]:
     gate, up = run_linear(block.w13, h, dtype).chunk(2, dim=-1)  # c·(W₁h, W₃h)
     if block.precision != "fp16":
         return run_linear(block.w2, F.silu(gate) * up, dtype), None
-    p = gate.float()
-    p = F.silu(p.div_(c), inplace=True).mul_(up)  # = c·silu(W₁h)·W₃h, in fp32: the product may exceed fp16
+    p = torch.div(gate, c.reshape(1))  # W₁h in fp32 (one pass: the dimensioned divisor promotes)
+    p = F.silu(p, inplace=True).mul_(up)  # = c·silu(W₁h)·W₃h, in fp32: the product may exceed fp16
     c_p = pow2_inverse(amax(p, dim=-1))  # per token: W₂ and N₄ act on each row alone
-    return run_linear(block.w2, p.mul_(c_p).to(dtype), dtype), c * c_p
+    return run_linear(block.w2, scaled(p, c_p, dtype), dtype), c * c_p
