@@ -32,9 +32,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | mps | cpu")]
 DtypeOpt = Annotated[
     str,
     typer.Option(
-        help="auto | bf16 | fp16 | fp32. auto: bf16 on GPUs with bf16, fp16 on GPUs without (RTX 20xx/10xx, T4, "
-        "older AMD: the fp16-safe path, never black images), fp32 on CPU. The VAE decodes in fp32 where bf16 "
-        "is missing."
+        help="auto | bf16 | fp16 | fp32. fp16 is the fp16-safe path (fp32 residual: no overflow). auto: bf16 on "
+        "GPUs with bf16, fp16 on GPUs without (RTX 20xx/10xx, T4, older AMD), fp32 on CPU; the VAE decodes "
+        "in fp32 where bf16 is missing."
     ),
 ]
 SpeedOpt = Annotated[

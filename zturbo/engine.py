@@ -112,6 +112,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
+        log.info("dtypes: %s", self.placement.describe())
         self.speed = self.settings.speed_options  # which DiT runs, compiled or not
         # VRAM plan, streaming and the out-of-memory retry; None: every component resident (no planning).
         self.memory: MemoryManager | None = None
