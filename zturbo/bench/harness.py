@@ -259,7 +259,8 @@ class _Session:
             request = bench_request(*bucket, self.steps)
             guard = quality(engine, self.paths, request, self.guards[bucket])
             facts = graph_facts(engine, self.paths, weights)
-            row.extra.update(extra, weight_dtype=weights, dtype=engine.settings.dtype, **guard, **facts)
+            dtypes = engine.placement.describe()
+            row.extra.update(extra, weight_dtype=weights, dtypes=dtypes, **guard, **facts)
             self.record(row)
 
     def diffusers_rows(self, engine: Engine, systems: list[str]) -> None:
@@ -302,13 +303,13 @@ def run(
     if diffusers_systems := [s for s in systems if s.startswith("diffusers")]:
         session.diffusers_rows(engine, diffusers_systems)
     loads = dict.fromkeys((system_weight_dtype(s), system_dtype(s)) for s, m in runs if m != "reference")
-    for weights, dtype in loads:
+    for weights, (dtype, bf16) in loads:
         _release(engine)  # each weight dtype and dtype on freshly loaded weights, so peak VRAM compares
-        engine = Engine(EngineSettings("cuda", dtype, speed="eager", weight_dtype=weights))
+        engine = Engine(EngineSettings("cuda", dtype, speed="eager", weight_dtype=weights, bf16=bf16))
         engine.load_all(paths, weights)
         resident = {"resident_gib_before": round(torch.cuda.memory_allocated() / 2**30, 2)}
         for system, mode in runs:
-            same_load = (system_weight_dtype(system), system_dtype(system)) == (weights, dtype)
+            same_load = (system_weight_dtype(system), system_dtype(system)) == (weights, (dtype, bf16))
             if mode != "reference" and same_load:
                 cache = step_cache if system == "zturbo-cache" else 0.0
                 facts = set_speed(engine, paths, mode, compile_cache, weights, cache)

@@ -30,7 +30,8 @@ from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accele
 # Benchmark system names → the speed modes they measure (zturbo-fp8: bf16 file quantized to fp8 on load,
 # row-wise scaled fp8 GEMMs; opt-in and lossy, its guard says by how much). zturbo-fp16 forces the
 # fp16-safe DiT path (`--dtype fp16`: what GPUs without bf16 run; the text encoder and VAE stay bf16 on a
-# bf16 GPU, so the rows isolate the DiT), zturbo-fp32 the fp32 DiT (`--dtype fp32`, everything fp32).
+# bf16 GPU, so the rows isolate the DiT), zturbo-fp32 the fp32 DiT (`--dtype fp32`, everything fp32),
+# zturbo-nobf16 all of a GPU without bf16's dtypes (`--dtype auto` there: fp16-safe DiT, fp32 VAE).
 ZTURBO_SYSTEMS = {
     "zturbo": ("reference", "eager"),
     "zturbo-compiled": ("compile", "max"),
@@ -38,10 +39,16 @@ ZTURBO_SYSTEMS = {
     "zturbo-cache": ("compile",),  # + the opt-in step cache at --step-cache's threshold
     "zturbo-fp16": ("eager", "compile", "max"),
     "zturbo-fp32": ("eager", "max"),
+    "zturbo-nobf16": ("eager", "max"),
 }
 MATH_FLOOR_MAX_PIXELS = 2 * 1024 * 1024  # per image: its scores grow with the square of the tokens
 FP8_SYSTEMS = {"zturbo-fp8": "fp8_e4m3fn_fast"}
-DTYPE_SYSTEMS = {"zturbo-fp16": "fp16", "zturbo-fp32": "fp32"}
+# system → (EngineSettings dtype, bf16: None asks the GPU, False acts as one without bf16)
+DTYPE_SYSTEMS = {
+    "zturbo-fp16": ("fp16", None),
+    "zturbo-fp32": ("fp32", None),
+    "zturbo-nobf16": ("auto", False),
+}
 
 
 def system_weight_dtype(system: str) -> str:
@@ -49,9 +56,9 @@ def system_weight_dtype(system: str) -> str:
     return FP8_SYSTEMS.get(system, "default")
 
 
-def system_dtype(system: str) -> str:
-    """The engine's `--dtype` for a system name (bf16 unless the system is about another dtype)."""
-    return DTYPE_SYSTEMS.get(system, "bf16")
+def system_dtype(system: str) -> tuple[str, bool | None]:
+    """(engine dtype, bf16 override) for a system name: bf16 unless the system is about another dtype."""
+    return DTYPE_SYSTEMS.get(system, ("bf16", None))
 
 
 def zturbo_modes(system: str) -> tuple[str, ...]:

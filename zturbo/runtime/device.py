@@ -56,12 +56,6 @@ def bf16_native(device: torch.device) -> bool:
     return props.major >= 8
 
 
-def bf16_computes(device: torch.device) -> bool:
-    """Whether bf16 runs on `device` at all: everywhere but MPS before macOS 14 (pre-Ampere NVIDIA cards
-    emulate it in fp32, older AMD GPUs run it without matrix units; torch reports both as supported)."""
-    return device.type != "mps" or bf16_native(device)
-
-
 def pick_device(name: str = "auto") -> torch.device:
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise InputError(f"device must be one of {', '.join(DEVICE_CHOICES)} (got {name!r})")
@@ -86,23 +80,31 @@ class Placement:
 
     device: torch.device
     dtype: str = "auto"  # user choice: auto | bf16 | fp16 | fp32
+    # None: as the GPU says (`bf16_native`); False: act as a GPU without bf16 (benchmarks run a small
+    # card's dtypes on a big one); True: as one with it.
+    bf16: bool | None = None
 
     @classmethod
     def auto(cls) -> Placement:
         return cls(pick_device("auto"))
 
     @classmethod
-    def create(cls, device: str = "auto", dtype: str = "auto") -> Placement:
+    def create(cls, device: str = "auto", dtype: str = "auto", bf16: bool | None = None) -> Placement:
         if dtype not in DTYPE_CHOICES:
             raise InputError(f"dtype must be one of {', '.join(DTYPE_CHOICES)} (got {dtype!r})")
-        return cls(pick_device(device), dtype)
+        return cls(pick_device(device), dtype, bf16)
+
+    def bf16_native(self, device: torch.device) -> bool:
+        if self.bf16 is None or device.type == "cpu":
+            return bf16_native(device)
+        return self.bf16
 
     def _default(self, device: torch.device) -> torch.dtype:
         if self.dtype != "auto":
             return DTYPES[self.dtype]
         if device.type == "cpu":
             return torch.float32
-        return torch.bfloat16 if bf16_native(device) else torch.float16
+        return torch.bfloat16 if self.bf16_native(device) else torch.float16
 
     def dit_dtype(self, weight_dtype: str = "default") -> torch.dtype:
         """The DiT's weights and compute dtype; fp16 means the fp16-safe path (module docstring)."""
@@ -115,13 +117,13 @@ class Placement:
 
     def text_encoder_dtype(self, device: torch.device) -> torch.dtype:
         dtype = self._default(device)
-        if dtype == torch.float16 and bf16_computes(device):
-            return torch.bfloat16
+        if dtype == torch.float16 and (device.type != "mps" or self.bf16_native(device)):
+            return torch.bfloat16  # bf16 runs (emulated where not native) everywhere but old MPS
         return dtype
 
     def vae_dtype(self) -> torch.dtype:
         dtype = self._default(self.device)
-        if dtype != torch.float32 and not (self.device.type == "cpu" or bf16_native(self.device)):
+        if dtype != torch.float32 and not (self.device.type == "cpu" or self.bf16_native(self.device)):
             return torch.float32  # no bf16 convolutions here, and the Flux VAE overflows fp16
         return torch.bfloat16 if dtype == torch.float16 else dtype
 
@@ -131,7 +133,7 @@ class Placement:
         name = "fp16-safe (fp32 residual)" if dit == torch.float16 else str(dit).removeprefix("torch.")
         te = str(self.text_encoder_dtype(self.device)).removeprefix("torch.")
         vae = str(self.vae_dtype()).removeprefix("torch.")
-        native = "" if self.device.type == "cpu" else f"; bf16 native: {bf16_native(self.device)}"
+        native = "" if self.device.type == "cpu" else f"; bf16 native: {self.bf16_native(self.device)}"
         return f"{self.device}: diffusion model {name}, text encoder {te}, VAE {vae}{native}"
 
     def empty_cache(self) -> None:

@@ -30,6 +30,8 @@ class EngineSettings:
     - `weight_dtype`: how a diffusion model loads when the caller does not say (UNETLoader says).
     - `compile_mode`, `compile_cache`: torch.compile's mode and persistent cache folder.
     - `plan`: a fixed memory plan instead of planning (tests, benchmarks); `vram` is then ignored.
+    - `bf16`: None asks the GPU whether it has bf16; False makes `auto` pick what a GPU without it
+      runs (fp16-safe DiT, fp32 VAE), so a benchmark can run a small card's dtypes on a big one.
     """
 
     device: str = "auto"
@@ -41,11 +43,12 @@ class EngineSettings:
     compile_mode: str = "default"
     compile_cache: Path | None = None  # None: env ZTURBO_COMPILE_CACHE or ~/.cache/zturbo/inductor
     plan: MemoryPlan | None = None
+    bf16: bool | None = None  # None: as the GPU says; False: a GPU without bf16's dtypes (benchmarks)
     placement: Placement = field(init=False, repr=False, compare=False)
     speed_options: SpeedOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "placement", Placement.create(self.device, self.dtype))
+        object.__setattr__(self, "placement", Placement.create(self.device, self.dtype, self.bf16))
         object.__setattr__(
             self,
             "speed_options",
