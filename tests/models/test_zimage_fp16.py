@@ -219,6 +219,29 @@ def test_fp16_safe_with_a_gguf_file(tmp_path):
     assert rel_error(got, expected) <= BOUND
 
 
+@pytest.fixture
+def compile_cache(request, monkeypatch):
+    """Inductor's cache in pytest's cache folder (as tests/runtime/test_compile.py keeps it)."""
+    folder = request.config.cache.mkdir("zturbo-inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    try:
+        torch.compile(lambda a: a * 2 + 1, dynamic=False)(torch.ones(3))
+    except Exception as exc:  # no C++ compiler, unsupported platform...
+        pytest.skip(f"torch.compile does not work on this machine: {exc}")
+    return folder
+
+
+def test_compiled_fp16_safe_block_is_one_graph_and_within_the_bound(fp32_run, compile_cache):
+    """The compiled block function (fullgraph: any graph break fails) on CPU inductor."""
+    from zturbo.runtime.compile import SpeedOptions, accelerate
+
+    expected, _ = fp32_run
+    model = accelerate(ours(torch.float16), SpeedOptions("compile", cache_dir=compile_cache))
+    got = run(model, *inputs())
+    assert torch.isfinite(got).all()
+    assert rel_error(got, expected) <= BOUND
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["eager", "compile", "max"])
 def test_fp16_safe_on_cuda_in_every_speed_mode(mode):
