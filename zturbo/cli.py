@@ -49,7 +49,11 @@ ModelsDir = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto | cuda | cuda:N | mps | cpu")]
 DtypeOpt = Annotated[
     str,
-    typer.Option(help="auto | bf16 | fp32 (auto: bf16 on a GPU, fp32 on the CPU; fp16 gives black images)"),
+    typer.Option(
+        help="auto | bf16 | fp16 | fp32. fp16 is the fp16-safe path (fp32 residual: no overflow). auto: bf16 on "
+        "GPUs with bf16, fp16 on GPUs without (RTX 20xx/10xx, T4, older AMD), fp32 on CPU; the VAE decodes "
+        "in fp32 where bf16 is missing."
+    ),
 ]
 SpeedOpt = Annotated[
     str,

@@ -9,6 +9,14 @@ the file is read into the reference module (`checkpoints.load`), and `_realize_*
 and place that residence asks for (zturbo's DiT, compiled or graphed as the speed settings allow there;
 blocks streamed or resident). A later plan (another workload, an out-of-memory fallback) calls the same
 `_realize_*` again for the components whose residence changed.
+
+NaN/inf watchdog: sampling is checked once after the last step (`ZImageDenoiser.check_finite`). A
+non-finite result is not decoded into a black image: the DiT samples once more computing in fp32 from
+its stored weights (`ZImageDiT.set_precision("fp32")`: bf16 or the fp16-safe path → fp32 arithmetic,
+one layer expanded at a time, so no more weight memory), with a warning that says so. If that is
+finite the DiT stays on fp32 arithmetic while it is loaded (what failed once fails again: fp16 on GPUs
+where it is broken, say); if not, the precision is restored and the error names both tries. A VAE
+decode with NaN/inf is redone in fp32 (and the VAE kept in fp32: 0.3 GB).
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ from zturbo import control, masks, sampling
 from zturbo.checkpoints import load
 from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
+from zturbo.errors import GenerationError, NonFiniteError
 from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
 from zturbo.models import upscale as upscale_ops
 from zturbo.models import vae as vae_ops
-from zturbo.models.denoiser import CFGNorm, ZImageDenoiser
+from zturbo.models.denoiser import CFGNorm, ZImageDenoiser, compute_description
 from zturbo.models.preview import latent_preview
 from zturbo.models.text_encoder import PromptEncoder
+from zturbo.models.zimage_dit import ZImageDiT
 from zturbo.patches import Patch, PatchSet, live
 from zturbo.progress import ProgressFn
 from zturbo.runtime import residency
@@ -107,6 +117,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
+        log.info("dtypes: %s", self.placement.describe())
         self.speed = self.settings.speed_options  # which DiT runs, compiled or not
         # VRAM plan, streaming and the out-of-memory retry; None: every component resident (no planning).
         self.memory: MemoryManager | None = None
@@ -282,7 +293,13 @@ class Engine:
             with residency.text_encoder_ready(clip.component.module, self.placement.device):
                 return Conditioning(clip.encoder.encode([text]))
 
-        return self._guarded(encode, "encoding the prompt")
+        cond = self._guarded(encode, "encoding the prompt")
+        if clip.component.dtype == torch.float16 and not all(bool(torch.isfinite(e).all()) for e in cond.embeds):
+            raise GenerationError(  # fp16 only where bf16 cannot run at all (MPS before macOS 14)
+                "the text encoder produced NaN/inf values for this prompt computing in fp16 (this device has "
+                "no bf16); try --dtype fp32, or a shorter or different prompt"
+            )
+        return cond
 
     # --- ControlNets (model patches) ---
 
@@ -502,16 +519,70 @@ class Engine:
                 log.info("step cache: skipped %d of %d model calls", denoiser.skipped_calls, denoiser.calls)
             return out
 
-        out = self._guarded(run, "sampling")
+        out = self._guarded(lambda: self._watched(model, run), "sampling")
         denoised = vae_ops.process_out(last[0].float()).cpu() if last else None
         return vae_ops.process_out(out.float()).cpu(), denoised
 
+    # --- the NaN/inf watchdog (module docstring) ---
+
+    def _watched(self, model: ZImageModel, run: Callable[[], T]) -> T:
+        """`run` (one whole sampling); on NaN/inf once more with the DiT computing in fp32."""
+        try:
+            return run()
+        except NonFiniteError as exc:
+            dit = _zturbo_dit(model.transformer)
+            if dit is None or not _has_safer_path(dit):
+                hint = "the weights or inputs hold NaN/inf (a LoRA at too high a strength? a damaged file?)"
+                raise NonFiniteError(f"{exc}: nothing computes more precisely than that; {hint}") from exc
+            before, first = dit.precision, compute_description(dit)
+            log.warning(
+                "%s; retrying once computing in fp32 (the weights stay as stored, each layer is expanded to "
+                "fp32 as it runs: slower, no more weight memory)",
+                exc,
+            )
+        self._set_dit_precision(model, "fp32")
+        try:
+            out = run()
+        except NonFiniteError as exc:
+            self._set_dit_precision(model, before)
+            raise NonFiniteError(
+                f"{exc}, as it did computing in {first}: the weights or inputs hold NaN/inf "
+                "(a LoRA at too high a strength? a damaged file?)"
+            ) from exc
+        except BaseException:
+            self._set_dit_precision(model, before)
+            raise
+        log.warning(
+            "computing in fp32 gave a finite result; the diffusion model stays on fp32 arithmetic while it "
+            "is loaded (use --dtype fp32 to start there)"
+        )
+        return out
+
+    def _set_dit_precision(self, model: ZImageModel, precision: str) -> None:
+        """Switch the loaded DiT's arithmetic; its CUDA graphs are captured again, plans re-counted."""
+        dit = _zturbo_dit(model.transformer)
+        assert dit is not None
+        dit.set_precision(precision)
+        residence = self.memory.residence(DIT) if self.memory is not None else Residence()
+        self._realize_dit(model.component, residence)
+        if self.memory is not None:
+            self.memory.set_dit_compute("fp32" if precision == "fp32" else None)
+
     def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
-        """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides."""
+        """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides;
+        a non-finite decode in bf16/fp16 is redone in fp32 (the watchdog)."""
         def run() -> torch.Tensor:
             with self._vae_tiles(vae, tile, latent.shape[-1] * latent.shape[-2] * 64):
                 return vae_ops.decode(vae.module, latent).cpu()
 
+        try:
+            return self._guarded(run, "decoding the image")
+        except NonFiniteError as exc:
+            if next(vae.module.parameters()).dtype == torch.float32:
+                raise GenerationError(f"{exc}: the latent holds NaN/inf, or the VAE file is damaged") from exc
+            log.warning("%s; decoding again in fp32 (the VAE stays in fp32: 0.3 GB more)", exc)
+        vae.module.float()
+        vae.component.dtype = torch.float32
         return self._guarded(run, "decoding the image")
 
     def encode(self, vae: VAE, image: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
@@ -569,6 +640,17 @@ def start_noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None
         for _ in range(max(batch_index) + 1)
     ]
     return torch.cat([draws[i] for i in batch_index])
+
+
+def _zturbo_dit(module: torch.nn.Module) -> ZImageDiT | None:
+    """zturbo's DiT inside a loaded transformer (itself, or a GraphedDiT's), None for diffusers' class."""
+    dit = getattr(module, "dit", module)
+    return dit if isinstance(dit, ZImageDiT) else None
+
+
+def _has_safer_path(dit: ZImageDiT) -> bool:
+    """fp32 arithmetic is safer unless the DiT already computes in fp32."""
+    return dit.precision != "fp32" and dit.settings.t_dtype != torch.float32
 
 
 def _slice_sigmas(

@@ -34,6 +34,10 @@ class GenerationError(ZTurboError):
     """Sampling produced something unusable (NaN/inf latents, ...)."""
 
 
+class NonFiniteError(GenerationError):
+    """A model produced NaN/inf values (the engine's watchdog retries once on a safer path)."""
+
+
 class Interrupted(ZTurboError):
     """The user cancelled the job."""
 

@@ -2,11 +2,17 @@
 
 Systems: zturbo (speed modes reference + eager), zturbo-compiled (compile + max), zturbo-<mode>,
 zturbo-fp8 (fp8_e4m3fn_fast weights; compile + max), zturbo-cache (compile + --step-cache),
-diffusers-eager, diffusers-compiled. Each zturbo row carries its quality guard in `extra`.
+zturbo-fp16 (the fp16-safe DiT path, forced on a bf16 GPU: eager + compile + max), zturbo-fp32
+(fp32 DiT: eager + max), zturbo-nobf16 (all the dtypes of a GPU without bf16: fp16-safe DiT, fp32 VAE;
+eager + max), diffusers-eager, diffusers-compiled. Each zturbo row carries its quality guard
+and how its DiT computes (`dit_computes_in`) in `extra`. fp16-safe vs bf16 vs fp32 at 1024²:
+--systems zturbo-eager,zturbo-fp16,zturbo-fp32 (add zturbo-compiled for bf16 compile + max).
 
 Small-GPU rows instead: `--vram-plans 4G,6G,8G,12G --weights bf16,q8_0,q4_0` runs each weights file
 unconstrained and under each budget (capped with set_per_process_memory_fraction), at the first of
 --sizes, batch 1; rows carry `vram_plan` and `mode` (= weights) and go to <date>-<device>-memory.json.
+`--dtype fp16` runs those rows on the fp16-safe path, `--dtype auto --no-bf16` with all of a GPU without
+bf16's dtypes (e.g. --vram-plans 8G --weights bf16,q4_0 --dtype auto --no-bf16).
 
 Prints a table and writes <results>/<date>-<device>.json. Needs a CUDA GPU, diffusers, and ~35 GB of
 disk for the full-size random-weight files it writes (nothing is downloaded).
@@ -44,6 +50,17 @@ def parse(argv: Sequence[str] | None, default_results: Path) -> argparse.Namespa
     parser.add_argument("--vram-plans", default="", help="e.g. 4G,6G,8G,12G: run the small-GPU rows")
     parser.add_argument("--weights", default="bf16,q8_0,q4_0", help="DiT weights for --vram-plans")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per --vram-plans row")
+    parser.add_argument(
+        "--dtype",
+        default="bf16",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="engine dtype of the --vram-plans rows",
+    )
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="--vram-plans rows act as on a GPU without bf16 (with --dtype auto: fp16-safe DiT, fp32 VAE)",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,6 +79,8 @@ def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-
             out_dir=args.out,
             results_dir=args.results,
             repeats=args.repeats,
+            dtype=args.dtype,
+            bf16=False if args.no_bf16 else None,
         )
         return
     from zturbo.bench.harness import run

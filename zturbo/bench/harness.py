@@ -27,6 +27,7 @@ from zturbo.bench.speed import (
     print_quality,
     quality,
     set_speed,
+    system_dtype,
     system_weight_dtype,
     zturbo_modes,
 )
@@ -253,11 +254,13 @@ class _Session:
     def zturbo_rows(self, engine: Engine, system: str, mode: str, extra: dict) -> None:
         weights = system_weight_dtype(system)
         for bucket in self.buckets:
-            row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode, weights)
+            row = bench_zturbo(engine, self.paths, *bucket, self.steps, self.out_dir, mode)
             row.system = system
             request = bench_request(*bucket, self.steps)
             guard = quality(engine, self.paths, request, self.guards[bucket])
-            row.extra.update(extra, weight_dtype=weights, **guard, **graph_facts(engine, self.paths, weights))
+            facts = graph_facts(engine, self.paths, weights)
+            dtypes = engine.placement.describe()
+            row.extra.update(extra, weight_dtype=weights, dtypes=dtypes, **guard, **facts)
             self.record(row)
 
     def diffusers_rows(self, engine: Engine, systems: list[str]) -> None:
@@ -299,13 +302,15 @@ def run(
             session.zturbo_rows(engine, system, mode, {"speed": "reference"})
     if diffusers_systems := [s for s in systems if s.startswith("diffusers")]:
         session.diffusers_rows(engine, diffusers_systems)
-    for weights in dict.fromkeys(system_weight_dtype(s) for s, m in runs if m != "reference"):
-        _release(engine)  # each weight dtype on freshly loaded weights, so peak VRAM compares
-        engine = Engine(EngineSettings("cuda", "bf16", speed="eager", weight_dtype=weights))
+    loads = dict.fromkeys((system_weight_dtype(s), system_dtype(s)) for s, m in runs if m != "reference")
+    for weights, (dtype, bf16) in loads:
+        _release(engine)  # each weight dtype and dtype on freshly loaded weights, so peak VRAM compares
+        engine = Engine(EngineSettings("cuda", dtype, speed="eager", weight_dtype=weights, bf16=bf16))
         engine.load_all(paths, weights)
         resident = {"resident_gib_before": round(torch.cuda.memory_allocated() / 2**30, 2)}
         for system, mode in runs:
-            if mode != "reference" and system_weight_dtype(system) == weights:
+            same_load = (system_weight_dtype(system), system_dtype(system)) == (weights, (dtype, bf16))
+            if mode != "reference" and same_load:
                 cache = step_cache if system == "zturbo-cache" else 0.0
                 facts = set_speed(engine, paths, mode, compile_cache, weights, cache)
                 session.zturbo_rows(engine, system, mode, {**facts, **resident})

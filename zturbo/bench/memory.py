@@ -7,7 +7,10 @@ plan that overshoots fails (or takes its out-of-memory fallback, which the row r
 quietly using the whole card. The GGUF files are written from the bf16 one with the torch quantizers
 on the GPU (seconds), once per models folder.
 
-Rows: `mode` = weights, `vram_plan` = budget; `extra` has the plan, the estimated and measured peaks,
+`--dtype fp16` runs the same rows on the fp16-safe DiT path (fp16 weights, fp32 residual); `--dtype auto
+--no-bf16` with everything a GPU without bf16 runs (fp16-safe DiT, fp32 VAE decode).
+
+Rows: `mode` = weights, `vram_plan` = budget; `extra` has the dtype, the plan, the estimated and measured peaks,
 the sampling time and its ratio to the same weights resident (`sample_vs_resident`: the streamed
 plans' target is ≤ 1.2 for Q4) and the end-to-end ratio to unconstrained bf16 (`e2e_vs_bf16`: the 8G
 target is ≤ 1.5).
@@ -168,7 +171,11 @@ def run_memory(
     out_dir: Path,
     results_dir: Path,
     repeats: int = 2,
+    dtype: str = "bf16",
+    bf16: bool | None = None,
 ) -> list[Row]:
+    """Rows per weights file and budget; `dtype` is the engine's `--dtype` (fp16: the fp16-safe DiT),
+    `bf16=False` with dtype "auto" runs a GPU without bf16's dtypes (fp16-safe DiT, fp32 VAE)."""
     paths = write_full_size_models(models_dir)
     files = {w: dit_file(paths, w, models_dir) for w in weights}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +184,7 @@ def run_memory(
     rows: list[Row] = []
     for w in weights:
         wpaths = dataclasses.replace(paths, dit=files[w])
-        engine = Engine(EngineSettings("cuda", "bf16", plan=MemoryPlan()))  # a fixed plan: ours to set
+        engine = Engine(EngineSettings("cuda", dtype, plan=MemoryPlan(), bf16=bf16))  # a fixed plan: ours
         memory = engine.memory
         assert memory is not None
         memory.prepare(wpaths, workload)  # sizes only
@@ -192,8 +199,10 @@ def run_memory(
                 name=label,
                 ram=system_ram(),
                 dequant_bytes=memory.dequant_bytes(),
+                precision=memory.precision(),
             )
             rows.append(measure(job, plan, w, gib))
+            rows[-1].extra["dtypes"] = engine.placement.describe()
             _add_ratios(rows)
             print_table(rows[-1:])
             print(f"  {rows[-1].extra}", flush=True)

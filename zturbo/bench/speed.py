@@ -23,24 +23,42 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from zturbo.checkpoints.layout import ModelPaths
 from zturbo.engine import Engine
 from zturbo.generate import run_request
+from zturbo.models.denoiser import compute_description
 from zturbo.request import GenerationRequest
 from zturbo.runtime.compile import SPEED_MODES, GraphedDiT, SpeedOptions, accelerate, accelerate_vae
 
 # Benchmark system names → the speed modes they measure (zturbo-fp8: bf16 file quantized to fp8 on load,
-# row-wise scaled fp8 GEMMs; opt-in and lossy, its guard says by how much).
+# row-wise scaled fp8 GEMMs; opt-in and lossy, its guard says by how much). zturbo-fp16 forces the
+# fp16-safe DiT path (`--dtype fp16`: what GPUs without bf16 run; the text encoder and VAE stay bf16 on a
+# bf16 GPU, so the rows isolate the DiT), zturbo-fp32 the fp32 DiT (`--dtype fp32`, everything fp32),
+# zturbo-nobf16 all of a GPU without bf16's dtypes (`--dtype auto` there: fp16-safe DiT, fp32 VAE).
 ZTURBO_SYSTEMS = {
     "zturbo": ("reference", "eager"),
     "zturbo-compiled": ("compile", "max"),
     "zturbo-fp8": ("compile", "max"),
     "zturbo-cache": ("compile",),  # + the opt-in step cache at --step-cache's threshold
+    "zturbo-fp16": ("eager", "compile", "max"),
+    "zturbo-fp32": ("eager", "max"),
+    "zturbo-nobf16": ("eager", "max"),
 }
 MATH_FLOOR_MAX_PIXELS = 2 * 1024 * 1024  # per image: its scores grow with the square of the tokens
 FP8_SYSTEMS = {"zturbo-fp8": "fp8_e4m3fn_fast"}
+# system → (EngineSettings dtype, bf16: None asks the GPU, False acts as one without bf16)
+DTYPE_SYSTEMS = {
+    "zturbo-fp16": ("fp16", None),
+    "zturbo-fp32": ("fp32", None),
+    "zturbo-nobf16": ("auto", False),
+}
 
 
 def system_weight_dtype(system: str) -> str:
     """The DiT's load-time weight dtype for a system name (UNETLoader's weight_dtype)."""
     return FP8_SYSTEMS.get(system, "default")
+
+
+def system_dtype(system: str) -> tuple[str, bool | None]:
+    """(engine dtype, bf16 override) for a system name: bf16 unless the system is about another dtype."""
+    return DTYPE_SYSTEMS.get(system, ("bf16", None))
 
 
 def zturbo_modes(system: str) -> tuple[str, ...]:
@@ -124,12 +142,14 @@ def set_speed(
 
 
 def graph_facts(engine: Engine, paths: ModelPaths, weight_dtype: str) -> dict:
-    """Whether the CUDA graphs were captured (a failed capture runs uncaptured and says so here)."""
+    """How the DiT computes, and whether the CUDA graphs were captured (a failed capture runs uncaptured
+    and says so here)."""
     module = engine.load_dit(paths.dit, weight_dtype).component.module
+    facts = {"dit_computes_in": compute_description(module)}
     if not isinstance(module, GraphedDiT):
-        return {}
+        return facts
     captured = module.captured_buckets()
-    return {"cuda_graph_buckets": captured[0], "cuda_graph_failed_buckets": captured[1]}
+    return {**facts, "cuda_graph_buckets": captured[0], "cuda_graph_failed_buckets": captured[1]}
 
 
 def print_quality(rows: list) -> None:

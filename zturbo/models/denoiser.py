@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zturbo.errors import GenerationError
+from zturbo.errors import NonFiniteError
 from zturbo.models.zimage_dit import StepCache, ZImageDiT
 
 log = logging.getLogger(__name__)
@@ -109,21 +109,22 @@ def _transformer_forward(
     """Run the transformer on a batch: x (B,C,h,w), t (B,), one caption tensor per sample.
 
     zturbo's own DiT (`batched_api`) takes the batch as tensors; diffusers' class takes lists of
-    (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it.
+    (C, F=1, h, w) latents. Both get t in the weights' dtype, as the reference pipeline passes it,
+    unless the model names its own `input_dtype` (zturbo's DiT off its plain path: fp32, so the
+    caption features and t keep their range and precision; the weights are fp16 there).
     `step_cache` is for a `ZImageDiT` only (passed only when given). `controls` (zturbo.control):
     ControlNet inputs in the form the model takes (a `GraphedDiT` runs its DiT uncaptured with them).
     """
     param = next(model.parameters())
-    caps = [c.to(param.device, param.dtype) for c in captions]
-    t = t.to(param.device, param.dtype)
+    dtype = getattr(model, "input_dtype", None) or param.dtype
+    caps = [c.to(param.device, dtype) for c in captions]
+    t = t.to(param.device, dtype)
     if controls and isinstance(getattr(model, "dit", None), ZImageDiT):
         model = model.dit  # CUDA graphs replay a forward without ControlNets
     if step_cache is not None or (controls and isinstance(model, ZImageDiT)):
-        return model(
-            x.to(param.device, param.dtype), t, caps, step_cache=step_cache, controls=controls
-        ).float()
+        return model(x.to(param.device, dtype), t, caps, step_cache=step_cache, controls=controls).float()
     if getattr(model, "batched_api", False):
-        return model(x.to(param.device, param.dtype), t, caps).float()
+        return model(x.to(param.device, dtype), t, caps).float()
     latents = list(x.to(param.dtype).unsqueeze(2).unbind(0))  # (C, F=1, h, w) each
     extra = {}
     if controls:
@@ -230,7 +231,8 @@ class ZImageDenoiser:
         return denoised
 
     def check_finite(self) -> None:
-        """Raise if any call so far produced NaN/inf, naming the first (one host sync for all calls)."""
+        """Raise `NonFiniteError` if any call so far produced NaN/inf, naming the first (one host sync for
+        all calls) and how the model computed (`Engine.sample` retries once on a safer path)."""
         if not self._finite:
             return
         flags = torch.stack([f for f, _ in self._finite]).cpu()
@@ -238,10 +240,22 @@ class ZImageDenoiser:
             return
         first = int((~flags).nonzero()[0])
         sigma = float(self._finite[first][1])
-        raise GenerationError(
-            f"the diffusion model produced NaN/inf values at model call {first + 1} (sigma {sigma:.4f}). "
-            "This usually means fp16 overflow: use --dtype bf16 (or fp32)."
+        raise NonFiniteError(
+            f"the diffusion model produced NaN/inf values at model call {first + 1} (sigma {sigma:.4f}) "
+            f"computing in {compute_description(self.model)}"
         )
+
+
+def compute_description(model: nn.Module) -> str:
+    """How a DiT computes, for messages: "bfloat16", "fp16-safe (fp32 residual)", "fp32 (bfloat16 weights)"."""
+    dit = getattr(model, "dit", model)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    precision = getattr(dit, "precision", "plain")
+    if precision == "fp16":
+        return "fp16-safe (fp32 residual)"
+    if precision == "fp32" and dtype != "float32":
+        return f"fp32 ({dtype} weights)"
+    return dtype
 
 
 def _repeat_to(conds: list[torch.Tensor], batch: int) -> list[torch.Tensor]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zturbo.errors import NonFiniteError
+
 LATENT_CHANNELS = 16  # the Flux VAE's latent channels
 SCALE = 0.3611
 SHIFT = 0.1159
@@ -26,9 +28,16 @@ def process_out(latent: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(vae: nn.Module, latent: torch.Tensor) -> torch.Tensor:
-    """Raw latents (B,16,h,w) → images (B,H,W,3) float32 in [0, 1]."""
+    """Raw latents (B,16,h,w) → images (B,H,W,3) float32 in [0, 1].
+
+    Raises `NonFiniteError` when the decoder's output holds NaN/inf (checked before the clamp, which
+    would turn inf into white or black pixels): a black image is never returned silently.
+    """
     param = next(vae.parameters())
     image = vae.decode(latent.to(param.device, param.dtype), return_dict=False)[0]
+    if not bool(torch.isfinite(image).all()):
+        what = str(param.dtype).removeprefix("torch.")
+        raise NonFiniteError(f"the VAE decoded NaN/inf values computing in {what}")
     return ((image.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1)
 
 

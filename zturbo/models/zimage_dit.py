@@ -12,6 +12,11 @@ are batched `(B, C, h, w)` in and out. Built from a loaded diffusers module by
 `forward` optionally takes a `StepCache` (lossy, opt-in first-block caching across sampling steps) and
 `controls`: ControlNets (`zturbo.models.controlnet.ControlInput`), each `start`ed after the image is
 embedded into a run whose `after_refiner` / `start_main` / `after_layer` add its hints.
+
+Precision (`ZImageDiT.set_precision`): "plain" computes in the weights' dtype (bf16 or fp32); a DiT
+whose weights are fp16 starts on "fp16", the fp16-safe path (fp32 residual, power-of-two scaled
+branches: `zturbo.models.zimage_fp16`, which says why that is exact); "fp32" computes in fp32 from
+whatever the weights are stored as (the NaN watchdog's safer path).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from zturbo.models import zimage_fp16
 from zturbo.models.zimage_layout import SequencePlan, SequencePlans, apply_rope, padded_length
 
 # cuDNN attention is ~2x FlashAttention-2 on Hopper at these shapes (measured on an H100); the rest are fallbacks.
@@ -90,10 +96,14 @@ class ZImageBlock(nn.Module):
             self.register_parameter(name, norms[name])
         self.heads, self.eps, self.qk_eps = heads, eps, qk_eps
         self.sdpa_backends: tuple[SDPBackend, ...] = DEFAULT_SDPA_BACKENDS
+        self.precision = "plain"  # set by ZImageDiT.set_precision
+        self.compute_dtype: torch.dtype | None = None  # off the plain path: fp16 or fp32
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, adaln: Tensor | None
     ) -> Tensor:
+        if self.precision != "plain":
+            return zimage_fp16.block_forward(self, x, cos, sin, mask, adaln)
         if self.modulation is None:
             h = self.attention(rms_norm(x, self.attn_norm1, self.eps), cos, sin, mask)
             x = x + rms_norm(h, self.attn_norm2, self.eps)
@@ -249,6 +259,37 @@ class ZImageDiT(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.plans = SequencePlans(list(settings.axes_dims), list(settings.axes_lens), settings.rope_theta)
         self.run_block: BlockRunner = call_block  # replaced by a compiled version in compile modes
+        self.precision = "plain"
+        self.set_precision("fp16" if settings.t_dtype == torch.float16 else "plain")
+
+    def set_precision(self, precision: str) -> None:
+        """"plain" | "fp16" (fp16-safe; the weights must compute in fp16) | "fp32" (module docstring)."""
+        if precision not in zimage_fp16.PRECISIONS:
+            choices = ", ".join(zimage_fp16.PRECISIONS)
+            raise ValueError(f"precision must be one of {choices} (got {precision!r})")
+        if precision == "fp16" and self.settings.t_dtype != torch.float16:
+            raise ValueError(f"the fp16-safe path needs fp16 weights (they compute in {self.settings.t_dtype})")
+        if precision != "plain":
+            for block in self.blocks():
+                zimage_fp16.check_block(block)
+        if precision == "fp16":
+            zimage_fp16.check_fp16_range(self)
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.precision = precision
+        for block in self.blocks():
+            block.precision, block.compute_dtype = precision, dtype
+
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        """The dtype callers pass x, t and captions in: fp32 off the plain path (None: the weights')."""
+        return None if self.precision == "plain" else torch.float32
+
+    def embed(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """An embedder or the final layer's projection: as is on the plain path, else fp32 out."""
+        if self.precision == "plain":
+            return layer(x)
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        return zimage_fp16.run_linear(layer, x, dtype).float()
 
     def blocks(self) -> list[ZImageBlock]:
         return [*self.noise_refiner, *self.context_refiner, *self.layers]
@@ -275,7 +316,11 @@ class ZImageDiT(nn.Module):
             raise ValueError(f"latent size {height}x{width} is not a multiple of {PATCH}")
         plan = self.plans.get(height // PATCH, width // PATCH, [len(c) for c in captions], x.device)
         config = self.settings
-        adaln = self.t_mlp(timestep_features(t * config.t_scale).to(config.t_dtype)).to(x.dtype)
+        features = timestep_features(t * config.t_scale)
+        if self.precision == "plain":
+            adaln = self.t_mlp(features.to(config.t_dtype)).to(x.dtype)
+        else:
+            adaln = self.embed(self.t_mlp, features)
         image = self.embed_image(x, plan)
         runs = [control.start(self, image, plan, adaln) for control in controls]
         cos, sin = plan.image_rope
@@ -334,19 +379,22 @@ class ZImageDiT(nn.Module):
         batch, channels, height, width = x.shape
         patches = x.view(batch, channels, height // PATCH, PATCH, width // PATCH, PATCH)
         patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, plan.image_len, PATCH * PATCH * channels)
-        tokens = self.x_embedder(patches)
+        tokens = self.embed(self.x_embedder, patches)
         pads = self.x_pad_token.expand(batch, plan.image_padded - plan.image_len, -1)
-        return torch.cat([tokens, pads], dim=1)
+        return torch.cat([tokens, pads.to(tokens.dtype)], dim=1)
 
     def embed_captions(self, captions: list[Tensor], plan: SequencePlan) -> Tensor:
         """Embed each caption's real rows; pad rows (to 32, and to the batch's widest) get the pad token."""
         lengths = [len(c) for c in captions]
-        tokens = self.cap_linear(rms_norm(torch.cat(captions), self.cap_norm, self.settings.norm_eps))
+        features = torch.cat(captions)  # fp32 off the plain path: Qwen3's hidden states can exceed fp16
+        normed = rms_norm(features, self.cap_norm.to(features.dtype), self.settings.norm_eps)
+        tokens = self.embed(self.cap_linear, normed)
         if len(set(lengths)) == 1:
             tokens = tokens.view(len(captions), lengths[0], -1)
-            return torch.cat([tokens, self._cap_pads(len(captions), plan.caption_width - lengths[0])], dim=1)
+            pads = self._cap_pads(len(captions), plan.caption_width - lengths[0]).to(tokens.dtype)
+            return torch.cat([tokens, pads], dim=1)
         rows = [
-            torch.cat([part, self._cap_pads(1, plan.caption_width - len(part))[0]])
+            torch.cat([part, self._cap_pads(1, plan.caption_width - len(part))[0].to(part.dtype)])
             for part in tokens.split(lengths)
         ]
         return torch.stack(rows)
@@ -355,8 +403,8 @@ class ZImageDiT(nn.Module):
         return self.cap_pad_token.expand(batch, count, -1)
 
     def final_layer(self, x: Tensor, adaln: Tensor) -> Tensor:
-        scale = 1.0 + self.final_modulation(F.silu(adaln))
-        return self.final_linear(F.layer_norm(x, x.shape[-1:], eps=1e-6) * scale.unsqueeze(1))
+        scale = 1.0 + self.embed(self.final_modulation, F.silu(adaln))
+        return self.embed(self.final_linear, F.layer_norm(x, x.shape[-1:], eps=1e-6) * scale.unsqueeze(1))
 
     def unpatchify(self, tokens: Tensor, height: int, width: int) -> Tensor:
         batch, channels = tokens.shape[0], self.settings.in_channels

@@ -214,6 +214,10 @@ class GraphedDiT(nn.Module):
         self.dit = dit
         self._graphs = GraphCache(dit, "diffusion model")
 
+    @property
+    def input_dtype(self) -> torch.dtype | None:
+        return self.dit.input_dtype
+
     def captured_buckets(self) -> tuple[int, int]:
         """(buckets replaying a graph, buckets whose capture failed and run uncaptured)."""
         return self._graphs.buckets()

@@ -16,6 +16,12 @@ batch, calibrated on the H100 smoke run (1024², bf16: DiT ≈ 0.9 GB, VAE decod
 plan never changes the weights: quantizing is the user's choice (`--weight-dtype fp8` or a GGUF file),
 and the planner sizes whatever was chosen.
 
+Dtypes come from the placement as a `Precision` (bytes per element of each component, and how the
+DiT computes): on a GPU without bf16 the DiT's weights are fp16 (as large as bf16) but its residual
+stream and norm temporaries are fp32 (the fp16-safe path: more activation memory, estimated, not yet
+calibrated on a GPU), and the VAE decodes in fp32 (twice bf16's decode memory, so small cards tile it
+sooner); the text encoder stays bf16.
+
 A phase's estimate counts the bytes its tensors occupy; a rung fits when every phase's estimate plus
 its headroom (`phase_headroom`) fits the budget. The headroom is for what tensor sizes do not show:
 torch's caching allocator rounds every large allocation up to 2 MiB and keeps freed blocks inside the
@@ -124,11 +130,34 @@ class Workload:
     uncond_at_cfg1: bool = False
 
 
-def dit_activation_bytes(w: Workload, hidden: int, dtype_bytes: int) -> int:
-    """Peak activations of one DiT block: sequence × (~14 hidden-wide + 4 FFN-wide tensors)."""
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per element each component computes in, and how the DiT computes (`ZImageDiT.set_precision`:
+    "plain" in its weights' dtype, "fp16" the fp16-safe path, "fp32" fp32 arithmetic over stored
+    weights, one layer expanded to fp32 at a time)."""
+
+    dit_bytes: int = 2
+    text_encoder_bytes: int = 2
+    vae_bytes: int = 2
+    dit_compute: str = "plain"
+
+
+def dit_activation_bytes(w: Workload, hidden: int, dtype_bytes: int, compute: str = "plain") -> int:
+    """Peak activations of one DiT block: sequence × (~14 hidden-wide + 4 FFN-wide tensors) in the
+    compute dtype. The fp16-safe path holds the hidden-wide ones (residual, norms) in fp32 and the FFN
+    hidden also once in fp32 (5 FFN-wide fp16 equivalents); fp32 compute holds everything in fp32 plus
+    one fused W₁‖W₃ weight expanded to fp32."""
     tokens = (w.width // 16) * (w.height // 16) + w.caption_tokens
     batch = w.batch * (1 if w.cfg == 1.0 and not w.uncond_at_cfg1 else 2)
-    return batch * tokens * (14 * hidden + 4 * int(hidden / 3 * 8)) * dtype_bytes + 64 * MIB
+    ffn = int(hidden / 3 * 8)
+    if compute == "fp16":
+        per_token = 14 * hidden * 4 + 5 * ffn * 2
+    elif compute == "fp32":
+        per_token = (14 * hidden + 4 * ffn) * 4
+    else:
+        per_token = (14 * hidden + 4 * ffn) * dtype_bytes
+    expanded = 2 * ffn * hidden * 4 if compute == "fp32" else 0
+    return batch * tokens * per_token + expanded + 64 * MIB
 
 
 def te_activation_bytes(w: Workload, size: ComponentSize, dtype_bytes: int) -> int:
@@ -231,7 +260,7 @@ def _peaks(
     plan: MemoryPlan,
     sizes: dict[str, ComponentSize],
     w: Workload,
-    dtype_bytes: int,
+    precision: Precision | int,
     dequant_bytes: int = DEQUANT_EAGER_BYTES,
 ) -> MemoryPlan:
     """Fill in the per-phase estimates of a plan's placements and what each needs with headroom.
@@ -242,6 +271,8 @@ def _peaks(
     resident. A resident encoder on CUDA runs through CUDA graphs whose memory pool keeps its largest
     activations for good, so those count in every phase too.
     """
+    if isinstance(precision, int):  # every component in these bytes, the DiT plain
+        precision = Precision(precision, precision, precision)
     dit, te, vae = sizes[DIT], sizes[TEXT_ENCODER], sizes[VAE]
     if plan.dit == "resident":
         dit_bytes = dit.total
@@ -250,19 +281,26 @@ def _peaks(
         dit_bytes = dit.other + 2 * dit.max_block + sum(kept)
     if (patch := sizes.get(MODEL_PATCH)) is not None:
         dit_bytes += patch.total if plan.dit == "resident" else patch.other + 2 * patch.max_block
-    te_activations = te_activation_bytes(w, te, dtype_bytes)
+    te_activations = te_activation_bytes(w, te, precision.text_encoder_bytes)
     te_kept = te.total + te_activations if plan.text_encoder == "resident" else 0
     te_encoding = te_kept if plan.text_encoder == "resident" else te.other + 2 * te.max_block + te_activations
     expand = dequant_bytes * dit.largest_quantized  # one quantized matrix (group) expanded per call
+    vae_bytes = precision.vae_bytes
     if plan.vae_tiled:
-        decode = vae_decode_bytes(min(w.width, VAE_TILE), min(w.height, VAE_TILE), w.batch, dtype_bytes)
+        decode = vae_decode_bytes(min(w.width, VAE_TILE), min(w.height, VAE_TILE), w.batch, vae_bytes)
         decode += w.batch * 3 * w.width * w.height * 4 * 2  # tiles and the blended image
     else:
-        decode = vae_decode_bytes(w.width, w.height, w.batch, dtype_bytes)
+        decode = vae_decode_bytes(w.width, w.height, w.batch, vae_bytes)
     always = dit_bytes + vae.total + WORKSPACE
     phases = (
         ("encode", always + te_encoding),
-        ("sample", always + te_kept + dit_activation_bytes(w, dit.hidden, dtype_bytes) + expand),
+        (
+            "sample",
+            always
+            + te_kept
+            + dit_activation_bytes(w, dit.hidden, precision.dit_bytes, precision.dit_compute)
+            + expand,
+        ),
         ("decode", always + te_kept + decode),
     )
     needs = max(p + phase_headroom(p) for _, p in phases)
@@ -320,16 +358,19 @@ def plan_memory(
     ram: int | None = None,
     dtype_bytes: int = 2,
     dequant_bytes: int = DEQUANT_EAGER_BYTES,
+    precision: Precision | None = None,
 ) -> MemoryPlan:
     """The fastest plan that fits `budget` (usable bytes) with headroom, linked to its fallbacks.
 
     `dequant_bytes`: transient bytes per element of an on-the-fly expanded quantized matrix; eager's
     (the safe default) or `DEQUANT_COMPILED_BYTES` where the compiled CUDA dequantizer runs.
+    `precision`: the components' dtypes (default: every component in `dtype_bytes`, the DiT plain).
     """
+    precision = precision or Precision(dtype_bytes, dtype_bytes, dtype_bytes)
 
     def probe(plan: MemoryPlan) -> MemoryPlan:
         plan = dataclasses.replace(plan, name=name, budget=budget)
-        return _with_ram(_peaks(plan, sizes, workload, dtype_bytes, dequant_bytes), sizes, ram)
+        return _with_ram(_peaks(plan, sizes, workload, precision, dequant_bytes), sizes, ram)
 
     ladder = _ladder(sizes, budget, probe)
     start = next((i for i, p in enumerate(ladder) if p.fits), len(ladder) - 1)

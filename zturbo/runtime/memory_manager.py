@@ -31,6 +31,7 @@ from zturbo.runtime.memory import (
     GIB,
     MODEL_PATCH,
     MemoryPlan,
+    Precision,
     Residence,
     Workload,
     plan_memory,
@@ -76,6 +77,7 @@ class MemoryManager:
     sizes: dict[str, ComponentSize] = field(default_factory=dict)
     workload: Workload = Workload()
     _floor: int = 0  # ladder rung an out-of-memory error pushed us to; never plan above it again
+    dit_compute: str | None = None  # how the DiT computes when not as its dtype implies (the NaN watchdog)
     plans_computed: int = 0  # how often `plan_memory` ran (once per change of what the plan depends on)
     _planned_for: tuple | None = field(default=None, repr=False)
     _components: list[tuple[str, weakref.ref, Realize]] = field(default_factory=list, repr=False)
@@ -85,8 +87,28 @@ class MemoryManager:
     def device(self) -> torch.device:
         return self.placement.device
 
-    def _dtype_bytes(self) -> int:
-        return self.placement.dit_dtype().itemsize
+    def precision(self) -> Precision:
+        """The placement's dtypes as the planner counts them (the fp16-safe DiT: fp32 residual)."""
+        placement = self.placement
+        compute = self.dit_compute or ("fp16" if placement.fp16_dit else "plain")
+        return Precision(
+            placement.dit_dtype().itemsize,
+            placement.text_encoder_dtype(self.device).itemsize,
+            placement.vae_dtype().itemsize,
+            compute,
+        )
+
+    def _dtype(self, kind: str) -> torch.dtype:
+        if kind == VAE:
+            return self.placement.vae_dtype()
+        if kind == TEXT_ENCODER:
+            return self.placement.text_encoder_dtype(self.device)
+        return self.placement.dit_dtype()
+
+    def set_dit_compute(self, compute: str | None) -> None:
+        """The DiT now computes `compute` ("fp32": the watchdog's fallback); plans count its activations."""
+        self.dit_compute = compute
+        self.replan()
 
     def dequant_bytes(self) -> int:
         """Transient bytes an element of a quantized matrix costs while expanded: the compiled CUDA
@@ -98,7 +120,7 @@ class MemoryManager:
 
     def measure(self, kind: str, path: Path, weight_dtype: str = "default") -> None:
         """Read `path`'s header once per file version (a server plans every job)."""
-        dtype = self.placement.vae_dtype() if kind == VAE else self.placement.dit_dtype()
+        dtype = self._dtype(kind)
         stat = path.stat()
         key = (kind, path, stat.st_mtime_ns, stat.st_size, dtype, weight_dtype)
         if key not in self._measured:
@@ -134,11 +156,13 @@ class MemoryManager:
         the last one; loaded components whose residence changes are re-placed."""
         if self.vram is None:
             return self.plan
-        dtype_bytes = self._dtype_bytes()
-        sizes = {k: self.sizes.get(k) or released_size(k, dtype_bytes) for k in (DIT, TEXT_ENCODER, VAE)}
+        precision = self.precision()
+        sizes = {
+            k: self.sizes.get(k) or released_size(k, self._dtype(k).itemsize) for k in (DIT, TEXT_ENCODER, VAE)
+        }
         if MODEL_PATCH in self.sizes:
             sizes[MODEL_PATCH] = self.sizes[MODEL_PATCH]
-        key = (tuple(sizes.values()), self.workload, self.vram, self._floor, dtype_bytes, self.dequant_bytes())
+        key = (tuple(sizes.values()), self.workload, self.vram, self._floor, precision, self.dequant_bytes())
         if key == self._planned_for:
             return self.plan
         self._planned_for = key
@@ -150,8 +174,8 @@ class MemoryManager:
             budget=budget,
             name=name,
             ram=self.ram,
-            dtype_bytes=dtype_bytes,
             dequant_bytes=self.dequant_bytes(),
+            precision=precision,
         )
         while LEVELS.index(plan.level) < self._floor and plan.fallback is not None:
             plan = plan.fallback
