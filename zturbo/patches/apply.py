@@ -95,20 +95,24 @@ class PatchState:
         for patch in wanted.patches:
             targets = [_slot(slots, t, patch) for t in patch.patch.targets]
             plans.append((patch, targets, all(slot.parameter is not None for slot in targets)))
-        keep = {t for patch, _, merge in plans if merge for t in patch.patch.targets}
+        # The last patch that merges into each target: after it, the target is written and its float32
+        # working copy dropped, so at most one patch's targets are held in float32 at a time.
+        last = {t: i for i, (patch, _, merge) in enumerate(plans) if merge for t in patch.patch.targets}
         with torch.no_grad():
-            self._restore(set(self.backups) - keep)
-            work: dict[str, Tensor] = {}  # float32 values of the weights merged so far
-            for patch, targets, merge in plans:
-                if merge:
-                    self._merge(patch, targets, work, device)
-                else:
+            self._restore(set(self.backups) - last.keys())
+            work: dict[str, Tensor] = {}  # float32 values of the weights being merged
+            for i, (patch, targets, merge) in enumerate(plans):
+                if not merge:
                     self._side_path(root, patch, targets, device)
-            for target, value in work.items():
-                rows = slots[target].rows(slots[target].parameter)  # type: ignore[arg-type]
-                rows.copy_(value.to(rows.dtype))
+                    continue
+                self._merge(patch, targets, work)
+                for target in [t for t in patch.patch.targets if last[t] == i]:
+                    rows = slots[target].rows(slots[target].parameter)  # type: ignore[arg-type]
+                    rows.copy_(work.pop(target).to(rows.dtype))
         if wanted:
-            log.info("patched %d weights in place and %d layers with side paths", len(work), len(self.wrapped))
+            log.info(
+                "patched %d weights in place and %d layers with side paths", len(last), len(self.wrapped)
+            )
         self.applied = wanted
         return Synced(True, structure_changed or bool(self.wrapped))
 
@@ -129,13 +133,14 @@ class PatchState:
             setattr(parent, name, wrapper.base)
         self.wrapped.clear()
 
-    def _merge(self, patch: Patch, slots: list[WeightSlot], work: dict[str, Tensor], device) -> None:
+    def _merge(self, patch: Patch, slots: list[WeightSlot], work: dict[str, Tensor]) -> None:
         """Apply one patch to the float32 working values of its targets (all of them at once: a LoRA
         on fused qkv, or DoRA's norms, see the whole matrix), starting each from its original rows."""
         names = patch.patch.targets
         for name, slot in zip(names, slots, strict=True):
             if name not in work:
-                work[name] = fp32(self._original(name, slot)).to(slot.parameter.device)  # type: ignore[union-attr]
+                where = slot.parameter.device  # type: ignore[union-attr]
+                work[name] = self._original(name, slot).to(where, non_blocking=True).float()  # copy, then widen
         merged = patch.patch.adapter.merged(torch.cat([work[n] for n in names]), patch.strength)
         for name, value in zip(names, merged.split(list(patch.patch.rows)), strict=True):
             work[name] = value
