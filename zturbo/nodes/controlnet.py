@@ -35,7 +35,7 @@ def patch_files(ctx: ExecutionContext | None) -> list[str]:
 class ModelPatchLoader(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ModelPatchLoader",
-        category="advanced/loaders",
+        category="model/loaders",
         python_module="comfy_extras.nodes_model_patch",
         inputs=(Combo("name", patch_files),),
         outputs=(Output("MODEL_PATCH"),),
@@ -66,7 +66,7 @@ STRENGTH = Float("strength", default=1.0, min=-10.0, max=10.0, step=0.01)
 class QwenImageDiffsynthControlnet(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="QwenImageDiffsynthControlnet",
-        category="advanced/loaders/qwen",
+        category="model/patch/qwen",
         python_module="comfy_extras.nodes_model_patch",
         inputs=(
             Link("model", "MODEL"),
@@ -89,7 +89,7 @@ class QwenImageDiffsynthControlnet(Node):
 class ZImageFunControlnet(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="ZImageFunControlnet",
-        category="advanced/loaders/zimage",
+        category="model/patch/z-image",
         python_module="comfy_extras.nodes_model_patch",
         inputs=(
             Link("model", "MODEL"),
@@ -116,7 +116,7 @@ class ZImageFunControlnet(Node):
 class Canny(Node):
     schema: ClassVar[NodeSchema] = NodeSchema(
         name="Canny",
-        category="image/preprocessors",
+        category="image/filters",
         style="v3",
         python_module="comfy_extras.nodes_canny",
         inputs=(
