@@ -19,6 +19,7 @@ from zturbo.server.routes import (
     files,
     frontend,
     history,
+    internal,
     jobs,
     model_files,
     presets,
@@ -50,6 +51,7 @@ ROUTERS = (
     creator.router,
     presets.router,
     model_files.router,
+    internal.router,
 )
 
 
@@ -82,10 +84,12 @@ def _registry_for(executor: ExecutorLike) -> RegistryLike:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state.zturbo
     state.hub.bind_loop(asyncio.get_running_loop())
+    state.logs.attach()
     state.worker.start()
     try:
         yield
     finally:
+        state.logs.detach()
         await asyncio.to_thread(state.worker.stop)
         state.history.close()
 
