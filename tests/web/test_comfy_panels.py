@@ -78,7 +78,11 @@ def test_template_browser_shows_thumbnails(
         " && (i.alt || '').includes('Z-Image'))",
         timeout=30_000,
     )
-    page.wait_for_timeout(1000)  # let every visible thumbnail finish
+    # Every visible thumbnail has finished loading or failed (a failed one is "complete" with no width,
+    # so the assertion below names it); a fixed wait flaked on a loaded 2-core machine.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[role=dialog] img')].every((i) => i.complete)", timeout=30_000
+    )
     page.screenshot(path=str(screenshots / "comfy-template-browser.png"))
     shown = page.evaluate(DIALOG_IMAGES)
     assert shown and all(ok for _, ok in shown), [name for name, ok in shown if not ok]
