@@ -130,8 +130,8 @@ def to_request(body: Txt2Img, samplers: list[str], schedulers: list[str]) -> Gen
         batch=body.batch_size,
     )
     if body.enable_hr and body.hr_scale > 1:
-        steps = body.hr_second_pass_steps or base.hr_steps
-        denoise = body.denoising_strength or base.hr_denoise
+        steps = body.hr_second_pass_steps or base.hires_steps
+        denoise = body.denoising_strength or base.hires_denoise
         request = replace(request, hires_scale=body.hr_scale, hires_steps=steps, hires_denoise=denoise)
     return with_seed(request, body.seed)
 

@@ -163,7 +163,8 @@ def has_transparency(data: bytes, what: str) -> bool:
     with open_image(data, what) as img:
         if "A" not in img.getbands():
             return False
-        return img.getchannel("A").getextrema()[0] < 255
+        low, _ = img.getchannel("A").getextrema()  # one band: (min, max)
+        return int(low) < 255  # type: ignore[arg-type]
 
 
 def with_seed(request: GenerationRequest, seed: int | None) -> GenerationRequest:

@@ -132,13 +132,27 @@ class OriginGuardMiddleware:
 
 
 def request_token(scope: Scope) -> str | None:
-    """The token from `Authorization: Bearer ...`, else from `?token=`."""
+    """The token from `Authorization: Bearer ...`, the password of `Authorization: Basic ...` (how
+    A1111 clients such as Open WebUI send their "user:password" API auth), else from `?token=`."""
     auth = _headers(scope).get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
+    if auth[:6].lower() == "basic ":
+        return _basic_password(auth[6:].strip())
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("token")
     return values[0] if values else None
+
+
+def _basic_password(value: str) -> str | None:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[1] if ":" in decoded else None
 
 
 class TokenAuthMiddleware:
