@@ -113,7 +113,8 @@ def test_token_and_origin_rules_apply(config, executor):
     config.auth_token = "s3cret"
     app = create_app(config, executor=executor)
     with TestClient(app, base_url="http://127.0.0.1:8188") as test_client:
-        assert test_client.get("/v1/models").status_code == 401
+        refused = test_client.get("/v1/models")
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
         ok = test_client.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["object"] == "list"
         cross = test_client.post(
@@ -122,3 +123,14 @@ def test_token_and_origin_rules_apply(config, executor):
             headers={"Authorization": "Bearer s3cret", "Origin": "http://evil.example"},
         )
         assert cross.status_code == 403
+
+
+def test_wrong_key_is_the_clients_authentication_error(config, executor):
+    from server.conftest import run_live
+
+    config.auth_token = "s3cret"
+    for live in run_live(create_app(config, executor=executor)):
+        with pytest.raises(openai.AuthenticationError) as info:
+            client(live, key="wrong").models.list()
+        assert "missing or invalid auth token" in info.value.message
+        assert client(live, key="s3cret").models.list().data == []

@@ -36,6 +36,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PREFIXES = ("/upload/", "/api/upload/")
 PROMPT_PATHS = ("/prompt", "/api/prompt")
+OPENAI_PREFIX = "/v1/"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -47,7 +48,11 @@ async def _reject(scope: Scope, receive: Receive, send: Send, status: int, messa
         # Closing before accept makes the server answer the handshake with 403.
         await send({"type": "websocket.close", "code": 1008, "reason": message})
         return
-    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+    body: dict[str, Any] = {"error": message}
+    if scope.get("path", "").startswith(OPENAI_PREFIX):  # OpenAI clients read error.message
+        kind = "authentication_error" if status == 401 else "permission_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
 DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
