@@ -7,6 +7,7 @@ history (`client_jobs`); the translation is `zturbo.server.openai_images`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -85,14 +86,14 @@ async def edits(request: Request, state: State) -> JSONResponse:
         mask = await _upload_bytes(form, ("mask",), state)
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         options = parse_options(fields)
-        job = await _edit_request(state, options, image, mask)
+        job = await asyncio.to_thread(_edit_request, state, options, image, mask)
         result = await client_jobs.run_request(state, job, CLIENT)
         return images_response(result, options.response_format, str(request.base_url))
 
     return await _answer(work)
 
 
-async def _edit_request(state: ServerState, options: Any, image: bytes, mask: bytes | None) -> Any:
+def _edit_request(state: ServerState, options: Any, image: bytes, mask: bytes | None) -> Any:
     """Mask given: inpaint its transparent part; none but a transparent image: inpaint that; else img2img
     at `strength`. The size defaults to the image's own (to multiples of 16)."""
     from dataclasses import replace

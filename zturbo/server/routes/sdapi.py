@@ -1,11 +1,12 @@
 """AUTOMATIC1111's API on `/sdapi/v1`: txt2img, img2img, progress, interrupt, sd-models, samplers,
 schedulers, options. Clients that speak A1111 (Open WebUI, sdwebuiapi, chat front-ends) point their
 "A1111 URL" at the server. Jobs share the queue and history (`client_jobs`); the translation is
-`zturbo.server.a1111`. Errors keep zturbo's JSON shape with A1111's `detail` added.
+`zturbo.server.a1111`. Errors are zturbo's JSON (`{"error": {"type", "message", ...}}`), one line each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from dataclasses import replace
 from typing import Any
@@ -57,19 +58,22 @@ async def txt2img(request: Request, state: State) -> dict:
 async def img2img(request: Request, state: State) -> dict:
     body = await _body(request, a1111.Img2Img)
     assert isinstance(body, a1111.Img2Img)
+    job = await asyncio.to_thread(_img2img_request, state, body)  # decoding and saving off the loop
+    return await _generate(state, body, job)
+
+
+def _img2img_request(state: ServerState, body: a1111.Img2Img) -> Any:
+    """Store the init image (and mask) in `input/a1111/`; the request, sized as the image when the
+    body names no size."""
     if not body.init_images:
         raise InputError("init_images: expected one base64-encoded image")
-    image = client_jobs.store_input(
-        state, a1111.decode_image(body.init_images[0], "init_images[0]"), CLIENT, "init_images[0]"
-    )
+    data = a1111.decode_image(body.init_images[0], "init_images[0]")
+    image = client_jobs.store_input(state, data, CLIENT, "init_images[0]")
     mask = ""
     if body.mask:
+        kind = "invert" if body.inpainting_mask_invert else ""
         mask = client_jobs.store_input(
-            state,
-            a1111.decode_image(body.mask, "mask"),
-            CLIENT,
-            "mask",
-            mask="invert" if body.inpainting_mask_invert else "",
+            state, a1111.decode_image(body.mask, "mask"), CLIENT, "mask", mask=kind
         )
     first = a1111.to_request(body, *_choices(state))
     if body.width is None or body.height is None:
@@ -78,7 +82,7 @@ async def img2img(request: Request, state: State) -> dict:
 
         width, height = default_size(*image_size(state.config.input_dir / image, "init_images[0]"))
         first = replace(first, width=body.width or width, height=body.height or height)
-    return await _generate(state, body, replace(first, **a1111.img2img_fields(body, image, mask)))
+    return replace(first, **a1111.img2img_fields(body, image, mask))
 
 
 @router.get("/progress")
