@@ -37,7 +37,12 @@ def build_mcp(state: ServerState) -> MCPServer:
     saved = (root.handlers[:], root.level)
     server: MCPServer = MCPServer("zturbo", instructions="Local Z-Image text-to-image generation.")
     root.handlers[:], root.level = saved  # the SDK calls logging.basicConfig; the server's logging stays ours
+    for add in (_add_generate, _add_enhance, _add_list_models):
+        add(server, state)
+    return server
 
+
+def _add_generate(server: MCPServer, state: ServerState) -> None:
     @server.tool()
     async def generate_image(
         prompt: str,
@@ -69,6 +74,8 @@ def build_mcp(state: ServerState) -> MCPServer:
             TextContent(type="text", text=_summary(result)),
         ]
 
+
+def _add_enhance(server: MCPServer, state: ServerState) -> None:
     @server.tool()
     async def enhance_prompt(prompt: str, seed: int = 0) -> str:
         """Rewrite a short idea into a detailed visual description with the loaded Qwen3 text encoder."""
@@ -82,12 +89,12 @@ def build_mcp(state: ServerState) -> MCPServer:
         except ZTurboError as exc:
             raise ToolError(str(exc)) from None
 
+
+def _add_list_models(server: MCPServer, state: ServerState) -> None:
     @server.tool()
     def list_models() -> str:
         """The model files the server has, by folder, and the ones it generates with."""
         return json.dumps(models_summary(state), ensure_ascii=False, indent=1)
-
-    return server
 
 
 def _enhancer(state: ServerState) -> Any:
