@@ -116,8 +116,9 @@ def history_entry_for(live: LiveServer, filename: str) -> tuple[str, dict]:
     raise AssertionError(f"{filename} is in no /history entry")
 
 
-def in_gallery(live: LiveServer, filename: str) -> bool:
+def in_gallery(live: LiveServer, filename: str) -> dict | None:
+    """The creator gallery's item for `filename` (with the settings read back from its graph), or None."""
     import httpx
 
     items = httpx.get(f"{live.http}/zturbo/gallery", timeout=30).json()["items"]
-    return any(item["image"]["filename"] == filename for item in items)
+    return next((item for item in items if item["image"]["filename"] == filename), None)

@@ -62,7 +62,8 @@ def test_open_webui_flow(real_live: LiveServer):
     assert f"Seed: {info['seed']}," in info["infotexts"][0] and info["seed"] >= 0  # -1 drew a seed
     assert res["parameters"]["prompt"] == "a watercolour fox, 水彩"
     filename = saved_file(real_live, png)
-    assert in_gallery(real_live, filename)
+    item = in_gallery(real_live, filename)
+    assert item and (item["settings"]["steps"], item["settings"]["seed"]) == (2, info["seed"])
 
 
 def test_txt2img_fields_and_n_iter(real_live: LiveServer):

@@ -50,7 +50,8 @@ def test_generate_b64_with_extra_fields(real_live: LiveServer):
     assert result.data[0].revised_prompt == "一只红色的狐狸 in snow"
     filename, entry = find_by_bytes(real_live, png)
     assert entry["prompt"][3]["zturbo_client"] == "openai"
-    assert in_gallery(real_live, filename)
+    item = in_gallery(real_live, filename)
+    assert item and (item["settings"]["prompt"], item["settings"]["seed"]) == ("一只红色的狐狸 in snow", 1234)
 
 
 def test_generate_url_serves_the_saved_file(real_live: LiveServer):
