@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -22,9 +22,11 @@ from zturbo.server.routes import (
     internal,
     jobs,
     model_files,
+    openai,
     presets,
     prompt,
     queue,
+    sdapi,
     system,
     ws,
 )
@@ -53,6 +55,8 @@ ROUTERS = (
     model_files.router,
     internal.router,
 )
+# Other clients' APIs, at their own paths only (no `/api` twin): OpenAI images, AUTOMATIC1111.
+CLIENT_ROUTERS = (openai.router, sdapi.router)
 
 
 def default_executor(config: ServerConfig) -> ExecutorLike:
@@ -87,11 +91,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.logs.attach()
     state.worker.start()
     try:
-        yield
+        async with AsyncExitStack() as stack:
+            for manager in app.state.mcp_managers:  # the MCP endpoint's session task group
+                await stack.enter_async_context(manager.run())
+            yield
     finally:
         state.logs.detach()
         await asyncio.to_thread(state.worker.stop)
         state.history.close()
+
+
+def _mount_mcp(app: FastAPI, state: object) -> list:
+    """The MCP streamable HTTP endpoint at `/mcp` (zturbo.server.mcp_tools); none without the SDK."""
+    try:
+        from zturbo.server.mcp_tools import mount_http
+    except ImportError:  # the `mcp` package is missing
+        log.info("MCP endpoint off: the `mcp` package is not installed")
+        return []
+    return [mount_http(app, state)]
 
 
 def create_app(
@@ -108,6 +125,9 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api")
+    for router in CLIENT_ROUTERS:
+        app.include_router(router)
+    app.state.mcp_managers = _mount_mcp(app, state)
     mount_web(app, config)
     # Added innermost first: Host, then origin, then auth, all before any body is read.
     app.add_middleware(JsonBodyMiddleware)
