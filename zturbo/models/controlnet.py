@@ -30,13 +30,14 @@ the control blocks over the image tokens only (no caption), which zturbo does no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from zturbo.errors import InputError
 from zturbo.models.zimage_convert import convert_block
-from zturbo.models.zimage_dit import BlockRunner, ZImageBlock, call_block
+from zturbo.models.zimage_dit import BlockRunner, ZImageBlock, ZImageDiT, call_block
 from zturbo.models.zimage_layout import SequencePlan
 
 PATCH = 2
@@ -142,10 +143,12 @@ class ZImageControlNet(nn.Module):
         return torch.cat([tokens, pad_token.expand(batch, plan.image_padded - plan.image_len, -1)], dim=1)
 
 
-def from_diffusers(module: nn.Module, spec: ControlNetSpec) -> ZImageControlNet:
-    """Convert a loaded diffusers `ZImageControlNetModel` (its tensors shared; fused Q‖K‖V and W1‖W3)."""
+def from_diffusers(module: Any, spec: ControlNetSpec) -> ZImageControlNet:
+    """Convert a loaded diffusers `ZImageControlNetModel` (its tensors shared; fused Q‖K‖V and W1‖W3).
 
-    def control(block: nn.Module) -> ControlBlock:
+    `Any`: read by duck typing, like `zturbo.models.zimage_convert.from_diffusers`."""
+
+    def control(block: Any) -> ControlBlock:
         return ControlBlock(convert_block(block), getattr(block, "before_proj", None), block.after_proj)
 
     if spec.refiner == PLAIN:
@@ -168,7 +171,7 @@ class ControlInput:
     strength: float
     refiner_to_base: bool = True
 
-    def start(self, dit: nn.Module, image: Tensor, plan: SequencePlan, adaln: Tensor) -> ControlRun:
+    def start(self, dit: ZImageDiT, image: Tensor, plan: SequencePlan, adaln: Tensor) -> ControlRun:
         """The hook object `ZImageDiT.forward` drives (called right after the image is embedded)."""
         return ControlRun(dit, self, image, plan, adaln)
 
@@ -183,7 +186,7 @@ class ControlRun:
     """
 
     def __init__(
-        self, dit: nn.Module, control: ControlInput, image: Tensor, plan: SequencePlan, adaln: Tensor
+        self, dit: ZImageDiT, control: ControlInput, image: Tensor, plan: SequencePlan, adaln: Tensor
     ):
         self.dit, self.net, self.strength = dit, control.net, control.strength
         self.refiner_to_base = control.refiner_to_base
@@ -201,8 +204,8 @@ class ControlRun:
         self.stream = image  # the refiner-stage tokens the control layers see (differ only if not to_base)
         cos, sin = plan.image_rope
         if self.spec.refiner == PLAIN:
-            for block in self.net.refiner:
-                self.c = dit.run_block(block, self.c, cos, sin, None, adaln)
+            for block in self.net.refiner:  # ZImageBlocks (nn.ModuleList items type as Module)
+                self.c = dit.run_block(block, self.c, cos, sin, None, adaln)  # type: ignore[arg-type]
 
     def _refiner_block(self, j: int) -> nn.Module:
         return (self.net.layers if self.spec.refiner == CONTROL_LAYERS else self.net.refiner)[j]
@@ -221,9 +224,8 @@ class ControlRun:
             return self.stream
         # diffusers: the hint reaches only the ControlNet's own copy of the refiner pass
         previous = self.x if j == 0 else self.stream
-        self.stream = (
-            self.dit.run_block(self.dit.noise_refiner[j], previous, cos, sin, None, self.adaln) + hint
-        )
+        block = self.dit.noise_refiner[j]  # a ZImageBlock (nn.ModuleList items type as Module)
+        self.stream = self.dit.run_block(block, previous, cos, sin, None, self.adaln) + hint  # type: ignore[arg-type]
         return image
 
     def start_main(self, unified: Tensor, caption: Tensor) -> None:
@@ -266,7 +268,7 @@ def _share_base(controlnet: nn.Module, transformer: nn.Module) -> None:
 
 
 def reference_block_samples(
-    transformer: nn.Module, controls: list, latents: list[Tensor], t: Tensor, captions: list[Tensor]
+    transformer: Any, controls: list, latents: list[Tensor], t: Tensor, captions: list[Tensor]
 ) -> dict[int, Tensor] | None:
     """diffusers' ControlNet model(s) → `controlnet_block_samples` (summed over ControlNets)."""
     samples: dict[int, Tensor] = {}

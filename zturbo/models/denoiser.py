@@ -119,8 +119,9 @@ def _transformer_forward(
     dtype = getattr(model, "input_dtype", None) or param.dtype
     caps = [c.to(param.device, dtype) for c in captions]
     t = t.to(param.device, dtype)
-    if controls and isinstance(getattr(model, "dit", None), ZImageDiT):
-        model = model.dit  # CUDA graphs replay a forward without ControlNets
+    dit = getattr(model, "dit", None)
+    if controls and isinstance(dit, ZImageDiT):
+        model = dit  # CUDA graphs replay a forward without ControlNets
     if step_cache is not None or (controls and isinstance(model, ZImageDiT)):
         return model(x.to(param.device, dtype), t, caps, step_cache=step_cache, controls=controls).float()
     if getattr(model, "batched_api", False):

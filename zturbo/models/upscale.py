@@ -193,7 +193,7 @@ def upscale_tiled(
         for x0 in xs:
             w = min(tile, width)
             part = fn(x[:, :, y : y + h, x0 : x0 + w]).float().cpu()
-            if out is None:
+            if out is None or weights is None:  # set together, on the first tile
                 out = torch.zeros(1, part.shape[1], height * scale, width * scale)
                 weights = torch.zeros(1, 1, height * scale, width * scale)
             weight = wy[:, None] * _axis_weight(x0, w, width, overlap, scale)[None, :]

@@ -34,7 +34,8 @@ def decode(vae: nn.Module, latent: torch.Tensor) -> torch.Tensor:
     would turn inf into white or black pixels): a black image is never returned silently.
     """
     param = next(vae.parameters())
-    image = vae.decode(latent.to(param.device, param.dtype), return_dict=False)[0]
+    # torch types nn.Module attributes as `Tensor | Module`; `vae` is a diffusers AutoencoderKL
+    image = vae.decode(latent.to(param.device, param.dtype), return_dict=False)[0]  # type: ignore[operator]
     if not bool(torch.isfinite(image).all()):
         what = str(param.dtype).removeprefix("torch.")
         raise NonFiniteError(f"the VAE decoded NaN/inf values computing in {what}")
@@ -47,4 +48,4 @@ def encode(vae: nn.Module, image: torch.Tensor) -> torch.Tensor:
     param = next(vae.parameters())
     h, w = image.shape[1] // 8 * 8, image.shape[2] // 8 * 8
     x = image[:, :h, :w, :3].permute(0, 3, 1, 2).to(param.device, param.dtype) * 2.0 - 1.0
-    return vae.encode(x, return_dict=False)[0].mode().float()
+    return vae.encode(x, return_dict=False)[0].mode().float()  # type: ignore[operator]  # as in `decode`

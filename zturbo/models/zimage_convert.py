@@ -10,6 +10,8 @@ loudly if run. Quantized layers (`QuantLinear`) resident on the GPU are stacked 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor, nn
 
@@ -47,16 +49,19 @@ def fuse_linears(parts: list[nn.Module]) -> nn.Module:
     plain = all(type(p) is nn.Linear and p.bias is None for p in parts)
     if not plain or len({(p.weight.dtype, p.weight.device) for p in parts}) != 1:
         return SplitLinear(parts)
-    weight = torch.cat([p.weight.detach() for p in parts])
+    linears = cast("list[nn.Linear]", parts)  # all plain nn.Linear: checked above
+    weight = torch.cat([p.weight.detach() for p in linears])
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     fused.weight = nn.Parameter(weight, requires_grad=False)
-    for part in parts:
+    for part in linears:
         part.weight = nn.Parameter(part.weight.detach().to("meta"), requires_grad=False)
     return fused
 
 
-def convert_block(block: nn.Module) -> ZImageBlock:
-    """A diffusers `ZImageTransformerBlock` as a `ZImageBlock` sharing its tensors."""
+def convert_block(block: Any) -> ZImageBlock:
+    """A diffusers `ZImageTransformerBlock` as a `ZImageBlock` sharing its tensors.
+
+    `Any`: read by duck typing (its Linears may have been replaced by `QuantLinear`s)."""
     attn, ff = block.attention, block.feed_forward
     if attn.norm_q is None:
         raise ValueError("Z-Image blocks without QK-norm are not supported")
@@ -80,7 +85,7 @@ def convert_block(block: nn.Module) -> ZImageBlock:
     )
 
 
-def from_diffusers(module: nn.Module) -> ZImageDiT:
+def from_diffusers(module: Any) -> ZImageDiT:
     """Convert (and spend) a diffusers Z-Image transformer; bf16, fp32 and QuantLinear layers all work."""
     _check_supported(module)
     config = module.config
@@ -113,7 +118,7 @@ def from_diffusers(module: nn.Module) -> ZImageDiT:
     )
 
 
-def _check_supported(module: nn.Module) -> None:
+def _check_supported(module: Any) -> None:
     """Text-to-image Turbo/base checkpoints only: the omni (SigLIP) variant has another forward."""
     name = type(module).__name__
     if name != "ZImageTransformer2DModel":
@@ -130,7 +135,7 @@ def _linear_slots(layer: nn.Module, names: tuple[str, ...]) -> dict[str, WeightS
     """Reference weights `names` (equal row counts, stacked in order) inside one fused layer."""
     if isinstance(layer, SplitLinear):  # kept apart: each part is its own layer
         return {n: WeightSlot(part, "weight") for n, part in zip(names, layer.parts, strict=True)}
-    rows = layer.out_features // len(names)  # type: ignore[operator]
+    rows = cast(int, layer.out_features) // len(names)  # nn.Linear or QuantLinear: an int
     return {n: WeightSlot(layer, "weight", i * rows, (i + 1) * rows) for i, n in enumerate(names)}
 
 

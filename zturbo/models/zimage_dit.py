@@ -324,14 +324,15 @@ class ZImageDiT(nn.Module):
         image = self.embed_image(x, plan)
         runs = [control.start(self, image, plan, adaln) for control in controls]
         cos, sin = plan.image_rope
+        # The ignores below: nn.ModuleList is not generic, its items type as Module (ZImageBlocks here).
         for j, block in enumerate(self.noise_refiner):
-            image = self.run_block(block, image, cos, sin, None, adaln)
+            image = self.run_block(block, image, cos, sin, None, adaln)  # type: ignore[arg-type]
             for run in runs:
                 image = run.after_refiner(j, image)
         caption = self.embed_captions(captions, plan)
         cos, sin = plan.caption_rope
         for block in self.context_refiner:
-            caption = self.run_block(block, caption, cos, sin, plan.caption_mask, None)
+            caption = self.run_block(block, caption, cos, sin, plan.caption_mask, None)  # type: ignore[arg-type]
         unified = torch.cat([image, caption], dim=1)
         for run in runs:
             run.start_main(unified, caption)
@@ -355,7 +356,7 @@ class ZImageDiT(nn.Module):
         n = plan.image_len
 
         def layer(i: int, h: Tensor) -> Tensor:
-            h = self.run_block(self.layers[i], h, cos, sin, plan.mask, adaln)
+            h = self.run_block(self.layers[i], h, cos, sin, plan.mask, adaln)  # type: ignore[arg-type]
             for run in runs:  # ControlNet hints after their layers
                 h = run.after_layer(i, h)
             return h

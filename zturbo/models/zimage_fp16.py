@@ -161,6 +161,7 @@ def block_forward(block, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | Non
     if block.modulation is None:
         scale_msa = gate_msa = scale_mlp = gate_mlp = None
     else:
+        assert adaln is not None, "a modulated block needs the adaLN input"
         mod = run_linear(block.modulation, adaln, dtype).float().unsqueeze(1)
         scale_msa, gate_msa, scale_mlp, gate_mlp = mod.chunk(4, dim=-1)
     h = rms_norm32(x, block.attn_norm1, block.eps)
@@ -217,6 +218,7 @@ def feed_forward(block, h: Tensor) -> tuple[Tensor, Tensor | None]:
     gate, up = run_linear(block.w13, h, dtype).chunk(2, dim=-1)  # c·(W₁h, W₃h)
     if block.precision != "fp16":
         return run_linear(block.w2, F.silu(gate) * up, dtype), None
+    assert c is not None  # fp16: `_scaled_input` scaled h by c
     p = torch.div(gate, c.reshape(1))  # W₁h in fp32 (one pass: the dimensioned divisor promotes)
     p = F.silu(p, inplace=True).mul_(up)  # = c·silu(W₁h)·W₃h, in fp32: the product may exceed fp16
     c_p = pow2_inverse(amax(p, dim=-1))  # per token: W₂ and N₄ act on each row alone

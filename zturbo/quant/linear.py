@@ -175,6 +175,8 @@ class QuantLinear(nn.Module):
     format's native matmul run where it applies (`QuantWeight.native_linear_applies`).
     """
 
+    bias: Tensor | None  # a buffer (registered in __init__)
+
     def __init__(
         self,
         weight: QuantWeight,
@@ -214,7 +216,7 @@ class QuantLinear(nn.Module):
             if tensor is not None:
                 if device is not None:
                     tensor = _to(tensor, device)
-                if tensor.dtype != dtype:
+                if dtype is not None and tensor.dtype != dtype:  # None only for absent tensors
                     tensor = tensor.view(dtype)
             fields[name] = tensor
         return self.weight_type.trusted(fields)
@@ -266,12 +268,12 @@ class QuantLinear(nn.Module):
         biases = [p.bias for p in parts]
         if any((b is None) != (biases[0] is None) for b in biases):
             return None
-        if biases[0] is not None and len({(b.dtype, b.device) for b in biases}) != 1:
+        if biases[0] is not None and len({(b.dtype, b.device) for b in biases if b is not None}) != 1:
             return None
         weight = first.weight_type.stack([p.quantized() for p in parts])
         if weight is None:
             return None
-        bias = None if biases[0] is None else torch.cat(biases)  # type: ignore[arg-type]
+        bias = None if biases[0] is None else torch.cat([b for b in biases if b is not None])
         return cls(weight, bias, compute_dtype=first.compute_dtype, use_scaled_mm=first.use_scaled_mm)
 
 
@@ -310,12 +312,13 @@ def load_state_dict_with_quant(
     notes: dict[str, int] = {}
     for name, module in list(model.named_modules()):
         prefix = f"{name}." if name else ""
-        if isinstance(module, nn.Linear) and isinstance(rest.get(f"{prefix}weight"), QuantWeight):
-            weight = rest.pop(f"{prefix}weight")
+        weight = rest.get(f"{prefix}weight")
+        if isinstance(module, nn.Linear) and isinstance(weight, QuantWeight):
+            del rest[f"{prefix}weight"]
             bias = _plain(rest.pop(f"{prefix}bias", None), compute_dtype)
             layer = QuantLinear(weight, bias, compute_dtype=compute_dtype, use_scaled_mm=use_scaled_mm)
             _replace_module(model, name, layer)
-            note = weight.compute_note(use_scaled_mm)  # type: ignore[union-attr]
+            note = weight.compute_note(use_scaled_mm)
             if note:
                 notes[note] = notes.get(note, 0) + 1
     for note, count in notes.items():

@@ -29,7 +29,7 @@ import dataclasses
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
@@ -58,7 +58,12 @@ class QuantWeight(ABC):
     SCALES: ClassVar[tuple[str, ...]] = ()
     SHARED: ClassVar[tuple[str, ...]] = ()
 
-    # Each format also has `shape`, the logical (out, in) shape: a dataclass field or a property.
+    if TYPE_CHECKING:  # declared for the type checker only: a base field or property would clash
+
+        @property
+        def shape(self) -> torch.Size:
+            """The logical (out, in) shape; each format has it as a dataclass field or a property."""
+            raise NotImplementedError
 
     # ---------------------------------------------------------------- what a format implements
 

@@ -48,7 +48,7 @@ def controlnet_state_dict(
     release: str, dit: DiTConfig = CONTROL_DIT, *, seed: int = 7, dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
     """Random weights under diffusers' names; 2.0 includes its zero refiner, as the released file does."""
-    from diffusers import ZImageControlNetModel
+    from diffusers.models import ZImageControlNetModel  # not `diffusers`: mypy reads its dummies
 
     spec = spec_for(release, dit)
     kwargs = spec.diffusers_kwargs(MAIN_LAYERS)  # places matter only to diffusers' forward

@@ -58,7 +58,10 @@ def write_gguf(
     """Write `name -> (tensor, stored type)` with one tensor's bytes in memory at a time."""
     writer = gguf.GGUFWriter(path, arch)
     for key, value in (metadata or {}).items():
-        (writer.add_uint32 if isinstance(value, int) else writer.add_string)(key, value)
+        if isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, value)
     for name, (tensor, qtype) in tensors.items():
         shape = tuple(tensor.shape)
         nbytes = _nbytes(shape, qtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
@@ -66,6 +67,7 @@ def write_overflow_prone_models(models_dir: Path, seed: int = 0) -> dict[str, Pa
     """The tiny ComfyUI files (bf16) with the overflow-prone DiT in place of the random one."""
     paths = write_comfy_models(models_dir, TINY, dtype=torch.bfloat16, seed=seed)
     _, state_dict = overflow_prone_dit(TINY.dit, seed)
-    tensors = keymaps.diffusers_dit_to_comfy({k: v.to(torch.bfloat16) for k, v in state_dict.items()})
+    bf16 = {k: v.to(torch.bfloat16) for k, v in state_dict.items()}
+    tensors = cast("dict[str, torch.Tensor]", keymaps.diffusers_dit_to_comfy(bf16))  # tensors in, tensors out
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(models_dir / COMFY_FILES["dit"]))
     return paths

@@ -74,7 +74,7 @@ def random_state_dict(
 def build_random_dit(
     config: DiTConfig, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ):
-    from diffusers import ZImageTransformer2DModel
+    from diffusers.models import ZImageTransformer2DModel  # not `diffusers`: mypy reads its dummies
 
     model = build_empty(lambda: ZImageTransformer2DModel(**config.kwargs()))
     return model, random_state_dict(model, seed=seed, dtype=dtype, device=device)
@@ -94,7 +94,7 @@ def build_random_text_encoder(
 def build_random_vae(
     config: VAEConfig, seed: int = 2, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ):
-    from diffusers import AutoencoderKL
+    from diffusers.models import AutoencoderKL  # as above
 
     model = build_empty(lambda: AutoencoderKL(**config.kwargs()))
     return model, random_state_dict(model, seed=seed, dtype=dtype, device=device)
@@ -131,7 +131,7 @@ def write_diffusers_folder(
     folder: Path, models: ModelSet = TINY, *, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> Path:
     """Write a Tongyi-MAI/Z-Image-Turbo-style diffusers folder with the same random weights."""
-    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    from diffusers.models import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Model
 
     _, dit = build_random_dit(models.dit, seed, dtype)

@@ -155,7 +155,7 @@ E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 def regular_hadamard(size: int) -> np.ndarray:
     """H₄ ⊗ … ⊗ H₄ (entries ±1, float64), `size` a power of 4: ComfyUI's ConvRot matrix times √size."""
     h4 = np.array([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=np.float64)
-    h = np.ones((1, 1))
+    h: np.ndarray = np.ones((1, 1))
     while h.shape[0] < size:
         h = np.kron(h, h4)
     if h.shape[0] != size:
@@ -255,7 +255,7 @@ def _write_fp8(w: np.ndarray) -> dict[str, torch.Tensor]:
 def comfy_quant_layer(w: torch.Tensor, fmt: str, *, convrot_groupsize: int = 256) -> dict[str, torch.Tensor]:
     """One Linear's tensors in ComfyUI's `fmt` layout, keyed by suffix (`weight`, `weight_scale`, ...)."""
     array = w.detach().float().numpy().astype(np.float64)
-    cols = array.shape[1]
+    cols: int = array.shape[1]
     if fmt == "int8_convrot" and cols % convrot_groupsize == 0:
         tensors = _write_int8(array, convrot=convrot_groupsize)
         conf = {"format": "int8_tensorwise", "convrot": True, "convrot_groupsize": convrot_groupsize}
@@ -291,7 +291,7 @@ def comfy_quant_file_from(
     picked = 0
     for key, w in sd.items():
         name = key.removeprefix(prefix)
-        chosen = fmt
+        chosen: str | None = fmt
         if name.endswith(".weight") and quantize(name, tuple(w.shape)) and fmt == "mixed":
             chosen, picked = MIXED_CYCLE[picked % len(MIXED_CYCLE)], picked + 1
         if not (chosen and name.endswith(".weight") and quantize(name, tuple(w.shape))):
