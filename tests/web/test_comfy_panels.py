@@ -80,8 +80,12 @@ def test_template_browser_shows_thumbnails(
     )
     # Every visible thumbnail has finished loading or failed (a failed one is "complete" with no width,
     # so the assertion below names it); a fixed wait flaked on a loaded 2-core machine.
+    # The search applies after a debounce and re-renders the list: wait until its first card is a
+    # Z-Image one (the popular list before it holds Z-Image cards further down) and every image is done.
     page.wait_for_function(
-        "() => [...document.querySelectorAll('[role=dialog] img')].every((i) => i.complete)", timeout=30_000
+        "() => { const imgs = [...document.querySelectorAll('[role=dialog] img')];"
+        " return imgs.length > 0 && (imgs[0].alt || '').includes('Z-Image') && imgs.every((i) => i.complete); }",
+        timeout=30_000,
     )
     page.screenshot(path=str(screenshots / "comfy-template-browser.png"))
     shown = page.evaluate(DIALOG_IMAGES)
