@@ -25,7 +25,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +132,7 @@ def control_latents(engine: Any, app: ControlApplication, height: int, width: in
 
     control = encode(_resized(app.image, px_w, px_h)) if app.image is not None else None
     if not app.patch.spec.inpaint:
+        assert control is not None  # validated: without an inpaint mode a control image is required
         app._latents[key] = control
         return control
     repaint = None if app.mask is None else binary_mask(app.mask, px_w, px_h)
@@ -185,8 +186,10 @@ def control_blocks(module: nn.Module) -> list[nn.Module]:
     """A ControlNet's blocks in the order a forward first runs them (zturbo's or diffusers' form)."""
     if isinstance(module, ZImageControlNet):
         return module.blocks()
-    refiner = module.control_noise_refiner
-    return [*(refiner if refiner is not None else []), *module.control_layers]
+    # diffusers' ZImageControlNetModel: its submodules, which nn.Module's __getattr__ cannot type
+    refiner = cast("nn.ModuleList | None", module.control_noise_refiner)
+    layers = cast(nn.ModuleList, module.control_layers)
+    return [*(refiner if refiner is not None else []), *layers]
 
 
 def realize(patch: ControlNetPatch, residence: Residence, *, mode: str, device: torch.device) -> None:

@@ -96,7 +96,8 @@ def load_image(source: ImageSource, what: str | None = None) -> tuple[torch.Tens
     """All frames the size of the first as IMAGE [B, H, W, 3] and MASK [B, H, W] (ComfyUI's LoadImage:
     16-bit `I` frames scaled by 1/255, MPO files give their first frame)."""
     name = what or (str(source) if isinstance(source, (str, Path)) else "image")
-    images, masks = [], []
+    images: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
     with open_image(source, name) as img:
         for frame in frames(img, name):
             if frame.mode == "I":

@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from zturbo.errors import InputError
+
 
 def parse(argv: Sequence[str] | None, default_results: Path) -> argparse.Namespace:
     scratch = Path(tempfile.gettempdir())
@@ -64,9 +66,17 @@ def parse(argv: Sequence[str] | None, default_results: Path) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
+def _size(text: str) -> tuple[int, int]:
+    """A `--sizes` entry "WxH" → (width, height)."""
+    parts = text.split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(f"--sizes: expected WxH entries like 1024x1024 (got {text!r})")
+    return int(parts[0]), int(parts[1])
+
+
 def main(argv: Sequence[str] | None = None, default_results: Path = Path("bench-results")) -> None:
     args = parse(argv, default_results)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = [_size(s) for s in args.sizes.split(",")]
     if args.vram_plans:
         from zturbo.bench.memory import run_memory
 

@@ -155,7 +155,7 @@ def diffusers_pipeline(engine: Engine, paths: ModelPaths):
         tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir(None)),
         transformer=model.transformer,
     )
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)  # type: ignore[attr-defined]  # diffusers types it as a dummy
     return pipe
 
 

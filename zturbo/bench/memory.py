@@ -32,7 +32,7 @@ from gguf import GGMLQuantizationType as Q
 from zturbo.bench.harness import PROMPT, Row, print_table, write_full_size_models
 from zturbo.checkpoints.layout import ModelPaths
 from zturbo.engine import Engine
-from zturbo.errors import GenerationError
+from zturbo.errors import GenerationError, InputError
 from zturbo.generate import ModelFiles, run_request, save_generated
 from zturbo.request import GenerationRequest
 from zturbo.runtime.memory import GIB, MemoryPlan, Workload, parse_vram, plan_memory, system_ram, usable_vram
@@ -161,6 +161,17 @@ def _add_ratios(rows: list[Row]) -> None:
             row.extra["e2e_vs_bf16"] = row.end_to_end_s / resident["bf16"].end_to_end_s
 
 
+def plan_sizes(plans: list[str]) -> list[tuple[str, float]]:
+    """`--vram-plans` entries with their GiB, largest first; "auto" (no fixed size) is refused."""
+    sized = []
+    for plan in plans:
+        gib = parse_vram(plan)
+        if gib is None:
+            raise InputError(f"--vram-plans: {plan!r} is not a card size; give sizes like 4G,8G")
+        sized.append((plan, gib))
+    return sorted(sized, key=lambda e: -e[1])
+
+
 def run_memory(
     models_dir: Path,
     plans: list[str],
@@ -176,6 +187,7 @@ def run_memory(
 ) -> list[Row]:
     """Rows per weights file and budget; `dtype` is the engine's `--dtype` (fp16: the fp16-safe DiT),
     `bf16=False` with dtype "auto" runs a GPU without bf16's dtypes (fp16-safe DiT, fp32 VAE)."""
+    plan_budgets = plan_sizes(plans)
     paths = write_full_size_models(models_dir)
     files = {w: dit_file(paths, w, models_dir) for w in weights}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +201,7 @@ def run_memory(
         assert memory is not None
         memory.prepare(wpaths, workload)  # sizes only
         job = _Job(engine, wpaths, request, out_dir, repeats)
-        budgets = [("unconstrained", None)] + sorted(((p, parse_vram(p)) for p in plans), key=lambda e: -e[1])
+        budgets: list[tuple[str, float | None]] = [("unconstrained", None), *plan_budgets]
         for name, gib in budgets:
             budget, label = usable_vram(name, torch.device("cuda")) if gib else (None, "unconstrained")
             plan = plan_memory(

@@ -25,11 +25,11 @@ M = TypeVar("M", bound=nn.Module)
 def _parameters_on_meta() -> Iterator[None]:
     original = nn.Module.register_parameter
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
+    def register_on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(self, name, param)
         if param is not None:
             kwargs = {"requires_grad": param.requires_grad}
-            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+            self._parameters[name] = type(param)(param.to("meta"), **kwargs)
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:

@@ -205,7 +205,7 @@ def _check_diffusers_config(source: Path, spec: ControlNetSpec) -> None:
 
 def load_controlnet(source: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu"):
     """diffusers' `ZImageControlNetModel` (built on meta, the file's tensors assigned) and the file info."""
-    from diffusers import ZImageControlNetModel
+    from diffusers.models.controlnets.controlnet_z_image import ZImageControlNetModel
 
     info = read_controlnet(source)
     main = MAIN_LAYERS if info.spec.n_blocks <= MAIN_LAYERS else info.spec.n_blocks

@@ -107,7 +107,7 @@ def _storage_label(ckpt: Checkpoint) -> str:
     if ckpt.format == "gguf":
         return "GGUF, "
     found = set(header_formats(ckpt.tensors).values())
-    labels = [kind for kind in ("int8", "nvfp4", "mxfp8") if kind in found]
+    labels: list[str] = [kind for kind in ("int8", "nvfp4", "mxfp8") if kind in found]
     if any(k.endswith(("scaled_fp8", ".scale_weight")) for k in ckpt.tensors) or (
         "fp8" in found and any(k.endswith((".comfy_quant", ".weight_scale")) for k in ckpt.tensors)
     ):

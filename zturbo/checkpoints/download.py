@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from zturbo.checkpoints.hashing import cached_sha256
 from zturbo.checkpoints.layout import COMFY_FILES, HUB_REPO
@@ -24,7 +25,7 @@ class DownloadError(ZTurboError):
     """The hub could not be reached or a download failed."""
 
 
-def _remote_files(api, names: list[str]) -> dict[str, object]:
+def _remote_files(api, names: list[str]) -> dict[str, Any]:
     infos = api.get_paths_info(HUB_REPO, [HUB_PREFIX + n for n in names])
     return {info.path[len(HUB_PREFIX) :]: info for info in infos}
 

@@ -145,6 +145,7 @@ def _mixed_weight(sd: dict[str, Tensor], layer: str, conf: dict[str, Any], sourc
     if read is None:
         supported = ", ".join(_FORMATS)
         raise ModelFileError(source, f"layer {layer!r} uses quantization {fmt!r}; supported: {supported}")
+    assert isinstance(fmt, str)  # a key of _FORMATS
     weight = sd.pop(f"{layer}.weight", None)
     if weight is None:
         raise ModelFileError(source, f"{layer}.comfy_quant is present but {layer}.weight is missing")

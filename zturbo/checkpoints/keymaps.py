@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any, cast
 
 StateDict = dict[str, object]
+Rule = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]  # (pattern, replacement) for `sub`
 
 # --- Z-Image DiT: original Lumina2/NextDiT names (ComfyUI files) -> diffusers ZImageTransformer2DModel ---
 
@@ -89,7 +91,7 @@ def diffusers_dit_to_comfy(sd: StateDict) -> StateDict:
 
 # --- Flux VAE: original BFL names (ComfyUI ae.safetensors) -> diffusers AutoencoderKL ---
 
-_VAE_BLOCK_RENAMES = [
+_VAE_BLOCK_RENAMES: list[Rule] = [
     (re.compile(r"\.nin_shortcut\."), ".conv_shortcut."),
     (re.compile(r"\.mid\.block_(\d)\."), lambda m: f".mid_block.resnets.{int(m.group(1)) - 1}."),
     (re.compile(r"\.mid\.attn_1\.norm\."), ".mid_block.attentions.0.group_norm."),
@@ -120,7 +122,8 @@ def bfl_vae_to_diffusers(sd: StateDict) -> StateDict:
         for rx, repl in _VAE_BLOCK_RENAMES:
             new = rx.sub(repl, new)
         if _VAE_ATTN_LINEAR.search(new) and hasattr(value, "dim") and value.dim() == 4:
-            value = value.reshape(value.shape[0], value.shape[1])
+            tensor = cast(Any, value)  # a tensor or QuantWeight
+            value = tensor.reshape(tensor.shape[0], tensor.shape[1])
         out[new] = value
     return out
 
@@ -130,7 +133,7 @@ def diffusers_vae_to_bfl(sd: StateDict) -> StateDict:
     levels = 1 + max(
         (int(m.group(1)) for k in sd if (m := re.match(r"^decoder\.up_blocks\.(\d+)\.", k))), default=-1
     )
-    rules = [
+    rules: list[Rule] = [
         (re.compile(r"\.conv_shortcut\."), ".nin_shortcut."),
         (re.compile(r"\.mid_block\.resnets\.(\d)\."), lambda m: f".mid.block_{int(m.group(1)) + 1}."),
         (re.compile(r"\.mid_block\.attentions\.0\.group_norm\."), ".mid.attn_1.norm."),
@@ -150,6 +153,7 @@ def diffusers_vae_to_bfl(sd: StateDict) -> StateDict:
         for rx, repl in rules:
             new = rx.sub(repl, new)
         if re.search(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$", new):
-            value = value.reshape(*value.shape, 1, 1)
+            tensor = cast(Any, value)  # a tensor or QuantWeight
+            value = tensor.reshape(*tensor.shape, 1, 1)
         out[new] = value
     return out

@@ -115,10 +115,11 @@ def model_names(models_dir: Path, folder: str) -> list[str]:
 
 def loader_name(models_dir: Path | None, kind: str, path: Path) -> str:
     """The name ComfyUI's loader lists for `path`: relative to whichever of the kind's folders holds it."""
-    for folder in FOLDERS[kind] if models_dir is not None else ():
-        base = models_dir / folder
-        if path.is_relative_to(base):
-            return path.relative_to(base).as_posix()
+    if models_dir is not None:
+        for folder in FOLDERS[kind]:
+            base = models_dir / folder
+            if path.is_relative_to(base):
+                return path.relative_to(base).as_posix()
     return path.name
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -111,9 +112,10 @@ def _dit_config(source: Path, shapes: dict) -> DiTConfig:
     if config_file and config_file.is_file():
         raw = json.loads(config_file.read_text(encoding="utf-8"))
         fields = DiTConfig.__dataclass_fields__
-        return DiTConfig(
-            **{k: (tuple(v) if k.startswith("all_") else v) for k, v in raw.items() if k in fields}
-        )
+        kwargs: dict[str, Any] = {
+            k: (tuple(v) if k.startswith("all_") else v) for k, v in raw.items() if k in fields
+        }
+        return DiTConfig(**kwargs)
     return DiTConfig.from_shapes(shapes)
 
 
@@ -135,7 +137,7 @@ def load_dit(
     `quantize_dit_on_load`); `work_device` is where that arithmetic runs (the GPU, even when the result
     is kept on the host for streaming), default `device`.
     """
-    from diffusers import ZImageTransformer2DModel
+    from diffusers.models.transformers.transformer_z_image import ZImageTransformer2DModel
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise InputError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)} (got {weight_dtype!r})")
@@ -208,7 +210,7 @@ def load_text_encoder(
 
 def load_vae(source: Path, *, dtype: torch.dtype, device: torch.device | str = "cpu") -> LoadedComponent:
     """The Flux VAE as diffusers' AutoencoderKL."""
-    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     state_dict, detection = read_component(source, VAE)
     if detection.layout == "comfyui":

@@ -175,11 +175,11 @@ class LoKr(_AdapterBase):
         return self.alpha / rank if self.alpha is not None and rank else 1.0
 
     def _raw(self, device) -> Tensor:
-        w1 = (
-            _f32(self.w1, device)
-            if self.w1 is not None
-            else _f32(self.w1_a, device) @ _f32(self.w1_b, device)
-        )
+        if self.w1 is not None:
+            w1 = _f32(self.w1, device)
+        else:
+            assert self.w1_a is not None and self.w1_b is not None  # a LoKr has w1 or both its factors
+            w1 = _f32(self.w1_a, device) @ _f32(self.w1_b, device)
         if self.w2 is not None:
             w2 = _f32(self.w2, device)
         elif self.t2 is not None:

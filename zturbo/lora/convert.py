@@ -108,7 +108,8 @@ def _fuse_qkv(patches: list[WeightPatch], notes: list[str]):
         m = _QKV_RE.match(p.targets[0]) if len(p.targets) == 1 else None
         if m and p.component == DIT and isinstance(p.adapter, LoRA) and p.adapter.dora is None:
             blocks.setdefault(m.group(1), {})[m.group(2)] = p
-    fused, used = [], set()
+    fused: list[tuple[str, LoRA, tuple[str, ...]]] = []
+    used: set[int] = set()
     folded = 0
     for block, parts in blocks.items():
         present = [parts[c] for c in "qkv" if c in parts]
@@ -120,7 +121,8 @@ def _fuse_qkv(patches: list[WeightPatch], notes: list[str]):
         if not same or any(p.adapter.up.dtype != dtype for p in present):  # type: ignore[union-attr]
             dtype = torch.float32
         folded += not same
-        ups, downs = [], []
+        ups: list[torch.Tensor | None] = []
+        downs: list[torch.Tensor] = []
         for c in "qkv":
             if c not in parts:
                 ups.append(None)
@@ -186,7 +188,7 @@ def _to_diffusers(lora: LoraFile) -> Converted:
         for target, adapter in _split_rows(p):
             modules[p.component][_module(target)] = (adapter, p.source_keys[0])
     dora = {c: {m for m, (a, _) in mods.items() if a.dora is not None} for c, mods in modules.items()}
-    configs = {}
+    configs: dict[str, object] = {}
     for component, mods in modules.items():
         if dora[component] and len(dora[component]) != len(mods):
             for m in sorted(dora[component]):

@@ -443,7 +443,7 @@ def _report(path, metadata, tensors, groups, patches, unmatched, notes, peft) ->
             layouts.setdefault(key, set()).add(g.module.naming)
             counts[key] = counts.get(key, 0) + 1
     labels = [
-        R.describe_layout(*key[:1], layouts[key], *key[1:])
+        R.describe_layout(key[0], layouts[key], key[1], key[2])
         for key in sorted(counts, key=lambda k: -counts[k])
     ]
     fmt = "; ".join(labels) or "unknown"

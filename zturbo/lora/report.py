@@ -104,8 +104,8 @@ def coverage_lines(modules: list[Module]) -> list[str]:
     order = list(_GROUP_NAMES)
     for group, parts in sorted(by_group.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         by_indices: dict[tuple[int, ...], list[str]] = {}
-        for part, indices in parts.items():
-            by_indices.setdefault(tuple(sorted(indices)), []).append(part)
+        for part, index_set in parts.items():
+            by_indices.setdefault(tuple(sorted(index_set)), []).append(part)
         for indices, names in sorted(by_indices.items(), key=lambda kv: -len(kv[0])):
             lines.append(
                 f"{len(indices)} {_GROUP_NAMES.get(group, group)} ({_ranges(indices)}) × {_parts(names)}"

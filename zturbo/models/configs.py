@@ -21,7 +21,7 @@ class ConfigError(ZTurboError):
     """The weights do not fit the architecture we know."""
 
 
-def count_indexed(shapes: Shapes, prefix: str) -> int:
+def count_indexed(shapes: Mapping[str, object], prefix: str) -> int:
     """Number of distinct `prefix.N.` blocks, e.g. count_indexed(shapes, "layers") == 30."""
     rx = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     found = {int(m.group(1)) for k in shapes if (m := rx.match(k))}

@@ -11,6 +11,7 @@ written whole under a temporary name, then given the first free numbered name at
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
@@ -137,7 +138,7 @@ def write_numbered(
     suffix = Path(pattern.format(stem="", n=0)).suffix
     for index, item in enumerate(items):
         stem = target.stem.replace("%batch_num%", str(index))
-        tmp = write_temp(target.folder, lambda path, i=index, x=item: write(i, x, path), suffix)
+        tmp = write_temp(target.folder, functools.partial(write, index, item), suffix)
         tried: list[int] = []
         paths.append(publish_new(tmp, _numbered_names(target, pattern, stem, counter, tried)))
         counter = tried[-1] + 1

@@ -138,8 +138,9 @@ def _deflate_strip(
         prev = rows[first - 1 : end - 1] if first else np.concatenate([zero_row, rows[: end - 1]])
         out = buffer[: end - first]
         _filter_block(cur, prev, bpp, out, paeth=level > 0)
-        parts.append(deflate.compress(out))
-        adler = zlib.adler32(out, adler)
+        # out.data (a memoryview of the same bytes): numpy's stubs declare the buffer protocol only on 3.12+
+        parts.append(deflate.compress(out.data))
+        adler = zlib.adler32(out.data, adler)
     parts.append(deflate.flush(zlib.Z_FINISH if last else zlib.Z_FULL_FLUSH))
     return b"".join(parts), adler, (stop - start) * (row_bytes + 1)
 

@@ -163,7 +163,12 @@ class PatchState:
             up, down = factors
             for slot, (start, stop), up_rows in zip(slots, bounds, up.split(rows), strict=True):
                 dtype = _compute_dtype(slot)
-                term = (start, stop, down.to(device, dtype), (up_rows * patch.strength).to(device, dtype))
+                term: tuple[int, int, Tensor | None, Tensor] = (
+                    start,
+                    stop,
+                    down.to(device, dtype),
+                    (up_rows * patch.strength).to(device, dtype),
+                )
                 self._wrapper(root, slot.module).terms.append(term)
             return
         base = torch.cat([_expanded(slot, device) for slot in slots])

@@ -25,6 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -173,7 +174,7 @@ def accelerate_vae(vae: nn.Module, options: SpeedOptions) -> None:
     if not options.compiles or device.type != "cuda" or not compiler_available(device):
         return
     enable_compile_caches(options.cache_dir or default_cache_dir())
-    vae.decoder.compile(mode=options.compile_mode, dynamic=False)
+    cast(nn.Module, vae.decoder).compile(mode=options.compile_mode, dynamic=False)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -199,7 +200,8 @@ def compile_block_fn(dit: ZImageDiT, options: SpeedOptions):
     enable_compile_caches(options.cache_dir or default_cache_dir())
     quantized = any(isinstance(m, (SplitLinear, QuantLinear)) for m in dit.modules())
     compiled = torch.compile(call_block, mode=options.compile_mode, dynamic=False, fullgraph=not quantized)
-    compiled.compile_mode = options.compile_mode  # lets `accelerate` keep it when only graphs change
+    # lets `accelerate` keep it when only graphs change (an attribute on the compiled function)
+    cast(Any, compiled).compile_mode = options.compile_mode
     return compiled
 
 

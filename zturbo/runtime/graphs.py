@@ -43,7 +43,7 @@ class GraphCache:
         self.fn = fn
         self.name = name
         self._graphs: dict[tuple, _Captured | None] = {}
-        self._pool = None
+        self._pool: torch.cuda._POOL_HANDLE | None = None
         self.replays = 0  # calls served by a captured graph
 
     def buckets(self) -> tuple[int, int]:

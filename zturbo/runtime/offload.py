@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -141,7 +142,7 @@ class BlockStreamer:
         device: torch.device,
         *,
         pin: bool,
-        resident: set[int] = frozenset(),
+        resident: AbstractSet[int] = frozenset(),
         pack: bool | None = None,
     ) -> None:
         self.device = device

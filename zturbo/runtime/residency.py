@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,12 +159,13 @@ def vae_tiling(vae: nn.Module, enabled: bool, tile: int = VAE_TILE, overlap: int
     if not enabled:
         yield
         return
-    saved = (vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size = True, tile, tile // factor
+    kl: Any = vae  # diffusers' AutoencoderKL: its tiling settings are plain attributes nn.Module cannot type
+    saved = (kl.use_tiling, kl.tile_sample_min_size, kl.tile_latent_min_size, kl.tile_overlap_factor)
+    factor = 2 ** (len(kl.config.block_out_channels) - 1)
+    kl.use_tiling, kl.tile_sample_min_size, kl.tile_latent_min_size = True, tile, tile // factor
     if overlap is not None:
-        vae.tile_overlap_factor = overlap / tile
+        kl.tile_overlap_factor = overlap / tile
     try:
         yield
     finally:
-        vae.use_tiling, vae.tile_sample_min_size, vae.tile_latent_min_size, vae.tile_overlap_factor = saved
+        kl.use_tiling, kl.tile_sample_min_size, kl.tile_latent_min_size, kl.tile_overlap_factor = saved

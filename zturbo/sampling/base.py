@@ -84,7 +84,7 @@ def prepare_sigmas(x: Tensor, sigmas: Tensor) -> Tensor:
     return sigmas.detach().to(device="cpu", dtype=torch.float32)
 
 
-def sigma_batch(sigma: Tensor, x: Tensor) -> Tensor:
+def sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     """The (B,) sigma the denoiser receives: `sigma * x.new_ones([B])`, on `x`'s device."""
     return sigma * x.new_ones([x.shape[0]])
 

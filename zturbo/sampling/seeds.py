@@ -26,7 +26,8 @@ class _Stage:
     """The SDE noise carried from one stage to the next within a step (zero when eta is 0)."""
 
     def __init__(self, noise_sampler: NoiseSampler, eta: float) -> None:
-        self.noise_sampler, self.eta, self.noise = noise_sampler, eta, None
+        self.noise_sampler, self.eta = noise_sampler, eta
+        self.noise: Tensor | None = None
 
     def first(self, r: float, h: Tensor, sigma: Tensor, sigma_to: Tensor) -> Tensor | None:
         """Noise for the first stage, over r·h: sqrt(1 - e^(-2rhη))·ξ."""
