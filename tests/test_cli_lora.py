@@ -5,6 +5,7 @@ loads, the LoRAs (with A1111's content hash) in the PNG, and `--from` reapplying
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -138,3 +139,31 @@ def test_bad_lora_file_is_one_line_before_any_model_loads(models_with_lora, tmp_
         "--out", str(tmp_path / "out"), "--lora", f"{path}:0.5",
     )  # fmt: skip
     assert str(path) in said or "bad.safetensors" in said
+
+
+def test_switch_template_with_lora_loader_runs_through_zturbo_run(models_with_lora, tmp_path):
+    """The official `basic_switch_node.json` (LoraLoaderModelOnly) runs unmodified through `zturbo run`
+    on tiny files named like the real ones; its LoRA's unmatched key is named in the log."""
+    spec = importlib.util.find_spec("comfyui_workflow_templates_json")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("comfyui-workflow-templates-json is not installed (pip install -e '.[test]')")
+    template = Path(next(iter(spec.submodule_search_locations))) / "templates" / "basic_switch_node.json"
+    models = tmp_path / "models"
+    shutil.copytree(models_with_lora, models)
+    shutil.copy(
+        models / "loras" / "style.safetensors", models / "loras" / "pixel_art_style_z_image_turbo.safetensors"
+    )
+    args = [
+        "run",
+        str(template),
+        "--models-dir",
+        str(models),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    ]
+    result = runner.invoke(app, [*args, "--input-dir", str(tmp_path / "in"), "--set", "64:58.steps=1", "--set", "64:57.width=64", "--set", "64:57.height=64"])
+    assert result.exit_code == 0, result.output
+    (png,) = [Path(line) for line in result.stdout.split() if line.endswith(".png")]
+    assert png.is_file() and "LoraLoaderModelOnly" in read_png_text(png)["prompt"]
