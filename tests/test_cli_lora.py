@@ -163,7 +163,20 @@ def test_switch_template_with_lora_loader_runs_through_zturbo_run(models_with_lo
         "--device",
         "cpu",
     ]
-    result = runner.invoke(app, [*args, "--input-dir", str(tmp_path / "in"), "--set", "64:58.steps=1", "--set", "64:57.width=64", "--set", "64:57.height=64"])
+    result = runner.invoke(
+        app,
+        [
+            *args,
+            "--input-dir",
+            str(tmp_path / "in"),
+            "--set",
+            "64:58.steps=1",
+            "--set",
+            "64:57.width=64",
+            "--set",
+            "64:57.height=64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (png,) = [Path(line) for line in result.stdout.split() if line.endswith(".png")]
     assert png.is_file() and "LoraLoaderModelOnly" in read_png_text(png)["prompt"]

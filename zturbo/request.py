@@ -46,7 +46,7 @@ class LoraChoice:
     def parse(cls, text: str) -> LoraChoice:
         """`FILE`, `FILE:STRENGTH` or `FILE:MODEL:CLIP`. Strengths are taken only from trailing
         `:number` parts, so `C:\\x\\a.safetensors:0.8` is the file `C:\\x\\a.safetensors` at 0.8."""
-        name, numbers = text.strip(), []
+        name, numbers = text.strip(), list[float]()
         while len(numbers) < 2 and (match := _TRAILING_NUMBER.search(name)) and match.start() > 0:
             numbers.insert(0, float(match.group(1)))
             name = name[: match.start()]

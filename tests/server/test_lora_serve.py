@@ -102,7 +102,7 @@ def messages_of(ws, until_prompt: str) -> list[dict]:
             return got
 
 
-def test_switch_template_runs_and_names_unmatched_keys_in_history_and_ws(server: LiveServer):
+def test_switch_template_runs_and_names_unmatched_keys_in_history_and_ws(server: LiveServer, caplog):
     prompt, _ = load_workflow_file(template())
     prompt["64:57"]["inputs"].update(width=32, height=32)
     prompt["64:58"]["inputs"]["steps"] = 1
@@ -123,6 +123,7 @@ def test_switch_template_runs_and_names_unmatched_keys_in_history_and_ws(server:
         except TimeoutError:
             pass
         assert LORA_MESSAGE not in other_types  # only the client that queued the job is told
+    assert any(BOGUS in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)  # the server log
 
 
 def dit_of(live: LiveServer):

@@ -18,7 +18,9 @@ from zturbo.testing.lora_files import block_modules, dit_shapes, random_factors,
 def loras(web_config: ServerConfig) -> list[str]:
     folder = web_config.models_dir / "loras"
     write_lora(folder / "a.safetensors", random_factors(dit_shapes(), block_modules(), rank=2, seed=1))
-    write_lora(folder / "sub" / "b.safetensors", random_factors(dit_shapes(), block_modules(), rank=2, seed=2))
+    write_lora(
+        folder / "sub" / "b.safetensors", random_factors(dit_shapes(), block_modules(), rank=2, seed=2)
+    )
     return ["a.safetensors", "sub/b.safetensors"]
 
 

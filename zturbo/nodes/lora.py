@@ -36,7 +36,12 @@ def _reporter(ctx: NodeContext, lora_name: str) -> Callable[[Any], None]:
         unmatched = [key for key, _ in found.unmatched]
         ctx.message(
             LORA_MESSAGE,
-            {"lora_name": lora_name, "summary": found.summary(), "report": found.lines(), "unmatched": unmatched},
+            {
+                "lora_name": lora_name,
+                "summary": found.summary(),
+                "report": found.lines(),
+                "unmatched": unmatched,
+            },
         )
 
     return report
@@ -63,7 +68,13 @@ class LoraLoader(Node):
     )
 
     def execute(
-        self, ctx: NodeContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+        self,
+        ctx: NodeContext,
+        model: Any,
+        clip: Any,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
     ) -> tuple[Any, Any]:
         path = ctx.execution.resolve_model("loras", lora_name)
         return require_engine(ctx).load_lora(
@@ -78,8 +89,11 @@ class LoraLoaderModelOnly(Node):
         category="model/loaders",
         description="LoRAs are used to modify the diffusion model, altering the way in which latents are "
         "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
-        inputs=(Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."), LORA_NAME,
-                MODEL_STRENGTH),
+        inputs=(
+            Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+            LORA_NAME,
+            MODEL_STRENGTH,
+        ),
         outputs=(Output("MODEL", tooltip="The modified diffusion model."),),
     )
 
