@@ -1,4 +1,4 @@
-"""Generation end to end: request → plan → load → encode → sample → decode → save.
+"""Generation end to end: request → plan → load → patch → encode → sample → decode → save.
 
 Text to image, and on the same path the image passes (`generate --image/--mask/--hires`, `zturbo
 upscale`): an init image is fitted to the size (`request.fit_rule`), VAE-encoded and sampled at
