@@ -1,6 +1,7 @@
 """The creator page's LoRA picker in headless Chromium against the real server and engine (tiny
 models, CPU): the files of models/loras listed, two chosen with their own strengths, sent with the job
-(LoraLoader nodes in the queued prompt), shown in the gallery's settings, and put back by "Reuse"."""
+(LoraLoader nodes in the queued prompt), its unmatched keys named on the job's card, shown in the gallery's
+settings, and put back by "Reuse"."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ import urllib.request
 from typing import Any
 
 import pytest
+import torch
 
 from zturbo.server import ServerConfig
 from zturbo.testing.lora_files import block_modules, dit_shapes, random_factors, write_lora
+
+BOGUS = "transformer.layers.0.attention.to_z.lora_A.weight"
 
 
 @pytest.fixture
 def loras(web_config: ServerConfig) -> list[str]:
     folder = web_config.models_dir / "loras"
-    write_lora(folder / "a.safetensors", random_factors(dit_shapes(), block_modules(), rank=2, seed=1))
+    factors = random_factors(dit_shapes(), block_modules(), rank=2, seed=1)
+    write_lora(folder / "a.safetensors", factors, extra={BOGUS: torch.zeros(2, 4)})
     write_lora(
         folder / "sub" / "b.safetensors", random_factors(dit_shapes(), block_modules(), rank=2, seed=2)
     )
@@ -54,6 +59,8 @@ def test_lora_picker_sends_strengths_shows_them_and_reuse_restores_them(
     page.fill("#prompt", "a fox")
     page.click("#generate")
     page.locator(".job img.result").first.wait_for(timeout=120_000)
+    warning = page.locator(".job .lora-warning").inner_text()  # the WebSocket report, on the job's card
+    assert warning == f"LoRA a.safetensors: 1 keys matched nothing: {BOGUS}"
 
     with urllib.request.urlopen(server.http + "/history") as response:
         (entry,) = json.load(response).values()
