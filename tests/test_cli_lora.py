@@ -19,7 +19,13 @@ from zturbo.cli import app
 from zturbo.errors import InputError, ZTurboError
 from zturbo.output.png import read_png_text
 from zturbo.request import LoraChoice
-from zturbo.testing.lora_files import block_modules, dit_shapes, random_factors, write_lora
+from zturbo.testing.lora_files import (
+    block_modules,
+    dit_shapes,
+    random_factors,
+    text_encoder_shapes,
+    write_lora,
+)
 
 runner = CliRunner()
 BOGUS = "transformer.layers.0.attention.bogus.lora_A.weight"
@@ -180,3 +186,25 @@ def test_switch_template_with_lora_loader_runs_through_zturbo_run(models_with_lo
     assert result.exit_code == 0, result.output
     (png,) = [Path(line) for line in result.stdout.split() if line.endswith(".png")]
     assert png.is_file() and "LoraLoaderModelOnly" in read_png_text(png)["prompt"]
+
+
+def test_text_encoder_strength_of_file_model_clip(models_with_lora, tmp_path):
+    """`FILE:MODEL:CLIP`: a text-encoder LoRA at model 1, clip 0 gives the plain image; at clip 1.5 it
+    changes it (its strength reaches the encoder, as LoraLoader's strength_clip)."""
+    models = tmp_path / "models"
+    shutil.copytree(models_with_lora, models)
+    shapes = text_encoder_shapes()
+    modules = ["layers.0.self_attn.q_proj", "layers.0.mlp.up_proj"]
+    te = {
+        k: type(f)(f.up * 20, f.down * 20, f.alpha)
+        for k, f in random_factors(shapes, modules, seed=5).items()
+    }
+    write_lora(models / "loras" / "te.safetensors", {}, text_encoder=te)
+    folders = ("--models-dir", str(models), "--out", str(tmp_path / "out"))
+    base = ("a fox", "--width", "32", "--height", "32", "--steps", "1", "--seed", "4", *folders)
+    (plain,), _ = generate(*base)
+    (off,), said = generate(*base, "--lora", "te:1:0")
+    (on,), _ = generate(*base, "--lora", "te:1:1.5")
+    assert "text encoder: 2 patches" in said
+    assert np.array_equal(pixels(off), pixels(plain)) and not np.array_equal(pixels(on), pixels(plain))
+    assert 'LoRAs: "te.safetensors:1:1.5"' in read_png_text(on)["parameters"]
