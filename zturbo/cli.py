@@ -606,6 +606,32 @@ def serve(
 
 
 @app.command()
+def mcp(
+    models_dir: ModelsDir = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir")] = Path("output"),
+    input_dir: Annotated[Path, typer.Option("--input-dir")] = Path("input"),
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    vram: VramOpt = "auto",
+    speed: SpeedOpt = "eager",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Server state (as for serve).")] = None,
+) -> None:
+    """MCP server over stdio (tools generate_image, enhance_prompt, list_models) for agents."""
+    from zturbo.checkpoints.layout import default_models_dir
+    from zturbo.server.config import ServerConfig
+    from zturbo.server.mcp_stdio import run as run_mcp
+
+    config = ServerConfig(
+        models_dir=models_dir or default_models_dir(),
+        output_dir=output_dir,
+        input_dir=input_dir,
+        engine=engine_settings(device, dtype, vram, speed, 0.0),
+        data_dir=data_dir,
+    )
+    run_mcp(config)
+
+
+@app.command()
 def doctor(
     models_dir: ModelsDir = None,
     device: DeviceOpt = "auto",

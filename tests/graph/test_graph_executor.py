@@ -79,8 +79,35 @@ def test_progress_events_come_from_the_sampler(executor, prompt):
     _, rec = run(executor, prompt, "p1")
     progress = rec.data("progress")
     assert progress == [{"value": i, "max": 8, "prompt_id": "p1", "node": "57:3"} for i in range(1, 9)]
-    first, last = rec.names().index("progress"), len(rec.names()) - 1 - rec.names()[::-1].index("progress")
-    assert rec.events[first - 1][1]["node"] == "57:3" and rec.names()[last + 1] == "executing"
+    events = [e for e in rec.events if e[0] != "progress_state"]
+    names = [e for e, _ in events]
+    first, last = names.index("progress"), len(names) - 1 - names[::-1].index("progress")
+    assert events[first - 1][1]["node"] == "57:3" and names[last + 1] == "executing"
+
+
+def test_progress_state_at_every_node_start_update_and_finish(executor, prompt):
+    _, rec = run(executor, prompt, "p1")
+    states = rec.data("progress_state")
+    order = rec.executing()
+    # ComfyUI's count: one at each node's start and finish, one per progress update.
+    assert len(states) == 2 * len(order) + len(rec.data("progress"))
+    assert all(s["prompt_id"] == "p1" for s in states)
+    last = states[-1]["nodes"]
+    assert set(last) == set(order) and {n["state"] for n in last.values()} == {"finished"}
+    sampler = last["57:3"]
+    assert sampler == {
+        "value": 8,
+        "max": 8,
+        "state": "finished",
+        "node_id": "57:3",
+        "prompt_id": "p1",
+        "display_node_id": "57:3",
+        "parent_node_id": None,
+        "real_node_id": "57:3",
+    }
+    mid = next(s["nodes"] for s in states if s["nodes"].get("57:3", {}).get("value") == 3)
+    assert mid["57:3"]["state"] == "running" and mid["57:3"]["max"] == 8
+    assert set(mid) == set(order[: order.index("57:3") + 1])  # pending nodes are not listed
 
 
 def test_changing_only_the_seed_reruns_only_the_sampler_and_downstream(executor, prompt, engine):
@@ -133,6 +160,8 @@ def test_a_failing_node_fails_its_prompt_only(executor, prompt, engine):
     assert error["exception_message"] == "fake sampler exploded"
     assert error["exception_type"] == "RuntimeError"
     assert error["current_inputs"]["seed"] == [0]
+    assert error["current_outputs"] == rec.executing()[:-1] and "57:28" in error["current_outputs"]
+    assert rec.data("progress_state")[-1]["nodes"]["57:3"]["state"] == "error"
     assert "9" not in rec.executing() and "execution_success" not in rec.names()
     assert rec.events[-1][0] == "execution_error"
     engine.fail_sampling = False

@@ -15,7 +15,7 @@ def info(name: str) -> dict:
 def test_model_patch_loader():
     entry = info("ModelPatchLoader")
     assert entry["input"]["required"] == {"name": [[]]}
-    assert entry["output"] == ["MODEL_PATCH"] and entry["category"] == "advanced/loaders"
+    assert entry["output"] == ["MODEL_PATCH"] and entry["category"] == "model/loaders"
 
 
 def test_appliers():
@@ -36,4 +36,4 @@ def test_canny():
     low = entry["input"]["required"]["low_threshold"]
     assert low == ["FLOAT", {"default": 0.4, "min": 0.01, "max": 0.99, "step": 0.01}]
     assert entry["input"]["required"]["high_threshold"][1]["default"] == 0.8
-    assert entry["category"] == "image/preprocessors" and entry["output"] == ["IMAGE"]
+    assert entry["category"] == "image/filters" and entry["output"] == ["IMAGE"]

@@ -85,3 +85,40 @@ def run_live(app: FastAPI) -> Iterator[LiveServer]:
 @pytest.fixture
 def live(config: ServerConfig, executor: FakeExecutor) -> Iterator[LiveServer]:
     yield from run_live(create_app(config, executor=executor))
+
+
+@pytest.fixture(scope="session")
+def real_live(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
+    """The real engine on the tiny models behind real uvicorn, shared by the other-client API tests
+    (OpenAI, A1111, MCP): one model load for all of them."""
+    from zturbo.runtime.settings import EngineSettings
+
+    root = tmp_path_factory.mktemp("clients_server")
+    config = ServerConfig(
+        models_dir=tiny_models,
+        output_dir=root / "output",
+        input_dir=root / "input",
+        temp_dir=root / "temp",
+        user_dir=root / "user",
+        engine=EngineSettings("cpu", vram="auto"),
+    )
+    yield from run_live(create_app(config))
+
+
+def history_entry_for(live: LiveServer, filename: str) -> tuple[str, dict]:
+    """The `/history` entry (id, entry) whose outputs include `filename`; fails if none does."""
+    import httpx
+
+    for prompt_id, entry in httpx.get(f"{live.http}/history", timeout=30).json().items():
+        for node_out in entry.get("outputs", {}).values():
+            if any(i.get("filename") == filename for i in node_out.get("images", [])):
+                return prompt_id, entry
+    raise AssertionError(f"{filename} is in no /history entry")
+
+
+def in_gallery(live: LiveServer, filename: str) -> dict | None:
+    """The creator gallery's item for `filename` (with the settings read back from its graph), or None."""
+    import httpx
+
+    items = httpx.get(f"{live.http}/zturbo/gallery", timeout=30).json()["items"]
+    return next((item for item in items if item["image"]["filename"] == filename), None)

@@ -179,3 +179,34 @@ def test_upload_refuses_symlink_escape(client: TestClient, config: ServerConfig,
     (config.input_dir / "victim.png").symlink_to(outside / "victim.png")
     assert upload(client, "victim.png", png(), overwrite="true").status_code == 403
     assert list(outside.iterdir()) == []
+
+
+def test_upload_mask_puts_the_masks_alpha_on_the_original(client: TestClient, config: ServerConfig) -> None:
+    """ComfyUI's mask editor save: the original's colours, the uploaded mask's alpha, saved as a new
+    input file (the original is left as it was)."""
+    config.input_dir.mkdir(parents=True, exist_ok=True)
+    original = Image.new("RGB", (8, 6), (200, 100, 50))
+    original.save(config.input_dir / "photo.png")
+    mask = Image.new("RGBA", (8, 6), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 4, 6))  # the left half painted out
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    ref = '{"filename": "photo.png", "subfolder": "", "type": "input"}'
+    answer = client.post(
+        "/upload/mask",
+        files={"image": ("clipspace-mask.png", buffer.getvalue(), "image/png")},
+        data={"original_ref": ref, "type": "input", "subfolder": "clipspace"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"name": "clipspace-mask.png", "subfolder": "clipspace", "type": "input"}
+    with Image.open(config.input_dir / "clipspace" / "clipspace-mask.png") as saved:
+        assert saved.mode == "RGBA" and saved.size == (8, 6)
+        assert saved.getpixel((1, 1)) == (200, 100, 50, 0) and saved.getpixel((6, 1)) == (200, 100, 50, 255)
+    with Image.open(config.input_dir / "photo.png") as kept:
+        assert kept.mode == "RGB"
+    missing = client.post(
+        "/upload/mask",
+        files={"image": ("m.png", buffer.getvalue(), "image/png")},
+        data={"original_ref": '{"filename": "nope.png", "type": "input"}'},
+    )
+    assert missing.status_code == 404

@@ -2,8 +2,11 @@
 
 - the official Z-Image-Turbo template, converted from its UI format, queued with POST /prompt, gives the
   pixels `zturbo generate` gives for the same settings;
-- a maintained ComfyUI client from PyPI (comfy-api-simplified), used as its README shows, submits an
-  API-format prompt, receives the WebSocket events, and downloads the image.
+- maintained ComfyUI clients from PyPI, unpatched and used as their READMEs show: comfy-api-simplified
+  submits an API-format prompt, receives the WebSocket events and downloads the image; comfy-script's
+  script mode builds the graph from `/object_info` and runs it (in its own process: its runtime is
+  global); comfyui-autograph converts the official template's UI format against our `/object_info`,
+  submits it and fetches the image. Each result is checked in `/history`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import importlib.util
 import io
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +123,86 @@ def test_comfy_api_simplified_client(real_server: LiveServer, tmp_path: Path, ca
         assert json.loads(img.text["prompt"])["57:3"]["inputs"]["seed"] == 42
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "'type': 'progress'" in logged and "'type': 'executed'" in logged
+
+
+COMFY_SCRIPT = """
+from comfy_script.runtime import *
+load('{url}/')
+from comfy_script.runtime.nodes import *
+
+with Workflow(wait=True):
+    model = UNETLoader('z_image_turbo_bf16.safetensors', 'default')
+    model = ModelSamplingAuraFlow(model, 3)
+    clip = CLIPLoader('qwen_3_4b.safetensors', 'lumina2', 'default')
+    vae = VAELoader('ae.safetensors')
+    positive = CLIPTextEncode('一只红狐狸 in the snow', clip)
+    negative = ConditioningZeroOut(positive)
+    latent = EmptySD3LatentImage(64, 48, 1)
+    latent = KSampler(model, 11, 4, 1, 'res_multistep', 'simple', positive, negative, latent, 1)
+    SaveImage(VAEDecode(latent, vae), 'comfyscript')
+"""
+
+
+def history_images(live: LiveServer, prefix: str) -> list[tuple[dict, dict]]:
+    """(history entry, image ref) of every saved image whose name starts with `prefix`."""
+    found = []
+    for entry in httpx.get(f"{live.http}/history", timeout=30).json().values():
+        for output in entry["outputs"].values():
+            found += [
+                (entry, image) for image in output.get("images", []) if image["filename"].startswith(prefix)
+            ]
+    return found
+
+
+def served_image(live: LiveServer, image: dict) -> Image.Image:
+    response = httpx.get(f"{live.http}/view", params=image, timeout=30)
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content))
+
+
+def test_comfy_script_script_mode(real_server: LiveServer, tmp_path: Path):
+    pytest.importorskip("comfy_script")
+    script = tmp_path / "script.py"
+    script.write_text(COMFY_SCRIPT.format(url=real_server.http), encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        encoding="utf-8",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    ((entry, image),) = history_images(real_server, "comfyscript")
+    assert entry["status"]["status_str"] == "success"
+    sampler = next(n for n in entry["prompt"][2].values() if n["class_type"] == "KSampler")
+    assert sampler["inputs"]["seed"] == 11 and sampler["inputs"]["steps"] == 4
+    with served_image(real_server, image) as img:
+        assert img.size == (64, 48)
+
+
+def test_comfyui_autograph_client(real_server: LiveServer, tmp_path: Path, monkeypatch):
+    autograph = pytest.importorskip("autograph")
+    monkeypatch.setenv("AUTOGRAPH_COMFYUI_SERVER_URL", real_server.http)
+    # As its README shows: convert the workspace file against the running server's /object_info,
+    # edit widgets by class, submit, wait, fetch and save the images.
+    api = autograph.ApiFlow(str(template()))
+    api.EmptySD3LatentImage.width = 64
+    api.EmptySD3LatentImage.height = 80
+    api.KSampler.seed = 5
+    api.SaveImage.filename_prefix = "autograph"
+    result = api.submit(server_url=real_server.http, wait=True)
+    images = result.fetch_images()
+    images.save(str(tmp_path / "frame.###.png"))
+    with Image.open(tmp_path / "frame.000.png") as saved:
+        assert saved.size == (64, 80)
+        saved_pixels = np.asarray(saved.convert("RGB"))
+    prompt_id = result["submit"]["prompt_id"]
+    entry = wait_for_history(real_server, prompt_id)
+    assert entry["status"]["status_str"] == "success"
+    (image,) = [i for o in entry["outputs"].values() for i in o["images"]]
+    with served_image(real_server, image) as img:
+        assert np.array_equal(np.asarray(img.convert("RGB")), saved_pixels)
 
 
 def test_free_unloads_the_models(real_server: LiveServer):

@@ -43,6 +43,19 @@ def test_post_prompt_keeps_client_prompt_id_and_number(client: TestClient) -> No
     assert body["prompt_id"] == prompt_id and body["number"] == 7
 
 
+def test_queue_numbers_are_ints_as_in_comfyui(client: TestClient) -> None:
+    """ComfyUI counts with an int (`float()` only a client's own `number`); strict clients check."""
+    first = client.post("/prompt", json={"prompt": save_prompt(1)}).json()
+    second = client.post("/prompt", json={"prompt": save_prompt(2), "front": True}).json()
+    assert type(first["number"]) is int and type(second["number"]) is int
+    assert second["number"] == -(first["number"] + 1)
+    entry = wait_until(lambda: client.get(f"/history/{first['prompt_id']}").json())
+    assert type(entry[first["prompt_id"]]["prompt"][0]) is int
+    wait_until(lambda: client.get(f"/history/{second['prompt_id']}").json())
+    jobs = client.get("/api/jobs").json()["jobs"]
+    assert {type(job["priority"]) for job in jobs} == {int}
+
+
 @pytest.mark.parametrize(
     ("payload", "kind"),
     [
@@ -160,10 +173,12 @@ def test_comfy_frontend_served_at_root(config, executor: FakeExecutor, tmp_path)
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "application/x-www-form-urlencoded", "text/plain;charset=UTF-8"]
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain;charset=UTF-8", "application/octet-stream"],
 )
 def test_prompt_body_is_json_whatever_its_label(client, content_type):
-    """requests.post(data=...) sends no Content-Type and urllib sends a form type; ComfyUI accepts both."""
+    """requests.post(data=...) sends no Content-Type, urllib a form type, aiohttp's raw bytes
+    (comfy-catapult) application/octet-stream; ComfyUI accepts them all."""
     headers = {"Content-Type": content_type} if content_type else {}
     body = json.dumps({"prompt": save_prompt(1), "client_id": "x"}).encode()
     response = client.post("/prompt", content=body, headers=headers)

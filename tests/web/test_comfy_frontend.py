@@ -16,9 +16,9 @@ from zturbo.server import ServerConfig
 
 templates = pytest.importorskip("comfyui_workflow_templates_json")
 TEMPLATE = Path(templates.__file__).parent / "templates" / "image_z_image_turbo.json"
-# 404 is ComfyUI's "nothing here" for these (no user.css, no saved workflows; template thumbnails are
-# not in the JSON-only templates package).
-EMPTY_404 = ("/user.css", "/api/userdata", "/templates/")
+# 404 is ComfyUI's "nothing here" for these (no user.css, no saved workflows). Template thumbnails are
+# served from the templates' media packages (`comfyui-workflow-templates`), so they are no longer here.
+EMPTY_404 = ("/user.css", "/api/userdata")
 # The template's subgraph node and the widgets it promotes (1024² is slow on CPU; 64² takes a second).
 SET_SMALL_SIZE = """() => {
   const node = app.graph.nodes.find((n) => n.widgets?.some((w) => w.name === 'width'));

@@ -29,7 +29,7 @@ def _parameters_on_meta() -> Iterator[None]:
         original(module, name, param)
         if param is not None:
             kwargs = {"requires_grad": param.requires_grad}
-            module._parameters[name] = type(param)(param.to("meta"), **kwargs)  # type: ignore[call-arg]
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
 
     nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
     try:

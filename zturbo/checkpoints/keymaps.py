@@ -42,7 +42,7 @@ def strip_prefix(sd: StateDict, prefix: str) -> StateDict:
 def split_rows(tensor: object, parts: int) -> list[object]:
     """Split a fused weight along dim 0 into equal views (works for plain and quantized tensors)."""
     if hasattr(tensor, "chunk"):
-        return list(tensor.chunk(parts, dim=0))  # type: ignore[union-attr]
+        return list(tensor.chunk(parts, dim=0))
     raise TypeError(f"cannot split {type(tensor).__name__}")
 
 
@@ -119,8 +119,8 @@ def bfl_vae_to_diffusers(sd: StateDict) -> StateDict:
             new = f"decoder.up_blocks.{level}.{tail}" + key[m.end() :]
         for rx, repl in _VAE_BLOCK_RENAMES:
             new = rx.sub(repl, new)
-        if _VAE_ATTN_LINEAR.search(new) and hasattr(value, "dim") and value.dim() == 4:  # type: ignore[union-attr]
-            value = value.reshape(value.shape[0], value.shape[1])  # type: ignore[union-attr]
+        if _VAE_ATTN_LINEAR.search(new) and hasattr(value, "dim") and value.dim() == 4:
+            value = value.reshape(value.shape[0], value.shape[1])
         out[new] = value
     return out
 
@@ -150,6 +150,6 @@ def diffusers_vae_to_bfl(sd: StateDict) -> StateDict:
         for rx, repl in rules:
             new = rx.sub(repl, new)
         if re.search(r"\.mid\.attn_1\.(q|k|v|proj_out)\.weight$", new):
-            value = value.reshape(*value.shape, 1, 1)  # type: ignore[union-attr]
+            value = value.reshape(*value.shape, 1, 1)
         out[new] = value
     return out

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from zturbo.errors import Interrupted
 from zturbo.graph.cache import CachedNode, GraphError, OutputCache, SignatureBuilder
+from zturbo.graph.progress_state import NodeProgress
 from zturbo.graph.prompt import DependencyCycle, coerce, dependency_order, is_link, normalize_prompt, unwrap
 from zturbo.graph.validation import full_type_name
 from zturbo.nodes.base import NodeOutput
@@ -139,6 +140,7 @@ class PromptRun:
         self.error: dict[str, Any] | None = None
         self.was_interrupted = False
         self.planned: set[str] = set()  # nodes already placed in an execution order
+        self.progress = NodeProgress(prompt_id, self.emit)
 
     # -- events -------------------------------------------------------------------------------
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -265,13 +267,17 @@ class PromptRun:
             if not self._run_lazy(node_id, cls, inputs):
                 return False
             self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+            self.progress.start(node_id)
             values, ui = split_result(cls().execute(self._node_context(node_id), **inputs), cls.schema)
         except Interrupted:
             self._interrupted(node_id)
             return False
         except Exception as exc:
+            if node_id in self.progress.nodes:
+                self.progress.fail(node_id)
             self._fail(node_id, exc, inputs)
             return False
+        self.progress.finish(node_id)
         self.cache.put(self.keys[node_id], CachedNode(values, ui))
         self.results[node_id] = values
         self.executed.append(node_id)
@@ -309,6 +315,7 @@ class PromptRun:
         def on_progress(value: int, maximum: int, preview: Image.Image | None) -> None:
             data = {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id}
             self.emit("progress", data)
+            self.progress.update(node_id, value, maximum)
             if preview is not None and self._emit_preview is not None:
                 try:
                     self._emit_preview(preview_jpeg(preview))
@@ -355,7 +362,7 @@ class PromptRun:
             node_type=self._node_type(node_id),
             executed=list(self.executed),
             inputs=inputs,
-            outputs=list(self.cached_at_start),
+            outputs=list(dict.fromkeys([*self.cached_at_start, *self.executed])),
         )
         self.error = self.add_message("execution_error", data)
 

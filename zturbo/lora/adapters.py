@@ -179,7 +179,7 @@ class LoKr(_AdapterBase):
             _f32(self.w1, device)
             if self.w1 is not None
             else _f32(self.w1_a, device) @ _f32(self.w1_b, device)
-        )  # type: ignore[arg-type]
+        )
         if self.w2 is not None:
             w2 = _f32(self.w2, device)
         elif self.t2 is not None:

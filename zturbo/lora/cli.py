@@ -99,7 +99,7 @@ def dit_shapes_of(path: Path) -> dict[str, tuple[int, ...]]:
         def split(shape, parts):
             return [(shape[0] // parts, *shape[1:])] * parts
 
-        shapes = keymaps.comfy_dit_to_diffusers(shapes, split)  # type: ignore[arg-type]
+        shapes = keymaps.comfy_dit_to_diffusers(shapes, split)
     return shapes  # type: ignore[return-value]
 
 

@@ -327,9 +327,9 @@ def _lokr(path, roles, get, alpha, used, unmatched) -> Adapter | None:
         return None
     used += [roles[r] for r in present]
     args = {r.removeprefix("lokr_"): get[r] for r in present}
-    adapter = LoKr(**args, alpha=alpha)  # type: ignore[arg-type]
+    adapter = LoKr(**args, alpha=alpha)
     rows, cols = adapter.shape
-    return LoKr(**args, alpha=alpha, dora=_dora(path, roles, get, rows, cols, used))  # type: ignore[arg-type]
+    return LoKr(**args, alpha=alpha, dora=_dora(path, roles, get, rows, cols, used))
 
 
 def _loha(path, roles, get, alpha, used, unmatched) -> Adapter | None:
@@ -340,9 +340,9 @@ def _loha(path, roles, get, alpha, used, unmatched) -> Adapter | None:
         return None
     used += [roles[r] for r in present]
     args = {r.removeprefix("hada_"): get[r] for r in present}
-    adapter = LoHa(**args, alpha=alpha)  # type: ignore[arg-type]
+    adapter = LoHa(**args, alpha=alpha)
     rows, cols = adapter.shape
-    return LoHa(**args, alpha=alpha, dora=_dora(path, roles, get, rows, cols, used))  # type: ignore[arg-type]
+    return LoHa(**args, alpha=alpha, dora=_dora(path, roles, get, rows, cols, used))
 
 
 # --- rows, overlaps, shapes ---

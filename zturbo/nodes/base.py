@@ -37,7 +37,8 @@ class Node:
 
     schema: ClassVar[NodeSchema]
 
-    def execute(self, ctx: NodeContext, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
+    # `*args: Any, **inputs: Any` lets each subclass declare its own named inputs (mypy accepts any override).
+    def execute(self, ctx: NodeContext, *args: Any, **inputs: Any) -> tuple[Any, ...] | NodeOutput:
         raise NotImplementedError
 
 

@@ -7,7 +7,7 @@ into the folder shows up on the next refresh, as in ComfyUI.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zturbo.nodes import (
     conditioning,
@@ -26,24 +26,28 @@ from zturbo.nodes import (
     upscale,
     utility,
 )
+from zturbo.nodes.base import Node
 from zturbo.nodes.schema import NodeSchema
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import ExecutionContext
 
 
+_NodeClass = TypeVar("_NodeClass", bound="type[Node]")
+
+
 class NodeRegistry:
     """Node classes by class_type. A node class has `schema: NodeSchema` and `execute(ctx, **inputs)`."""
 
     def __init__(self, context: ExecutionContext | None = None) -> None:
-        self._nodes: dict[str, type] = {}
+        self._nodes: dict[str, type[Node]] = {}
         self.context = context
 
     def bind(self, context: ExecutionContext) -> None:
         """Use `context` for request-time option lists (the executor binds its own if none is set)."""
         self.context = context
 
-    def register(self, cls: type) -> type:
+    def register(self, cls: _NodeClass) -> _NodeClass:
         """Add a node class (usable as a decorator); a second class with the same name is an error."""
         schema = getattr(cls, "schema", None)
         if not isinstance(schema, NodeSchema) or not callable(getattr(cls, "execute", None)):
@@ -53,7 +57,7 @@ class NodeRegistry:
         self._nodes[schema.name] = cls
         return cls
 
-    def get(self, class_type: str) -> type | None:
+    def get(self, class_type: str) -> type[Node] | None:
         return self._nodes.get(class_type)
 
     def schema(self, class_type: str) -> NodeSchema | None:

@@ -156,7 +156,7 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
             denoise=float(pairs.get("Denoising strength", 1.0)),
         )
         image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
-        request = replace(request, **image_fields, loras=parse_loras(pairs))  # type: ignore[arg-type]
+        request = replace(request, **image_fields, loras=parse_loras(pairs))
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))

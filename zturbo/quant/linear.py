@@ -266,7 +266,7 @@ class QuantLinear(nn.Module):
         biases = [p.bias for p in parts]
         if any((b is None) != (biases[0] is None) for b in biases):
             return None
-        if biases[0] is not None and len({(b.dtype, b.device) for b in biases}) != 1:  # type: ignore[union-attr]
+        if biases[0] is not None and len({(b.dtype, b.device) for b in biases}) != 1:
             return None
         weight = first.weight_type.stack([p.quantized() for p in parts])
         if weight is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -19,11 +19,14 @@ from zturbo.server.routes import (
     files,
     frontend,
     history,
+    internal,
     jobs,
     model_files,
+    openai,
     presets,
     prompt,
     queue,
+    sdapi,
     system,
     ws,
 )
@@ -50,7 +53,10 @@ ROUTERS = (
     creator.router,
     presets.router,
     model_files.router,
+    internal.router,
 )
+# Other clients' APIs, at their own paths only (no `/api` twin): OpenAI images, AUTOMATIC1111.
+CLIENT_ROUTERS = (openai.router, sdapi.router)
 
 
 def default_executor(config: ServerConfig) -> ExecutorLike:
@@ -82,12 +88,27 @@ def _registry_for(executor: ExecutorLike) -> RegistryLike:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state.zturbo
     state.hub.bind_loop(asyncio.get_running_loop())
+    state.logs.attach()
     state.worker.start()
     try:
-        yield
+        async with AsyncExitStack() as stack:
+            for manager in app.state.mcp_managers:  # the MCP endpoint's session task group
+                await stack.enter_async_context(manager.run())
+            yield
     finally:
+        state.logs.detach()
         await asyncio.to_thread(state.worker.stop)
         state.history.close()
+
+
+def _mount_mcp(app: FastAPI, state: object) -> list:
+    """The MCP streamable HTTP endpoint at `/mcp` (zturbo.server.mcp_tools); none without the SDK."""
+    try:
+        from zturbo.server.mcp_tools import mount_http
+    except ImportError:  # the `mcp` package is missing
+        log.info("MCP endpoint off: the `mcp` package is not installed")
+        return []
+    return [mount_http(app, state)]
 
 
 def create_app(
@@ -104,6 +125,9 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
         app.include_router(router, prefix="/api")
+    for router in CLIENT_ROUTERS:
+        app.include_router(router)
+    app.state.mcp_managers = _mount_mcp(app, state)
     mount_web(app, config)
     # Added innermost first: Host, then origin, then auth, all before any body is read.
     app.add_middleware(JsonBodyMiddleware)

@@ -3,7 +3,8 @@ once, before routing.
 
 ComfyUI parses every POST body as JSON whatever its Content-Type, and real clients rely on that:
 `requests.post(url, data=json.dumps(...))` sends no Content-Type, and urllib (used by ComfyUI's own
-API examples) labels the body `application/x-www-form-urlencoded`. FastAPI would answer those with 422,
+API examples) labels the body `application/x-www-form-urlencoded`, and aiohttp's raw `data=bytes`
+(comfy-catapult) labels it `application/octet-stream`. FastAPI would answer those with 422,
 so unlabelled, form-labelled and text-labelled bodies are relabelled as JSON before routing. Multipart
 uploads keep their type.
 
@@ -22,7 +23,7 @@ from zturbo.errors import InputError
 from zturbo.server import json_input
 from zturbo.server.errors import error_response
 
-RELABEL = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+RELABEL = (b"", b"application/x-www-form-urlencoded", b"text/plain", b"application/octet-stream")
 OPAQUE_PREFIXES = ("/userdata/", "/api/userdata/")
 # Bodies above this are parsed off the event loop.
 THREAD_PARSE_BYTES = 64 * 1024

@@ -57,6 +57,11 @@ def _combo(registry: RegistryLike, name: str) -> list[str]:
     return list(spec[0]) if spec and isinstance(spec[0], list) else []
 
 
+def ksampler_choices(registry: RegistryLike, name: str) -> list[str]:
+    """KSampler's choices for `sampler_name` or `scheduler`, as /object_info lists them."""
+    return _combo(registry, name)
+
+
 def build_graph(
     body: GraphRequest, registry: RegistryLike, models_dir: Path, folders: dict[str, Path] | None = None
 ) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from zturbo.server.db import Database
+from zturbo.server.queue import stored_number
 
 log = logging.getLogger(__name__)
 SQLITE_MAX = 2**63 - 1
@@ -113,7 +114,7 @@ class JobRow:
     """The light columns `/api/jobs` needs, read without parsing whole prompts."""
 
     prompt_id: str
-    number: float | None
+    number: int | float | None
     status_str: str | None
     interrupted: bool
     error: dict | None
@@ -240,7 +241,7 @@ class HistoryStore:
         return [
             JobRow(
                 r[0],
-                r[1],
+                stored_number(r[1]),
                 r[2],
                 bool(r[3]),
                 json.loads(r[4]) if r[4] else None,

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from zturbo.server.db import Database
-from zturbo.server.queue import QueueItem
+from zturbo.server.queue import QueueItem, stored_number
 
 
 @dataclass
@@ -59,7 +59,13 @@ class QueueJournal:
         )
         return [
             JournalRow(
-                QueueItem(number, prompt_id, json.loads(prompt), json.loads(extra), json.loads(outputs)),
+                QueueItem(
+                    stored_number(number) or 0,
+                    prompt_id,
+                    json.loads(prompt),
+                    json.loads(extra),
+                    json.loads(outputs),
+                ),
                 started,
             )
             for number, prompt_id, prompt, extra, outputs, started in rows

@@ -15,9 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def stored_number(value: float | None) -> int | float | None:
+    """A queue number read back from SQLite's REAL column: whole numbers as the ints they were."""
+    return int(value) if value is not None and float(value).is_integer() else value
+
+
 @dataclass
 class QueueItem:
-    number: float
+    number: int | float  # an int from the counter; a client's own `number` is a float, as in ComfyUI
     prompt_id: str
     prompt: dict
     extra_data: dict
@@ -54,11 +59,11 @@ class PromptQueue:
         self._closed = False
         self.on_change = on_change or (lambda: None)
 
-    def next_number(self, front: bool = False) -> float:
-        """ComfyUI's numbering: a counter, negated for `front`."""
+    def next_number(self, front: bool = False) -> int:
+        """ComfyUI's numbering: an integer counter, negated for `front`."""
         with self._lock:
             number = next(self._number)
-        return float(-number if front else number)
+        return -number if front else number
 
     def numbers_after(self, number: float) -> None:
         """Continue numbering past `number` (prompts re-queued from the journal keep theirs)."""

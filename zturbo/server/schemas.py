@@ -33,7 +33,7 @@ class PromptRequest(_Body):
 
 class PromptResponse(BaseModel):
     prompt_id: str
-    number: float
+    number: int | float  # int unless the client sent its own `number` (ComfyUI: `float(number)`)
     node_errors: Any
 
 

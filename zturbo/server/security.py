@@ -36,6 +36,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PREFIXES = ("/upload/", "/api/upload/")
 PROMPT_PATHS = ("/prompt", "/api/prompt")
+OPENAI_PREFIX = "/v1/"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -47,7 +48,11 @@ async def _reject(scope: Scope, receive: Receive, send: Send, status: int, messa
         # Closing before accept makes the server answer the handshake with 403.
         await send({"type": "websocket.close", "code": 1008, "reason": message})
         return
-    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+    body: dict[str, Any] = {"error": message}
+    if scope.get("path", "").startswith(OPENAI_PREFIX):  # OpenAI clients read error.message
+        kind = "authentication_error" if status == 401 else "permission_error"
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
 DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
@@ -132,13 +137,27 @@ class OriginGuardMiddleware:
 
 
 def request_token(scope: Scope) -> str | None:
-    """The token from `Authorization: Bearer ...`, else from `?token=`."""
+    """The token from `Authorization: Bearer ...`, the password of `Authorization: Basic ...` (how
+    A1111 clients such as Open WebUI send their "user:password" API auth), else from `?token=`."""
     auth = _headers(scope).get("authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
+    if auth[:6].lower() == "basic ":
+        return _basic_password(auth[6:].strip())
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("token")
     return values[0] if values else None
+
+
+def _basic_password(value: str) -> str | None:
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[1] if ":" in decoded else None
 
 
 class TokenAuthMiddleware:

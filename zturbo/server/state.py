@@ -13,6 +13,7 @@ from zturbo.server.db import Database
 from zturbo.server.events import EventHub
 from zturbo.server.history import HistoryRecord, HistoryStore, migrate_legacy_db
 from zturbo.server.journal import QueueJournal
+from zturbo.server.logs import LogFeed
 from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.queue import PromptQueue, QueueItem
 from zturbo.server.recovery import Recovery, recover
@@ -36,6 +37,7 @@ class ServerState:
     worker: QueueWorker
     journal: QueueJournal
     recovery: Recovery = field(default_factory=Recovery)
+    logs: LogFeed = field(default_factory=lambda: LogFeed(EventHub()))
 
     @property
     def folders(self) -> dict[str, Path]:
@@ -114,7 +116,7 @@ def build_state(config: ServerConfig, executor: ExecutorLike, registry: Registry
     history = HistoryStore(db, max_items=config.max_history)
     journal = QueueJournal(db)
     worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
-    state = ServerState(config, executor, registry, queue, history, hub, worker, journal)
+    state = ServerState(config, executor, registry, queue, history, hub, worker, journal, logs=LogFeed(hub))
     state.recovery = recover(journal, history, queue, [config.output_dir, config.temp_dir, config.input_dir])
     queue.on_change = state.broadcast_status
     return state

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from zturbo.errors import InputError
@@ -31,6 +31,13 @@ FORWARDED = ("/api/", "/ws", "/templates/", "/internal/")
 # Progress favicons the frontend requests by absolute path, whatever its mount.
 FAVICONS = "/assets/images/favicon_progress_16x16"
 TEMPLATE_PACKAGES = ("comfyui_workflow_templates_json", "comfyui_workflow_templates")
+# The template browser's thumbnails (`/templates/<name>-1.webp`, ...) live in these bundles, which
+# `comfyui-workflow-templates` installs; each installed one is searched after the JSON package.
+MEDIA_PACKAGES = tuple(
+    f"comfyui_workflow_templates_media_{bundle}"
+    for bundle in ("image", "api", "video", "other", "assets_01", "assets_02")
+)
+FAVICON = "/assets/favicon.ico"
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -50,6 +57,16 @@ def comfy_frontend_dir(config: ServerConfig) -> Path | None:
     package = _package_dir("comfyui_frontend_package")
     static = package / "static" if package is not None else None
     return static if static is not None and (static / "index.html").is_file() else None
+
+
+def media_packages() -> list[tuple[str, str]]:
+    """The installed template media bundles, as StaticFiles `packages` entries."""
+    found = []
+    for name in MEDIA_PACKAGES:
+        package = _package_dir(name)
+        if package is not None and (package / "templates").is_dir() and (package / "__init__.py").is_file():
+            found.append((name, "templates"))
+    return found
 
 
 def templates_dir() -> Path | None:
@@ -83,6 +100,13 @@ def _redirect_to(target: str) -> Callable[[], RedirectResponse]:
     return redirect
 
 
+def _file(path: Path) -> Callable[[], FileResponse]:
+    def serve() -> FileResponse:
+        return FileResponse(path)
+
+    return serve
+
+
 def mount_web(app: FastAPI, config: ServerConfig) -> None:
     """Mount the UIs; call after every API router is included (mounts at `/` catch everything)."""
     creator = CREATOR_DIR if (CREATOR_DIR / "index.html").is_file() else None
@@ -94,13 +118,17 @@ def mount_web(app: FastAPI, config: ServerConfig) -> None:
         )
     templates = templates_dir()
     if templates is not None:
-        app.mount("/templates", StaticFiles(directory=templates), name="templates")
+        static = StaticFiles(directory=templates, packages=media_packages())  # type: ignore[arg-type]
+        app.mount("/templates", static, name="templates")
     if comfy is not None:
         app.add_api_route(COMFY_PREFIX, _redirect_to(COMFY_PREFIX + "/"), include_in_schema=False)
         app.mount(COMFY_PREFIX, StaticFiles(directory=comfy, html=True), name="comfy")
         favicons = comfy / FAVICONS.lstrip("/")
         if config.ui != "comfy" and favicons.is_dir():  # the frontend asks for these at the site root
             app.mount(FAVICONS, StaticFiles(directory=favicons), name="comfy-favicons")
+        favicon = comfy / FAVICON.lstrip("/")
+        if config.ui != "comfy" and favicon.is_file():  # its idle favicon, by absolute path too
+            app.add_api_route(FAVICON, _file(favicon), include_in_schema=False)
     root = comfy if config.ui == "comfy" else creator
     if config.ui == "comfy" and creator is not None:
         app.add_api_route("/creator", _redirect_to("/creator/"), include_in_schema=False)

@@ -34,6 +34,9 @@ class JobChannel:
         self.prompt_id = job.item.prompt_id
         self.client_id = job.item.client_id
         self.last_node: str | None = None
+        # The last `progress` event's (value, max) and when the job started: /sdapi/v1/progress reads them.
+        self.step: tuple[int, int] | None = None
+        self.started = time.monotonic()
         # End events of this client's other prompts, cancelled while this one ran: sent after its own
         # end, so a client that tracks "the running prompt" (the ComfyUI editor) is not reset mid-job.
         self.after_finish: list[tuple[str, dict]] = []
@@ -41,6 +44,8 @@ class JobChannel:
     def emit(self, event: str, data: dict) -> None:
         if event == "executing":
             self.last_node = data.get("node")
+        elif event == "progress":
+            self.step = (int(data.get("value", 0)), int(data.get("max", 0)))
         self.hub.send_sync(event, data, self.client_id)
 
     def finish(self) -> None:

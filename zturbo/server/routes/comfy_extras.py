@@ -61,14 +61,14 @@ def _safetensors_metadata(path: Any) -> dict:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            return {}
+            raise NotFoundError("not a safetensors file")
         (length,) = struct.unpack("<Q", head)
         if length > MAX_HEADER:
-            return {}
+            raise NotFoundError("the safetensors header is too large to read")
         header = json.loads(f.read(length) or b"{}")
-    if not isinstance(header, dict):
-        return {}
-    return header.get("__metadata__") or {}
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        raise NotFoundError("the file has no __metadata__")  # ComfyUI: 404
+    return header["__metadata__"]
 
 
 @router.get("/view_metadata/{folder}")

@@ -1,5 +1,5 @@
-"""What the ComfyUI frontend asks of a single-user server: `/users`, `/settings`, `/userdata`
-(saved workflows), `/i18n`. Files live under `<user_dir>/default/`, every path checked like `/view`.
+"""What the ComfyUI frontend asks of a single-user server: `/users`, `/settings`, `/userdata` and
+`/v2/userdata` (saved workflows), `/i18n`. Files live under `<user_dir>/default/`, every path checked like `/view`.
 
 Settings are validated before they are written (`json_input.loads`: no lone surrogates, NaN or
 nesting that could not be read back), so a bad write is a 400 and `GET /settings`, which the frontend
@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -27,6 +29,7 @@ from zturbo.server.errors import NotFoundError
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["frontend"])
 SETTINGS_FILE = "comfy.settings.json"
+USERS_FILE = "users.json"  # in the user folder, beside `default/`, as ComfyUI keeps it
 
 
 def user_root(config: Any) -> Path:
@@ -98,6 +101,39 @@ def users() -> dict:
     return {"storage": "server", "migrated": True}
 
 
+def _users_file(config: Any) -> Path:
+    return config.user_dir / USERS_FILE
+
+
+def _load_users(config: Any) -> dict[str, str]:
+    path = _users_file(config)
+    if not path.is_file():
+        return {}
+    try:
+        data = json_input.loads(path.read_bytes(), "users file")
+    except InputError as exc:
+        log.warning("%s: %s; starting a new list", path, exc)
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+@router.post("/users")
+async def post_users(config: Config, request: Request) -> Any:
+    """ComfyUI's new-user call: the id is the name made safe plus a UUID, kept in `users.json`. zturbo
+    serves one user (`default`), as ComfyUI without `--multi-user`; the list is kept for the frontend."""
+    body = await _json_body(request, "users")
+    name = body.get("username") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        return JSONResponse({"error": "username not provided"}, status_code=400)
+    users_list = _load_users(config)
+    if name in users_list.values():
+        return JSONResponse({"error": "Duplicate username."}, status_code=400)
+    user_id = re.sub("[^a-zA-Z0-9-_]+", "-", name.strip()) + "_" + str(uuid.uuid4())
+    data = json.dumps({**users_list, user_id: name}, ensure_ascii=False).encode("utf-8")
+    _write_atomic(_users_file(config), data)
+    return user_id
+
+
 @router.get("/i18n")
 def i18n() -> dict:
     return {}
@@ -156,6 +192,30 @@ def list_userdata(config: Config, dir: str = "", recurse: bool = False, full_inf
         }
         for p in files
     ]
+
+
+def _v2_entry(path: Path, root: Path) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": path.name, "path": path.relative_to(root).as_posix()}
+    if path.is_dir():
+        return {**entry, "type": "directory"}
+    stat = path.stat()
+    return {**entry, "type": "file", "size": stat.st_size, "modified": stat.st_mtime}
+
+
+@router.get("/v2/userdata")
+def list_userdata_v2(config: Config, path: str = "") -> Any:
+    """ComfyUI's v2 listing: every folder and file below `path` (recursive), folders first, by name."""
+    root = user_root(config)
+    parts = paths.check_subfolder(unquote(path)) if path else []
+    base = paths.contained(root, root.joinpath(*parts))
+    if not base.exists():
+        return [] if base == root else Response("Requested path not found", status_code=404)
+    if not base.is_dir():
+        return Response("Requested path is not a directory", status_code=400)
+    found = [p for p in base.rglob("*") if not p.is_symlink() and not paths.is_hidden(p.relative_to(root))]
+    entries = [_v2_entry(p, root) for p in found if p.is_dir() or p.is_file()]
+    entries.sort(key=lambda e: (e["type"] != "directory", e["name"].lower()))
+    return entries
 
 
 @router.get("/userdata/{name:path}")

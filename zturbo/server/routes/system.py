@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, requires, version
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -25,6 +26,27 @@ def _zturbo_version() -> str:
         return version("zturbo")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def required_frontend_version() -> str | None:
+    """The lowest `comfyui-frontend-package` zturbo's metadata asks for, as x.y.z (the frontend warns
+    when it is older); the installed one where zturbo's metadata is not there."""
+    try:
+        wanted = [r for r in requires("zturbo") or [] if r.startswith("comfyui-frontend-package")]
+    except PackageNotFoundError:
+        wanted = []
+    found = re.search(r">=\s*([0-9][0-9.]*)", wanted[0]) if wanted else None
+    if found is None:
+        return _installed("comfyui-frontend-package")
+    parts = found.group(1).split(".")
+    return ".".join((parts + ["0", "0"])[:3])
 
 
 def _ram() -> tuple[int, int]:
@@ -104,6 +126,9 @@ def system_stats() -> dict:
             # its release-notes call to api.comfy.org, so the editor makes no requests off this machine.
             "argv": [*sys.argv, "--disable-api-nodes"],
             "machine": platform.machine(),
+            "required_frontend_version": required_frontend_version(),
+            # ComfyUI's field: the `comfyui-workflow-templates` release the templates come from.
+            "installed_templates_version": _installed("comfyui-workflow-templates"),
         },
         "devices": _devices(ram_total, ram_free),
     }
