@@ -236,6 +236,7 @@ def generate(
     canny_high: Annotated[
         float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
     ] = 0.8,
+    lora: Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)] = None,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
@@ -253,9 +254,11 @@ def generate(
     if control is not None and from_png is None and not {"width", "height", "aspect", "image"} & options.keys():
         request = dataclasses.replace(request, **dict(zip(("width", "height"), _control_size(control), strict=True)))
     engine = Engine(settings)
+    request = _with_loras(request, lora)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
     paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
+    request = _check_loras(request, models_dir or default_models_dir())
 
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
@@ -278,7 +281,7 @@ def generate(
         upscaler = _upscaler(request.upscale_model, models_dir)
         result = run_request(
             engine, paths, request, progress=display.step, phase=phase, upscale_model=upscaler,
-            control=control_request, models_dir=models_dir,
+            control=control_request, models_dir=models_dir or default_models_dir(),
         )  # fmt: skip
         if keep is not None:  # --from: only the image that PNG held
             result = result.only(keep)
@@ -289,6 +292,42 @@ def generate(
         saved = save_or_keep(result, files, out)
     for path in saved:
         typer.echo(str(path))
+
+
+LORA_HELP = (
+    "A LoRA: FILE[:STRENGTH] or FILE:MODEL:CLIP (strength 1 by default, negative allowed; CLIP: the text "
+    "encoder's, default the same). A bare name is looked up in models/loras. Repeat for several. With "
+    "--from: replaces the PNG's LoRAs."
+)
+
+
+def _with_loras(request, given: list[str] | None):
+    """--lora replaces the request's (a --from PNG's) LoRAs."""
+    if not given:
+        return request
+    from zturbo.request import LoraChoice
+
+    return dataclasses.replace(request, loras=tuple(LoraChoice.parse(text) for text in given))
+
+
+def _check_loras(request, models_dir: Path):
+    """Each LoRA found and read now, its report printed, every key it cannot use named."""
+    from zturbo.generate import check_loras
+
+    request, files = check_loras(request, models_dir)
+    for choice, lora in zip(request.loras, files, strict=True):
+        report = lora.report
+        console.print(f"LoRA {report.lines()[0]} (strength {choice.strength:g})", highlight=False)
+        for line in report.lines()[1:]:
+            console.print(f"  {line}", highlight=False)
+        if report.unmatched:
+            names = ", ".join(key for key, _ in report.unmatched)
+            console.print(
+                f"[yellow]warning:[/yellow] {lora.path.name}: {len(report.unmatched)} keys matched nothing "
+                f"and are not applied: {names}",
+                highlight=False,
+            )
+    return request
 
 
 IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")

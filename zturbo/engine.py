@@ -40,6 +40,7 @@ from zturbo.checkpoints.detect import DIT, TEXT_ENCODER
 from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.errors import GenerationError, NonFiniteError
 from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
+from zturbo.lora.report import LoraReport
 from zturbo.models import upscale as upscale_ops
 from zturbo.models import vae as vae_ops
 from zturbo.models.denoiser import CFGNorm, ZImageDenoiser, compute_description
@@ -209,12 +210,16 @@ class Engine:
         path: Path,
         strength_model: float = 1.0,
         strength_clip: float = 1.0,
+        on_report: Callable[[LoraReport], None] | None = None,
     ) -> tuple[ZImageModel, TextEncoder | None]:
         """`model` and `clip` with the LoRA file's patches added (nothing computed yet: ComfyUI's
         LoraLoader). The file is read once (cached while unchanged) and checked against the shapes of
-        the loaded models; what it could not match is in its report, logged here."""
+        the loaded models; what it could not match is in its report, logged here and given to
+        `on_report` (the server's job messages)."""
         te_shapes = live.reference_shapes(clip.component.module) if clip is not None else None
         lora = self._loras.read(path, live.reference_shapes(model.component.module), te_shapes)
+        if on_report is not None:
+            on_report(lora.report)
 
         def added(component: str, strength: float) -> list[Patch]:
             return [Patch(p, strength, path.name) for p in lora.patches if p.component == component]

@@ -1,4 +1,4 @@
-"""Generation end to end: request → plan → load → encode → sample → decode → save.
+"""Generation end to end: request → plan → load → patch → encode → sample → decode → save.
 
 Text to image, and on the same path the image passes (`generate --image/--mask/--hires`, `zturbo
 upscale`): an init image is fitted to the size (`request.fit_rule`), VAE-encoded and sampled at
@@ -27,6 +27,8 @@ from zturbo.control import ControlRequest, apply_request
 from zturbo.engine import Conditioning, Engine, ZImageModel
 from zturbo.errors import InputError, ZTurboError
 from zturbo.images import image_size, load_image, load_mask
+from zturbo.lora.files import check_lora, lora_hash, lora_name, resolve_lora
+from zturbo.lora.read import LoraFile
 from zturbo.models.vae import LATENT_CHANNELS
 from zturbo.nodes.image import crop_image, scale_image
 from zturbo.output.files import write_temp
@@ -41,7 +43,7 @@ from zturbo.output.metadata import (
 from zturbo.output.naming import SAVE_IMAGE_PATTERN, save_target, write_numbered
 from zturbo.output.png import read_png_text, save_png
 from zturbo.progress import ProgressFn
-from zturbo.request import GenerationRequest, default_size, fit_rule, size_for_aspect
+from zturbo.request import GenerationRequest, LoraChoice, default_size, fit_rule, size_for_aspect
 from zturbo.runtime.memory import Workload
 from zturbo.sampling.samplers import UNCOND_SAMPLERS, evaluates_negative
 
@@ -127,12 +129,22 @@ def image_pass(
     latent = engine.encode(vae, init.pixels)
     noise_mask = None if init.mask is None else masks.grow(init.mask, request.mask_grow)
     latents = _sample(
-        engine, model, positive, negative, latent, request, progress, denoise=request.denoise, noise_mask=noise_mask
+        engine,
+        model,
+        positive,
+        negative,
+        latent,
+        request,
+        progress,
+        denoise=request.denoise,
+        noise_mask=noise_mask,
     )
     images = engine.decode(vae, latents)
     if noise_mask is not None:
         paste = masks.blur(noise_mask, request.mask_blur)
-        images = masks.composite(init.pixels.movedim(-1, 1), images.movedim(-1, 1), 0, 0, paste).movedim(1, -1)
+        images = masks.composite(init.pixels.movedim(-1, 1), images.movedim(-1, 1), 0, 0, paste).movedim(
+            1, -1
+        )
     return images, latents
 
 
@@ -149,7 +161,9 @@ def hires_pass(
     images = scale_image(images, "lanczos", width, height, "disabled")
     latent = engine.encode(vae, images)
     refine = replace(request, steps=request.hires_steps)
-    latents = _sample(engine, model, positive, negative, latent, refine, progress, denoise=request.hires_denoise)
+    latents = _sample(
+        engine, model, positive, negative, latent, refine, progress, denoise=request.hires_denoise
+    )
     return engine.decode(vae, latents), latents
 
 
@@ -160,6 +174,40 @@ def upscale_model_path(models_dir: Path | None, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise InputError(f"upscale model {name!r} not found (looked in: {', '.join(map(str, candidates))})")
+
+
+def resolve_loras(request: GenerationRequest, models_dir: Path | None) -> GenerationRequest:
+    """The request with each LoRA named by its file's path and carrying its content hash (a recorded
+    hash must match: `lora.files.resolve_lora`). Cheap to repeat (hashes are cached)."""
+    loras = []
+    for choice in request.loras:
+        path = resolve_lora(choice.name, models_dir, choice.hash)
+        loras.append(replace(choice, name=str(path), hash=lora_hash(path, models_dir)))
+    return replace(request, loras=tuple(loras))
+
+
+def check_loras(
+    request: GenerationRequest, models_dir: Path | None
+) -> tuple[GenerationRequest, list[LoraFile]]:
+    """`resolve_loras`, then each file read and its report made, before any model loads."""
+    request = resolve_loras(request, models_dir)
+    return request, [check_lora(Path(choice.name)) for choice in request.loras]
+
+
+def apply_loras(engine: Engine, model: ZImageModel, clip, loras: tuple[LoraChoice, ...]):
+    """The patch step: MODEL and CLIP carrying each LoRA at its strengths (applied to the live weights
+    right before they run; a request without LoRAs leaves the base weights as they are)."""
+    for choice in loras:
+        model, clip = engine.load_lora(
+            model, clip, Path(choice.name), choice.strength, choice.text_encoder_strength
+        )
+    return model, clip
+
+
+def named_loras(request: GenerationRequest, models_dir: Path | None) -> GenerationRequest:
+    """LoRAs named as LoraLoader names them (relative to models/loras), for the PNG's metadata."""
+    loras = tuple(replace(c, name=lora_name(Path(c.name), models_dir)) for c in request.loras)
+    return replace(request, loras=loras)
 
 
 def run_request(
@@ -180,9 +228,13 @@ def run_request(
     phase = phase or (lambda _name: None)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     init = load_init(request) if request.image else None  # bad files fail before any model loads
+    resolved = resolve_loras(request, models_dir)
     engine.prepare(paths, workload_of(request))
     phase("loading models")
     model, clip, vae = engine.load_all(paths, engine.settings.weight_dtype)
+    if resolved.loras:
+        phase("applying LoRAs")
+        model, clip = apply_loras(engine, model, clip, resolved.loras)
     model = engine.with_shift(model, request.shift)
     if control is not None:
         model = apply_request(engine, model, vae, control, models_dir)
@@ -194,7 +246,9 @@ def run_request(
     phase("sampling")
     if init is None:
         empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
-        latents = _sample(engine, model, positive, negative, empty, request, progress, denoise=request.denoise)
+        latents = _sample(
+            engine, model, positive, negative, empty, request, progress, denoise=request.denoise
+        )
         phase("decoding")
         images = engine.decode(vae, latents)
     elif request.denoise > 0:
@@ -205,7 +259,7 @@ def run_request(
         images, latents = hires_pass(
             engine, vae, model, positive, negative, images, request, progress, upscale_model
         )
-    return Generated(images, latents, request)
+    return Generated(images, latents, named_loras(resolved, models_dir))
 
 
 def model_files(paths: ModelPaths, models_dir: Path | None, weight_dtype: str = "default") -> ModelFiles:
@@ -240,7 +294,9 @@ def request_size(
 def _graph_request(request: GenerationRequest) -> GenerationRequest:
     """The request as its PNG's graph names files: by name, as in ComfyUI's input and models folders."""
     name = lambda value: Path(value).name if value and value != "alpha" else value  # noqa: E731
-    return replace(request, image=name(request.image), mask=name(request.mask), upscale_model=name(request.upscale_model))
+    return replace(
+        request, image=name(request.image), mask=name(request.mask), upscale_model=name(request.upscale_model)
+    )
 
 
 def save_generated(result: Generated, files: ModelFiles, out_dir: Path, prefix: str = "zturbo") -> list[Path]:

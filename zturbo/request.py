@@ -11,6 +11,7 @@ how an init image is brought to width×height.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from zturbo.errors import InputError
@@ -19,6 +20,45 @@ from zturbo.sampling.noise import SEED_MAX
 MAX_SIDE = 4096
 MAX_BATCH = 64
 MAX_PROMPT_CHARS = 20000  # far beyond the 512-token encoder cap; keeps requests bounded
+
+
+MAX_LORAS = 16
+LORA_STRENGTH_LIMIT = 100.0  # LoraLoader's range
+_TRAILING_NUMBER = re.compile(r":([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)$")
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA of a request: a file (a path, or a name in models/loras), its strength on the diffusion
+    model, on the text encoder (None: the same, as `--lora FILE:S`), and the content hash recorded with
+    an image (A1111's "autov3", see zturbo.lora.files; "" when not known). Applied in the patch step."""
+
+    name: str
+    strength: float = 1.0
+    clip_strength: float | None = None
+    hash: str = ""
+
+    @property
+    def text_encoder_strength(self) -> float:
+        return self.strength if self.clip_strength is None else self.clip_strength
+
+    @classmethod
+    def parse(cls, text: str) -> LoraChoice:
+        """`FILE`, `FILE:STRENGTH` or `FILE:MODEL:CLIP`. Strengths are taken only from trailing
+        `:number` parts, so `C:\\x\\a.safetensors:0.8` is the file `C:\\x\\a.safetensors` at 0.8."""
+        name, numbers = text.strip(), list[float]()
+        while len(numbers) < 2 and (match := _TRAILING_NUMBER.search(name)) and match.start() > 0:
+            numbers.insert(0, float(match.group(1)))
+            name = name[: match.start()]
+        if not name or name.endswith(":") or name.startswith(":"):
+            raise InputError(f"--lora {text!r}: expected FILE, FILE:STRENGTH or FILE:MODEL:CLIP")
+        return cls(name, *numbers)  # type: ignore[arg-type]
+
+    def validate(self) -> LoraChoice:
+        for what, value in (("strength", self.strength), ("text encoder strength", self.clip_strength)):
+            if value is not None and not -LORA_STRENGTH_LIMIT <= value <= LORA_STRENGTH_LIMIT:
+                raise InputError(f"LoRA {self.name}: {what} must be between -100 and 100 (got {value})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -43,6 +83,7 @@ class GenerationRequest:
     hires_steps: int = 5  # the refine pass (the official 2K upscaler template's settings)
     hires_denoise: float = 0.33
     upscale_model: str = ""  # an upscale_models file for the upscale before refining; "" = Lanczos
+    loras: tuple[LoraChoice, ...] = ()  # applied in order in the patch step (after load, before encode)
 
     @property
     def hires_size(self) -> tuple[int, int]:
@@ -75,6 +116,10 @@ class GenerationRequest:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(samplers)}")
         if self.scheduler not in schedulers:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of: {', '.join(schedulers)}")
+        if len(self.loras) > MAX_LORAS:
+            raise InputError(f"at most {MAX_LORAS} LoRAs at once (got {len(self.loras)})")
+        for lora in self.loras:
+            lora.validate()
         return self._validate_image_fields()
 
     def _validate_image_fields(self) -> GenerationRequest:

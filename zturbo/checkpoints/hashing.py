@@ -24,17 +24,29 @@ def sha256_file(path: Path, chunk: int = 16 << 20) -> str:
     return digest.hexdigest()
 
 
-def cached_sha256(path: Path, cache_dir: Path) -> str:
-    """Full sha256 of `path`, remembered in cache_dir/hashes.json."""
+def safetensors_content_sha256(path: Path, chunk: int = 16 << 20) -> str:
+    """sha256 of a safetensors file after its header (A1111's "autov3" LoRA hash, first 12 hex digits
+    in "Lora hashes"): the same tensors give the same hash whatever the metadata says."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_sha256(path: Path, cache_dir: Path, content_only: bool = False) -> str:
+    """Full sha256 of `path` (`content_only`: of its tensors, `safetensors_content_sha256`),
+    remembered in cache_dir/hashes.json."""
     cache_file = cache_dir / "hashes.json"
     stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
+    key = f"{'content|' if content_only else ''}{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}"
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = sha256_file(path)
+        cache[key] = safetensors_content_sha256(path) if content_only else sha256_file(path)
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             cache_file.write_text(json.dumps(cache, indent=1), encoding="utf-8")

@@ -331,6 +331,7 @@ class PromptRun:
             on_progress=on_progress,
             interrupt=self.interrupt,
             wants_preview=self._emit_preview is not None,
+            on_message=self.add_message,
         )
 
     def _check_interrupt(self) -> None:

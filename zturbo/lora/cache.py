@@ -28,6 +28,7 @@ class LoraCache:
         key = (path.resolve(), stat.st_mtime_ns, stat.st_size, tuple(sorted(dit_shapes.items())), te_key)
         if key in self._files:
             self._files.move_to_end(key)
+            _warn_unmatched(self._files[key])  # every load says what it skips, read now or before
             return self._files[key]
         lora = read_lora(path, dit_shapes=dit_shapes, text_encoder_shapes=text_encoder_shapes)
         _log_report(lora)
@@ -39,9 +40,17 @@ class LoraCache:
 
 def _log_report(lora: LoraFile) -> None:
     """Every load says what it found; keys that matched nothing are a warning, each named."""
+    log.info("LoRA %s", "\n  ".join(lora.report.lines()))
+    _warn_unmatched(lora)
+
+
+def _warn_unmatched(lora: LoraFile) -> None:
     report = lora.report
-    log.info("LoRA %s", "\n  ".join(report.lines()))
     if report.unmatched:
         names = ", ".join(key for key, _ in report.unmatched)
-        log.warning("LoRA %s: %d keys matched nothing and are not applied: %s", lora.path.name,
-                    len(report.unmatched), names)
+        log.warning(
+            "LoRA %s: %d keys matched nothing and are not applied: %s",
+            lora.path.name,
+            len(report.unmatched),
+            names,
+        )

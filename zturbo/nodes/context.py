@@ -7,6 +7,7 @@ node of one prompt, so a node never needs global state to report progress or fin
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,12 @@ class NodeContext:
     on_progress: ProgressFn | None = None
     interrupt: threading.Event | None = None
     wants_preview: bool = False  # someone listens for preview images: worth computing them
+    on_message: Callable[[str, dict[str, Any]], Any] | None = None  # into the history's status.messages + WS
+
+    def message(self, event: str, data: dict[str, Any]) -> None:
+        """A status message of this prompt: kept in its history entry and sent to its client."""
+        if self.on_message is not None:
+            self.on_message(event, {"prompt_id": self.prompt_id, "node": self.node_id, **data})
 
     @property
     def engine(self) -> Any:

@@ -10,6 +10,7 @@ Tensors follow ComfyUI's conventions: IMAGE is [B, H, W, C] float in 0..1; laten
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -60,9 +61,11 @@ class EngineAPI(Protocol):
     def load_vae(self, path: Path) -> Any: ...
 
     def load_lora(
-        self, model: Any, clip: Any | None, path: Path, strength_model: float, strength_clip: float
+        self, model: Any, clip: Any | None, path: Path, strength_model: float, strength_clip: float,
+        on_report: Callable[[Any], None] | None = None,
     ) -> tuple[Any, Any | None]:
-        """MODEL and CLIP (None: model only) with the LoRA file's patches added at these strengths."""
+        """MODEL and CLIP (None: model only) with the LoRA file's patches added at these strengths;
+        `on_report` is given the file's load report (`zturbo.lora.report.LoraReport`)."""
 
     def load_upscale_model(self, path: Path) -> Any:
         """An upscale model file (ESRGAN family, through spandrel) for ImageUpscaleWithModel."""

@@ -5,6 +5,7 @@ zturbo/patches). Inputs, defaults and ranges as ComfyUI's `LoraLoader` / `LoraLo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from zturbo.nodes.base import Node, require_engine
@@ -23,6 +24,27 @@ LORA_NAME = Combo("lora_name", model_files("loras"), tooltip="The name of the Lo
 MODEL_STRENGTH = _strength(
     "strength_model", "How strongly to modify the diffusion model. This value can be negative."
 )
+
+
+LORA_MESSAGE = "zturbo_lora"  # the status message of each LoRA load (history + the client's WebSocket)
+
+
+def _reporter(ctx: NodeContext, lora_name: str) -> Callable[[Any], None]:
+    """Each load's report as a job message: format, counts, and every key that matched nothing."""
+
+    def report(found: Any) -> None:
+        unmatched = [key for key, _ in found.unmatched]
+        ctx.message(
+            LORA_MESSAGE,
+            {
+                "lora_name": lora_name,
+                "summary": found.summary(),
+                "report": found.lines(),
+                "unmatched": unmatched,
+            },
+        )
+
+    return report
 
 
 class LoraLoader(Node):
@@ -46,10 +68,18 @@ class LoraLoader(Node):
     )
 
     def execute(
-        self, ctx: NodeContext, model: Any, clip: Any, lora_name: str, strength_model: float, strength_clip: float
+        self,
+        ctx: NodeContext,
+        model: Any,
+        clip: Any,
+        lora_name: str,
+        strength_model: float,
+        strength_clip: float,
     ) -> tuple[Any, Any]:
         path = ctx.execution.resolve_model("loras", lora_name)
-        return require_engine(ctx).load_lora(model, clip, path, strength_model, strength_clip)
+        return require_engine(ctx).load_lora(
+            model, clip, path, strength_model, strength_clip, on_report=_reporter(ctx, lora_name)
+        )
 
 
 class LoraLoaderModelOnly(Node):
@@ -59,14 +89,19 @@ class LoraLoaderModelOnly(Node):
         category="model/loaders",
         description="LoRAs are used to modify the diffusion model, altering the way in which latents are "
         "denoised such as applying styles. Multiple LoRA nodes can be linked together.",
-        inputs=(Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."), LORA_NAME,
-                MODEL_STRENGTH),
+        inputs=(
+            Link("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
+            LORA_NAME,
+            MODEL_STRENGTH,
+        ),
         outputs=(Output("MODEL", tooltip="The modified diffusion model."),),
     )
 
     def execute(self, ctx: NodeContext, model: Any, lora_name: str, strength_model: float) -> tuple[Any]:
         path = ctx.execution.resolve_model("loras", lora_name)
-        patched, _ = require_engine(ctx).load_lora(model, None, path, strength_model, 0.0)
+        patched, _ = require_engine(ctx).load_lora(
+            model, None, path, strength_model, 0.0, on_report=_reporter(ctx, lora_name)
+        )
         return (patched,)
 
 

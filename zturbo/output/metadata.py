@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, replace
 
 from zturbo.errors import InputError
-from zturbo.request import GenerationRequest
+from zturbo.request import GenerationRequest, LoraChoice
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
     if request.denoise != 1.0:
         pairs["Denoising strength"] = _num(request.denoise)
     pairs.update(_image_pairs(request))
+    pairs.update(lora_pairs(request.loras))
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
     return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
 
@@ -79,6 +80,38 @@ def _image_pairs(request: GenerationRequest) -> dict[str, object]:
         used += ["Hires upscaler"] if request.upscale_model else []
     values = {key: getattr(request, IMAGE_KEYS[key][0]) for key in used}
     return {k: _num(v) if isinstance(v, float) else v for k, v in values.items()}
+
+
+LORAS_KEY, LORA_HASHES_KEY = "LoRAs", "Lora hashes"
+
+
+def lora_pairs(loras: tuple[LoraChoice, ...]) -> dict[str, str]:
+    """`LoRAs: "a.safetensors:0.8, b.safetensors:1:0.5"` (the --lora syntax, in order) and A1111's
+    `Lora hashes: "a: 0123456789ab, b: ..."` (name without extension: content hash)."""
+    if not loras:
+        return {}
+    hashes = ", ".join(f"{_stem(c.name)}: {c.hash}" for c in loras if c.hash)
+    return {LORAS_KEY: ", ".join(lora_spec(c) for c in loras), LORA_HASHES_KEY: hashes}
+
+
+def lora_spec(choice: LoraChoice) -> str:
+    """`name:strength[:clip strength]`, what `LoraChoice.parse` reads."""
+    clip = "" if choice.clip_strength is None else ":" + _num(choice.clip_strength)
+    return f"{choice.name}:{_num(choice.strength)}{clip}"
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+
+
+def parse_loras(pairs: dict[str, str]) -> tuple[LoraChoice, ...]:
+    """Inverse of `lora_pairs` (hashes matched by name, in order)."""
+    if not pairs.get(LORAS_KEY):
+        return ()
+    hashes = [part.rsplit(": ", 1) for part in pairs.get(LORA_HASHES_KEY, "").split(", ") if ": " in part]
+    by_name = {name.strip(): digest.strip() for name, digest in hashes}
+    choices = [LoraChoice.parse(part) for part in pairs[LORAS_KEY].split(", ")]
+    return tuple(replace(c, hash=by_name.get(_stem(c.name), "")) for c in choices)
 
 
 def _num(value: float) -> str:
@@ -123,7 +156,7 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
             denoise=float(pairs.get("Denoising strength", 1.0)),
         )
         image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
-        request = replace(request, **image_fields)
+        request = replace(request, **image_fields, loras=parse_loras(pairs))
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))
@@ -172,11 +205,50 @@ def api_graph(
     height, which decides crop vs scale) the graph gains the image, mask and hires nodes (`image_graph`).
     """
     graph = _text_graph(request, models, filename_prefix)
+    add_lora_nodes(graph, request.loras)
     if request.image or request.hires_scale > 1:
         from zturbo.output.image_graph import add_image_nodes
 
         add_image_nodes(graph, request, image_size)
     return graph
+
+
+LORA_NODE_IDS = 50  # LoraLoader nodes are "50", "51", ... between the loaders and their users
+
+
+def add_lora_nodes(graph: dict, loras: tuple[LoraChoice, ...]) -> None:
+    """UNETLoader/CLIPLoader → LoraLoader × n → ModelSamplingAuraFlow / CLIPTextEncode, in order."""
+    model, clip = ["1", 0], ["2", 0]
+    for i, lora in enumerate(loras):
+        node_id = str(LORA_NODE_IDS + i)
+        graph[node_id] = {
+            "class_type": "LoraLoader",
+            "inputs": {"model": model, "clip": clip, "lora_name": lora.name, "strength_model": lora.strength,
+                       "strength_clip": lora.text_encoder_strength},
+        }  # fmt: skip
+        model, clip = [node_id, 0], [node_id, 1]
+    for node in graph.values():
+        inputs = node["inputs"]
+        if inputs.get("model") == ["1", 0] and node["class_type"] != "LoraLoader":
+            inputs["model"] = model
+        if inputs.get("clip") == ["2", 0] and node["class_type"] != "LoraLoader":
+            inputs["clip"] = clip
+
+
+def loras_from_graph(nodes: dict, link) -> tuple[LoraChoice, ...]:
+    """The LoraLoader / LoraLoaderModelOnly chain above a MODEL link, in the order they apply."""
+    found: list[LoraChoice] = []
+    while isinstance(link, list) and link and link[0] in nodes:
+        node = nodes[link[0]]
+        inputs = node.get("inputs", {})
+        if node.get("class_type") in ("LoraLoader", "LoraLoaderModelOnly"):
+            clip = float(inputs.get("strength_clip", 0.0)) if node["class_type"] == "LoraLoader" else 0.0
+            strength = float(inputs.get("strength_model", 1.0))
+            found.insert(
+                0, LoraChoice(str(inputs.get("lora_name", "")), strength, None if clip == strength else clip)
+            )
+        link = inputs.get("model")
+    return tuple(found)
 
 
 def _text_graph(request: GenerationRequest, models: ModelFiles, filename_prefix: str) -> dict:
@@ -253,4 +325,5 @@ def request_from_api_graph(graph: dict) -> GenerationRequest:
         denoise=float(ks.get("denoise", 1.0)),
     )
     negative = source(ks.get("negative"), ("CLIPTextEncode", "ConditioningZeroOut"))
-    return replace(request, negative=str(negative.get("text", "")))
+    loras = loras_from_graph(nodes, ks.get("model"))
+    return replace(request, negative=str(negative.get("text", "")), loras=loras)

@@ -3,6 +3,7 @@
 
 import { getJSON } from "./api.js";
 import { $ } from "./dom.js";
+import { readLoras, writeLoras } from "./loras.js";
 import { readSize, setupSizes, writeSize } from "./sizes.js";
 
 const MAX_RANDOM_SEED = 2 ** 48;
@@ -59,6 +60,7 @@ export function readSettings() {
     sampler: $("#sampler").value,
     scheduler: $("#scheduler").value,
     batch: 1,
+    loras: readLoras(),
   };
 }
 
@@ -76,6 +78,7 @@ export function writeSettings(settings) {
     $(id).value = value;
   }
   $("#seed").value = settings.seed;
+  writeLoras(settings.loras);
   setSeedMode("fixed");
   updateNegative();
 }

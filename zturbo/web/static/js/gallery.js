@@ -2,13 +2,16 @@
 
 import { getJSON, postJSON, viewUrl } from "./api.js";
 import { $, announce, confirmAction, h } from "./dom.js";
+import { describeLoras } from "./loras.js";
 
 let applySettings = () => {};
 let upscale = () => {};
 
 /** "1280×720 · 8 steps · cfg 1 · res_multistep/simple · seed 42" */
 export function describeSettings(s) {
-  return `${s.width}×${s.height} · ${s.steps} steps · cfg ${s.cfg} · ${s.sampler}/${s.scheduler} · seed ${s.seed}`;
+  const loras = describeLoras(s.loras);
+  return `${s.width}×${s.height} · ${s.steps} steps · cfg ${s.cfg} · ${s.sampler}/${s.scheduler} · seed ${s.seed}`
+    + (loras ? ` · ${loras}` : "");
 }
 
 async function remove(item) {

@@ -122,6 +122,11 @@ export function handleEvent(type, data) {
     if (job) finish(data.prompt_id);
     else ended.add(data.prompt_id);
   }
+  else if (type === "zturbo_lora" && job && data.unmatched?.length) {
+    // A LoRA load's report: the keys it could not use are named on the job (the rest is in history).
+    const text = `LoRA ${data.lora_name}: ${data.unmatched.length} keys matched nothing: ${data.unmatched.join(", ")}`;
+    job.el.querySelector("progress").after(h("p", { class: "hint lora-warning", role: "status", text }));
+  }
 }
 
 /** A binary preview frame: for its prompt, or for whichever of ours is running. */
