@@ -442,8 +442,8 @@ def build_request(from_png: Path | None, options: dict):
             "--megapixels sets the size for an --aspect ratio or an --image: give one too (e.g. --aspect 1:1)"
         )
     if {"aspect", "megapixels", "image"} & options.keys() and not ("width" in options and "height" in options):
-        size = [options.pop(k, None) for k in ("width", "height", "aspect", "megapixels")]
-        options["width"], options["height"] = request_size(*size, options.get("image"))
+        width, height, aspect, megapixels = (options.pop(k, None) for k in ("width", "height", "aspect", "megapixels"))
+        options["width"], options["height"] = request_size(width, height, aspect, megapixels, options.get("image"))
     options = {k: v for k, v in options.items() if k not in IMAGE_OPTIONS} | image_fields(options)
     if from_png is None:
         if "prompt" not in options:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -55,6 +55,8 @@ from zturbo.runtime.graphs import GraphCache
 from zturbo.runtime.memory import MemoryPlan, Residence, Workload
 from zturbo.runtime.memory_manager import MemoryManager
 from zturbo.runtime.settings import EngineSettings
+from zturbo.runtime.sizes import ComponentSize
+from zturbo.sampling.base import Denoiser
 from zturbo.sampling.inpaint import InpaintDenoiser
 from zturbo.sampling.noise import seeded_noise
 from zturbo.sampling.samplers import DISCARD_PENULTIMATE_SIGMA, UNCOND_SAMPLERS
@@ -114,7 +116,7 @@ class Engine:
     tokenizer: Path | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
-    _patch_sizes: dict[Path, object] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
+    _patch_sizes: dict[Path, ComponentSize] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -185,8 +187,14 @@ class Engine:
         """Where a component's weights load: host RAM when they stream, else the device."""
         return torch.device("cpu") if residence.streamed else self.placement.device
 
-    def _track(self, kind: str, component: load.LoadedComponent, realize) -> None:
-        """Realise the current residence for a loaded component, and again whenever the plan changes."""
+    def _track(
+        self,
+        kind: str,
+        component: load.LoadedComponent | control.ControlNetPatch,
+        realize: Callable[[Any, Residence], None],
+    ) -> None:
+        """Realise the current residence for a loaded component (or a ControlNet, which lives where the
+        DiT lives), and again whenever the plan changes."""
         if self.memory is not None:
             self.memory.register(kind, component, realize)
         else:
@@ -346,7 +354,7 @@ class Engine:
     ) -> ZImageModel:
         """A new MODEL with this ControlNet added (ZImageFunControlnet); the input MODEL is unchanged."""
         app = control.ControlApplication(patch, vae, strength, image, inpaint_image, mask, refiner_to_base)
-        dit = getattr(model.transformer, "dit", model.transformer)
+        dit: Any = getattr(model.transformer, "dit", model.transformer)  # zturbo's DiT, or its graph wrapper
         width = dit.x_pad_token.shape[-1]
         control.check_application(app, width, len(dit.layers), model.component.source)
         return dataclasses.replace(model, controls=(*model.controls, app))
@@ -505,7 +513,7 @@ class Engine:
                 cfg_norms=model.cfg_norms,
                 controls=controls,
             )
-            model_fn = denoiser
+            model_fn: Denoiser = denoiser
             if noise_mask is not None:
                 mask = masks.to_latent(noise_mask, x0.shape).to(device)
                 model_fn = InpaintDenoiser(denoiser, mask, x0.to(device), noise.to(device))

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from zturbo.errors import MAX_IMAGE_PIXELS, ImageTooLargeError, InputError
 
 MASK_CHANNELS = ("alpha", "red", "green", "blue")  # LoadImageMask's choices
 
-ImageSource = Path | str | bytes | BinaryIO
+ImageSource = Path | str | bytes | BinaryIO | IO[bytes]
 
 
 def check_pixels(width: int, height: int, what: str, frames: int = 1, limit: int = MAX_IMAGE_PIXELS) -> None:

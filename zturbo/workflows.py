@@ -14,6 +14,7 @@ from zturbo.checkpoints.layout import default_models_dir
 from zturbo.engine import Engine
 from zturbo.errors import GenerationError, Interrupted
 from zturbo.nodes.context import ExecutionContext
+from zturbo.nodes.engine_api import EngineAPI
 from zturbo.runtime.settings import EngineSettings
 
 
@@ -31,8 +32,13 @@ def make_context(
         output_dir=output_dir,
         input_dir=input_dir,
         temp_dir=temp_dir or output_dir.parent / "temp",
-        engine=Engine(settings),
+        engine=node_engine(settings),
     )
+
+
+def node_engine(settings: EngineSettings) -> EngineAPI:
+    """The engine nodes call; typed as their protocol, so the type checker holds `Engine` to it."""
+    return Engine(settings)
 
 
 def run_workflow_cli(

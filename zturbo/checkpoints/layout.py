@@ -221,13 +221,13 @@ def missing_message(
 
 
 def resolve_models(
-    models_dir: Path | None = None, model: Path | None = None, names: dict[str, str] | None = None
+    models_dir: Path | None = None, model: Path | None = None, names: dict[str, str | None] | None = None
 ) -> ModelPaths:
     """Locate all components: a diffusers folder (`--model`) or a ComfyUI-style models directory,
     where `names` (kind → loader name) picks a file instead of the default choice."""
-    names = {k: v for k, v in (names or {}).items() if v is not None}
+    picked = {k: v for k, v in (names or {}).items() if v is not None}
     if model is not None:
-        if names:
+        if picked:
             raise InputError("a diffusers folder (--model) holds its own components: choose no file in it")
         if not is_diffusers_folder(model):
             raise ModelFileError(
@@ -241,8 +241,8 @@ def resolve_models(
     models_dir = models_dir or default_models_dir()
     chosen, missing, found = {}, [], {}
     for kind in (DIT, TEXT_ENCODER, VAE):
-        if kind in names:
-            chosen[kind] = named_component(models_dir, kind, names[kind])
+        if kind in picked:
+            chosen[kind] = named_component(models_dir, kind, picked[kind])
             continue
         try:
             chosen[kind] = find_component(models_dir, kind)

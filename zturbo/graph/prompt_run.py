@@ -20,7 +20,7 @@ from zturbo.graph.cache import CachedNode, GraphError, OutputCache, SignatureBui
 from zturbo.graph.progress_state import NodeProgress
 from zturbo.graph.prompt import DependencyCycle, coerce, dependency_order, is_link, normalize_prompt, unwrap
 from zturbo.graph.validation import full_type_name
-from zturbo.nodes.base import NodeOutput
+from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.context import ExecutionContext, NodeContext
 from zturbo.nodes.schema import NodeSchema
 
@@ -228,7 +228,7 @@ class PromptRun:
         schema = getattr(cls, "schema", None)
         return {spec.name for spec in schema.inputs if spec.lazy} if schema is not None else set()
 
-    def _run_lazy(self, node_id: str, cls: type, inputs: dict[str, Any]) -> bool:
+    def _run_lazy(self, node_id: str, cls: type[Node], inputs: dict[str, Any]) -> bool:
         """ComfyUI's lazy inputs: ask the node which lazy inputs it needs (`check_lazy_status`, given
         what is computed so far, None for the rest), run their nodes, and ask again until it needs
         nothing more. False if one of those nodes failed (the prompt has ended)."""

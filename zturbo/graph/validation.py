@@ -188,9 +188,10 @@ class PromptValidator:
             return self.validated[node_id]
         node = self.prompt[node_id]
         cls = self.registry.get(node["class_type"])
-        schema: NodeSchema = cls.schema  # type: ignore[union-attr]
+        assert cls is not None  # unknown node types are reported before any node is validated
+        schema: NodeSchema = cls.schema
         inputs = node.get("inputs") or {}
-        custom = custom_validated(cls)  # type: ignore[arg-type]
+        custom = custom_validated(cls)
         errors: list[dict[str, Any]] = []
         valid = True
         for name, spec in schema.expand_inputs({k: unwrap(v) for k, v in inputs.items()}):

@@ -61,7 +61,12 @@ class EngineAPI(Protocol):
     def load_vae(self, path: Path) -> Any: ...
 
     def load_lora(
-        self, model: Any, clip: Any | None, path: Path, strength_model: float, strength_clip: float,
+        self,
+        model: Any,
+        clip: Any | None,
+        path: Path,
+        strength_model: float,
+        strength_clip: float,
         on_report: Callable[[Any], None] | None = None,
     ) -> tuple[Any, Any | None]:
         """MODEL and CLIP (None: model only) with the LoRA file's patches added at these strengths;
@@ -134,11 +139,27 @@ class EngineAPI(Protocol):
     def load_checkpoint(self, path: Path) -> tuple[Any, Any, Any]:
         """MODEL, CLIP and VAE from one file that bundles all three (CheckpointLoaderSimple)."""
 
-    def decode(self, vae: Any, latent: Tensor) -> Tensor:
-        """Latents to IMAGE [B, H, W, 3] in 0..1."""
+    def decode(self, vae: Any, latent: Tensor, tile: tuple[int, int] | None = None) -> Tensor:
+        """Latents to IMAGE [B, H, W, 3] in 0..1; `tile` = (tile, overlap) pixels forces tiling."""
 
-    def encode(self, vae: Any, image: Tensor) -> Tensor:
-        """IMAGE [B, H, W, 3] (sides multiples of 8) to raw latents."""
+    def encode(self, vae: Any, image: Tensor, tile: tuple[int, int] | None = None) -> Tensor:
+        """IMAGE [B, H, W, 3] (sides multiples of 8) to raw latents; `tile` as in decode."""
+
+    def load_controlnet(self, path: Path) -> Any:
+        """A MODEL_PATCH (a ControlNet) from a file (ModelPatchLoader)."""
+
+    def apply_controlnet(
+        self,
+        model: Any,
+        patch: Any,
+        vae: Any,
+        strength: float,
+        image: Tensor | None = None,
+        inpaint_image: Tensor | None = None,
+        mask: Tensor | None = None,
+        refiner_to_base: bool = True,
+    ) -> Any:
+        """A new MODEL with this ControlNet added (ZImageFunControlnet); the input MODEL is unchanged."""
 
     def sampler_names(self) -> list[str]: ...
 

@@ -12,7 +12,8 @@ from torch import Tensor
 class AdapterLike(Protocol):
     """Computes a patched weight (see zturbo.lora.adapters)."""
 
-    shape: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     def factors(self) -> tuple[Tensor, Tensor] | None:
         """(up·scale [out, r], down [r, in]) when the delta is exactly their product, else None."""
@@ -22,12 +23,17 @@ class AdapterLike(Protocol):
 
 
 class WeightPatchLike(Protocol):
-    """One change to one or more reference-layout weights (zturbo.lora.read.WeightPatch)."""
+    """One change to one or more reference-layout weights (zturbo.lora.read.WeightPatch, frozen: the
+    attributes are read-only here too)."""
 
-    component: str
-    targets: tuple[str, ...]
-    adapter: AdapterLike
-    rows: tuple[int, ...]
+    @property
+    def component(self) -> str: ...
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+    @property
+    def adapter(self) -> AdapterLike: ...
+    @property
+    def rows(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True, eq=False)

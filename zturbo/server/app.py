@@ -36,7 +36,7 @@ from zturbo.server.security import (
     OriginGuardMiddleware,
     TokenAuthMiddleware,
 )
-from zturbo.server.state import build_state
+from zturbo.server.state import ServerState, build_state
 from zturbo.server.web_mount import ComfyPrefixMiddleware, mount_web
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.history.close()
 
 
-def _mount_mcp(app: FastAPI, state: object) -> list:
+def _mount_mcp(app: FastAPI, state: ServerState) -> list:
     """The MCP streamable HTTP endpoint at `/mcp` (zturbo.server.mcp_tools); none without the SDK."""
     try:
         from zturbo.server.mcp_tools import mount_http

@@ -114,6 +114,7 @@ class ServerConfig:
 
     def _check_state_is_private(self) -> None:
         """The database must not sit in a folder clients can read or write (`/view`, `/upload`, `/userdata`)."""
+        assert self.data_dir is not None  # resolved in __post_init__
         for name in ("output_dir", "input_dir", "temp_dir", "user_dir"):
             folder: Path = getattr(self, name)
             if self.data_dir == folder or folder in self.data_dir.parents:
@@ -125,6 +126,7 @@ class ServerConfig:
     @property
     def state_db(self) -> Path:
         """History and queue, one SQLite file (one transaction moves a job from the queue to history)."""
+        assert self.data_dir is not None  # resolved in __post_init__
         return self.data_dir / "zturbo.sqlite3"
 
     @property
@@ -164,4 +166,5 @@ class ServerConfig:
 
     def ensure_dirs(self) -> None:
         for path in (self.output_dir, self.input_dir, self.temp_dir, self.user_dir, self.data_dir):
+            assert path is not None  # every folder is resolved in __post_init__
             path.mkdir(parents=True, exist_ok=True)

@@ -56,9 +56,10 @@ def hub_sizes(names: list[str]) -> dict[str, int]:
     """File sizes on the hub (empty when it cannot be reached: `pull_models` then says why)."""
     try:
         from huggingface_hub import HfApi
+        from huggingface_hub.hf_api import RepoFile
 
         infos = HfApi().get_paths_info(HUB_REPO, [HUB_PREFIX + n for n in names])
-        return {info.path[len(HUB_PREFIX) :]: int(info.size) for info in infos}
+        return {info.path[len(HUB_PREFIX) :]: int(info.size) for info in infos if isinstance(info, RepoFile)}
     except Exception as exc:  # network errors vary by huggingface_hub version
         log.info("could not read file sizes from the hub: %s", exc)
         return {}

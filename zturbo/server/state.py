@@ -41,6 +41,7 @@ class ServerState:
 
     @property
     def folders(self) -> dict[str, Path]:
+        assert self.config.temp_dir is not None  # resolved in ServerConfig.__post_init__
         return {
             "output": self.config.output_dir,
             "input": self.config.input_dir,
@@ -88,7 +89,12 @@ class ServerState:
 
     def _record_cancelled(self, items: list[QueueItem]) -> None:
         for item in items:
-            event = {"prompt_id": item.prompt_id, "node_id": None, "node_type": None, "executed": []}
+            event: dict[str, object] = {
+                "prompt_id": item.prompt_id,
+                "node_id": None,
+                "node_type": None,
+                "executed": [],
+            }
             message = ["execution_interrupted", {**event, "timestamp": now_ms()}]
             record = HistoryRecord(item=item.as_comfy(), end_time=now_ms(), interrupted=True)
             record.status = {"status_str": "error", "completed": False, "messages": [message]}
@@ -117,6 +123,6 @@ def build_state(config: ServerConfig, executor: ExecutorLike, registry: Registry
     journal = QueueJournal(db)
     worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
     state = ServerState(config, executor, registry, queue, history, hub, worker, journal, logs=LogFeed(hub))
-    state.recovery = recover(journal, history, queue, [config.output_dir, config.temp_dir, config.input_dir])
+    state.recovery = recover(journal, history, queue, list(state.folders.values()))
     queue.on_change = state.broadcast_status
     return state
