@@ -201,11 +201,15 @@ def generate(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option(help=IMAGE_HELP)] = None,
-    denoise: Annotated[float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")] = 1.0,
+    denoise: Annotated[
+        float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")
+    ] = 1.0,
     mask: Annotated[str | None, typer.Option(help=MASK_HELP)] = None,
     mask_grow: Annotated[int, typer.Option(help="Grow the mask by this many pixels (0..64).")] = 8,
     mask_blur: Annotated[int, typer.Option(help="Blur the pasted-back edge by this radius (0..31).")] = 4,
-    hires: Annotated[bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")] = False,
+    hires: Annotated[
+        bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")
+    ] = False,
     hires_denoise: Annotated[float, typer.Option(help="Denoise of the --hires refine pass.")] = 0.33,
     upscale_model: UpscaleModelOpt = None,
     control: Annotated[
@@ -236,6 +240,15 @@ def generate(
     canny_high: Annotated[
         float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
     ] = 0.8,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            "--gpus",
+            min=1,
+            help="Split each image's DiT over this many local GPUs (context parallel; "
+            "CPU processes without CUDA). Not with --control or --step-cache.",
+        ),
+    ] = 1,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
@@ -250,13 +263,24 @@ def generate(
     options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
     request, keep, recorded = build_request(from_png, options)
     settings = settings.replace(weight_dtype=weight_dtype or recorded)
-    if control is not None and from_png is None and not {"width", "height", "aspect", "image"} & options.keys():
-        request = dataclasses.replace(request, **dict(zip(("width", "height"), _control_size(control), strict=True)))
+    if (
+        control is not None
+        and from_png is None
+        and not {"width", "height", "aspect", "image"} & options.keys()
+    ):
+        request = dataclasses.replace(
+            request, **dict(zip(("width", "height"), _control_size(control), strict=True))
+        )
     engine = Engine(settings)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
     paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
+    group = None
+    if gpus > 1:  # context parallel: followers exit with this process if it fails (zturbo.parallel)
+        from zturbo import parallel
 
+        group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
+        parallel.attach(engine, group)
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
@@ -287,11 +311,22 @@ def generate(
             paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype
         )
         saved = save_or_keep(result, files, out)
+    if group is not None:
+        group.close()
     for path in saved:
         typer.echo(str(path))
 
 
-IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")
+IMAGE_OPTIONS = (
+    "image",
+    "denoise",
+    "mask",
+    "mask_grow",
+    "mask_blur",
+    "hires",
+    "hires_denoise",
+    "upscale_model",
+)
 REQUEST_OPTIONS = (
     "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
     "shift", "seed", "batch", *IMAGE_OPTIONS,
@@ -317,7 +352,9 @@ MASK_HELP = (
 )
 UpscaleModelOpt = Annotated[
     str | None,
-    typer.Option("--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."),
+    typer.Option(
+        "--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."
+    ),
 ]
 
 
@@ -337,7 +374,6 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
     from zturbo.generate import upscale_model_path
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
-
 
 
 @app.command()
@@ -386,8 +422,6 @@ def upscale(
         typer.echo(str(path))
 
 
-
-
 def build_request(from_png: Path | None, options: dict):
     """(request, batch position to keep or None, recorded weight dtype) from `generate`'s options
     (those given on the command line) and, with --from, a PNG whose settings they override."""
@@ -402,7 +436,9 @@ def build_request(from_png: Path | None, options: dict):
         raise InputError(
             "--megapixels sets the size for an --aspect ratio or an --image: give one too (e.g. --aspect 1:1)"
         )
-    if {"aspect", "megapixels", "image"} & options.keys() and not ("width" in options and "height" in options):
+    if {"aspect", "megapixels", "image"} & options.keys() and not (
+        "width" in options and "height" in options
+    ):
         size = [options.pop(k, None) for k in ("width", "height", "aspect", "megapixels")]
         options["width"], options["height"] = request_size(*size, options.get("image"))
     options = {k: v for k, v in options.items() if k not in IMAGE_OPTIONS} | image_fields(options)

@@ -114,6 +114,7 @@ class Engine:
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
     _patch_sizes: dict[Path, object] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
+    dit_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -195,6 +196,8 @@ class Engine:
         """Convert (zturbo's DiT, compiled/graphed as `residence` allows) and place, in one step."""
         module = accelerate(component.module, self.speed.within(residence))
         residency.place_dit(module, residence, self.placement.device)
+        if self.dit_wrapper is not None:  # --gpus G: rank 0's DiT drives the others (zturbo.parallel)
+            module = self.dit_wrapper(module)
         component.module = module
 
     def _realize_text_encoder(self, component: load.LoadedComponent, residence: Residence) -> None:
@@ -294,7 +297,9 @@ class Engine:
                 return Conditioning(clip.encoder.encode([text]))
 
         cond = self._guarded(encode, "encoding the prompt")
-        if clip.component.dtype == torch.float16 and not all(bool(torch.isfinite(e).all()) for e in cond.embeds):
+        if clip.component.dtype == torch.float16 and not all(
+            bool(torch.isfinite(e).all()) for e in cond.embeds
+        ):
             raise GenerationError(  # fp16 only where bf16 cannot run at all (MPS before macOS 14)
                 "the text encoder produced NaN/inf values for this prompt computing in fp16 (this device has "
                 "no bf16); try --dtype fp32, or a shorter or different prompt"
@@ -571,6 +576,7 @@ class Engine:
     def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides;
         a non-finite decode in bf16/fp16 is redone in fp32 (the watchdog)."""
+
         def run() -> torch.Tensor:
             with self._vae_tiles(vae, tile, latent.shape[-1] * latent.shape[-2] * 64):
                 return vae_ops.decode(vae.module, latent).cpu()
@@ -587,6 +593,7 @@ class Engine:
 
     def encode(self, vae: VAE, image: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEEncodeTiled); else the memory plan decides."""
+
         def run() -> torch.Tensor:
             with self._vae_tiles(vae, tile, image.shape[1] * image.shape[2]):
                 return vae_ops.encode(vae.module, image).cpu()
@@ -601,7 +608,6 @@ class Engine:
         if self.memory is None:
             return residency.vae_tiling(vae.module, pixels > UNPLANNED_VAE_TILE_PIXELS)
         return residency.vae_tiling(vae.module, self.memory.vae_tiled())
-
 
     # --- upscale models (UpscaleModelLoader, ImageUpscaleWithModel) ---
 
@@ -627,6 +633,7 @@ class Engine:
                     raise
                 tile, overlap = tile // 2, max(4, overlap // 2)
                 log.warning("upscale: out of GPU memory, retrying with %d-pixel tiles", tile)
+
 
 def start_noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
     """ComfyUI's `prepare_noise`: the whole batch from one seeded CPU generator, or, for a latent that
