@@ -201,15 +201,11 @@ def generate(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option(help=IMAGE_HELP)] = None,
-    denoise: Annotated[
-        float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")
-    ] = 1.0,
+    denoise: Annotated[float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")] = 1.0,
     mask: Annotated[str | None, typer.Option(help=MASK_HELP)] = None,
     mask_grow: Annotated[int, typer.Option(help="Grow the mask by this many pixels (0..64).")] = 8,
     mask_blur: Annotated[int, typer.Option(help="Blur the pasted-back edge by this radius (0..31).")] = 4,
-    hires: Annotated[
-        bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")
-    ] = False,
+    hires: Annotated[bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")] = False,
     hires_denoise: Annotated[float, typer.Option(help="Denoise of the --hires refine pass.")] = 0.33,
     upscale_model: UpscaleModelOpt = None,
     control: Annotated[
@@ -246,7 +242,7 @@ def generate(
             "--gpus",
             min=1,
             help="Split each image's DiT over this many local GPUs (context parallel; "
-            "CPU processes without CUDA). Not with --control or --step-cache.",
+            "CPU processes with --device cpu). Not with --control or --step-cache.",
         ),
     ] = 1,
 ) -> None:
@@ -263,14 +259,8 @@ def generate(
     options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
     request, keep, recorded = build_request(from_png, options)
     settings = settings.replace(weight_dtype=weight_dtype or recorded)
-    if (
-        control is not None
-        and from_png is None
-        and not {"width", "height", "aspect", "image"} & options.keys()
-    ):
-        request = dataclasses.replace(
-            request, **dict(zip(("width", "height"), _control_size(control), strict=True))
-        )
+    if control is not None and from_png is None and not {"width", "height", "aspect", "image"} & options.keys():
+        request = dataclasses.replace(request, **dict(zip(("width", "height"), _control_size(control), strict=True)))
     engine = Engine(settings)
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
@@ -281,6 +271,7 @@ def generate(
 
         group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
         parallel.attach(engine, group)
+
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
@@ -317,16 +308,7 @@ def generate(
         typer.echo(str(path))
 
 
-IMAGE_OPTIONS = (
-    "image",
-    "denoise",
-    "mask",
-    "mask_grow",
-    "mask_blur",
-    "hires",
-    "hires_denoise",
-    "upscale_model",
-)
+IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")
 REQUEST_OPTIONS = (
     "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
     "shift", "seed", "batch", *IMAGE_OPTIONS,
@@ -352,9 +334,7 @@ MASK_HELP = (
 )
 UpscaleModelOpt = Annotated[
     str | None,
-    typer.Option(
-        "--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."
-    ),
+    typer.Option("--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."),
 ]
 
 
@@ -374,6 +354,7 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
     from zturbo.generate import upscale_model_path
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
+
 
 
 @app.command()
@@ -422,6 +403,8 @@ def upscale(
         typer.echo(str(path))
 
 
+
+
 def build_request(from_png: Path | None, options: dict):
     """(request, batch position to keep or None, recorded weight dtype) from `generate`'s options
     (those given on the command line) and, with --from, a PNG whose settings they override."""
@@ -436,9 +419,7 @@ def build_request(from_png: Path | None, options: dict):
         raise InputError(
             "--megapixels sets the size for an --aspect ratio or an --image: give one too (e.g. --aspect 1:1)"
         )
-    if {"aspect", "megapixels", "image"} & options.keys() and not (
-        "width" in options and "height" in options
-    ):
+    if {"aspect", "megapixels", "image"} & options.keys() and not ("width" in options and "height" in options):
         size = [options.pop(k, None) for k in ("width", "height", "aspect", "megapixels")]
         options["width"], options["height"] = request_size(*size, options.get("image"))
     options = {k: v for k, v in options.items() if k not in IMAGE_OPTIONS} | image_fields(options)
