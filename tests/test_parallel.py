@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from zturbo.cli import app
+from zturbo.errors import InputError
 
 
 def generate(models, out, *extra: str) -> np.ndarray:
@@ -27,3 +28,11 @@ def test_generate_on_two_processes_matches_one(tiny_models_fp32, tmp_path):
     one = generate(tiny_models_fp32, tmp_path / "one")
     two = generate(tiny_models_fp32, tmp_path / "two", "--gpus", "2")
     assert one.std() > 0 and np.array_equal(one, two)
+
+
+def test_gpus_refuses_what_it_cannot_split_in_one_line(tiny_models_fp32, tmp_path):
+    args = ["generate", "x", "--models-dir", str(tiny_models_fp32), "--out", str(tmp_path), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--gpus", "2", "--step-cache", "0.1"])
+    assert isinstance(result.exception, InputError)  # main() prints it as one line (tests/test_cli_errors.py)
+    assert "--step-cache" in str(result.exception) and "\n" not in str(result.exception)
+    assert not list(tmp_path.glob("*.png"))

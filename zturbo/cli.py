@@ -269,6 +269,7 @@ def generate(
     if gpus > 1:  # context parallel: followers exit with this process if it fails (zturbo.parallel)
         from zturbo import parallel
 
+        parallel.check_settings(gpus, settings, control=control is not None)
         group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
         parallel.attach(engine, group)
 

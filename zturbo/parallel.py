@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from zturbo.engine import Engine, _zturbo_dit
+from zturbo.errors import InputError
 from zturbo.models.context_parallel import ContextParallel, ParallelDiT, follow
 from zturbo.runtime import context_launch
 from zturbo.runtime.settings import EngineSettings
@@ -48,6 +49,7 @@ def start(
     """Spawn ranks 1..world−1 (each loads `dit_path` and follows), join the group as rank 0.
 
     The followers are daemons: if this process fails they end with it instead of waiting forever."""
+    check_settings(world, settings)
     backend = "gloo" if cpu else context_launch.backend_for(world)
     if backend == "gloo" and not cpu and torch.cuda.is_available():
         found = torch.cuda.device_count()
@@ -63,6 +65,20 @@ def start(
         backend, rank=0, world_size=world, device_id=device if device.type == "cuda" else None
     )
     return ContextGroup(ContextParallel(), processes)
+
+
+def check_settings(world: int, settings: EngineSettings, *, control: bool = False) -> None:
+    """Refuse, before anything loads, what the split forward does not run."""
+    if control:
+        raise InputError(f"--gpus {world}: context parallel does not run ControlNets yet (drop --control)")
+    if settings.step_cache > 0:
+        raise InputError(f"--gpus {world}: context parallel runs without the step cache (drop --step-cache)")
+    if settings.speed == "reference":
+        raise InputError(f"--gpus {world} needs zturbo's DiT: use --speed eager (not reference)")
+    if settings.placement.fp16_dit:
+        raise InputError(
+            f"--gpus {world}: the fp16-safe path (GPUs without bf16) is not split yet; use --dtype fp32"
+        )
 
 
 def attach(engine: Engine, group: ContextGroup) -> None:
