@@ -15,6 +15,7 @@ amplify (RMSNorm rescales, |tanh(gate)| < 1), so the output's relative error (�
 under PARITY = 1e-5, the bound test_zimage_dit.py uses for the same kind of reordering (fused vs
 split GEMMs). The 8-step image: each Euler step x ← x + (σ'−σ)·v is a contraction-free sum of the
 model's outputs, so its error is at most the sum of 8 steps' errors: IMAGE_PARITY = 8·PARITY.
+Measured here (MKL, AVX2): 0, i.e. bit-equal; the bound is what other CPUs/BLAS builds may need.
 """
 
 from __future__ import annotations
