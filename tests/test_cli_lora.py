@@ -208,3 +208,11 @@ def test_text_encoder_strength_of_file_model_clip(models_with_lora, tmp_path):
     assert "text encoder: 2 patches" in said
     assert np.array_equal(pixels(off), pixels(plain)) and not np.array_equal(pixels(on), pixels(plain))
     assert 'LoRAs: "te.safetensors:1:1.5"' in read_png_text(on)["parameters"]
+
+
+def test_gpus_refuses_loras_before_anything_loads(models_with_lora, tmp_path):
+    """The other processes of `--gpus` load the base DiT file: a LoRA would patch only rank 0's copy."""
+    message = error_of("x", "--models-dir", str(models_with_lora), "--out", str(tmp_path), "--lora", "style",
+                       "--gpus", "2")  # fmt: skip
+    assert "--lora" in message and "context parallel" in message
+    assert not list(tmp_path.glob("*.png"))

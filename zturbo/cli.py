@@ -237,6 +237,15 @@ def generate(
         float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
     ] = 0.8,
     lora: Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)] = None,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            "--gpus",
+            min=1,
+            help="Split each image's DiT over this many local GPUs (context parallel; "
+            "CPU processes with --device cpu). Not with --control or --step-cache.",
+        ),
+    ] = 1,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
@@ -259,6 +268,13 @@ def generate(
     check_output_folder(out)
     paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
     request = _check_loras(request, models_dir or default_models_dir())
+    group = None
+    if gpus > 1:  # context parallel: followers exit with this process if it fails (zturbo.parallel)
+        from zturbo import parallel
+
+        parallel.check_settings(gpus, settings, control=control is not None, loras=bool(request.loras))
+        group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
+        parallel.attach(engine, group)
 
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
@@ -290,6 +306,8 @@ def generate(
             paths, None if model else (models_dir or default_models_dir()), settings.weight_dtype
         )
         saved = save_or_keep(result, files, out)
+    if group is not None:
+        group.close()
     for path in saved:
         typer.echo(str(path))
 

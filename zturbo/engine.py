@@ -117,6 +117,7 @@ class Engine:
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
     _patch_sizes: dict[Path, ComponentSize] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
+    dit_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -204,6 +205,8 @@ class Engine:
         """Convert (zturbo's DiT, compiled/graphed as `residence` allows) and place, in one step."""
         module = accelerate(component.module, self.speed.within(residence))
         residency.place_dit(module, residence, self.placement.device)
+        if self.dit_wrapper is not None:  # --gpus G: rank 0's DiT drives the others (zturbo.parallel)
+            module = self.dit_wrapper(module)
         component.module = module
 
     def _realize_text_encoder(self, component: load.LoadedComponent, residence: Residence) -> None:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zturbo.models import zimage_fp16
+from zturbo.models.context_parallel import ContextParallel
 from zturbo.models.zimage_layout import SequencePlan, SequencePlans, apply_rope, padded_length
 
 # cuDNN attention is ~2x FlashAttention-2 on Hopper at these shapes (measured on an H100); the rest are fallbacks.
@@ -98,6 +99,7 @@ class ZImageBlock(nn.Module):
         self.sdpa_backends: tuple[SDPBackend, ...] = DEFAULT_SDPA_BACKENDS
         self.precision = "plain"  # set by ZImageDiT.set_precision
         self.compute_dtype: torch.dtype | None = None  # off the plain path: fp16 or fp32
+        self.context: ContextParallel | None = None  # main layers under context parallel (ZImageDiT)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, adaln: Tensor | None
@@ -120,6 +122,8 @@ class ZImageBlock(nn.Module):
         q, k, v = self.qkv(h).view(batch, seq, 3, self.heads, -1).unbind(2)
         q = apply_rope(rms_norm(q, self.q_norm, self.qk_eps), cos, sin)
         k = apply_rope(rms_norm(k, self.k_norm, self.qk_eps), cos, sin)
+        if self.context is not None:
+            return self.out(self.context.attention(q, k, v, mask, self.sdpa_backends).reshape(batch, seq, -1))
         q, k, v = (a.transpose(1, 2) for a in (q, k, v))
         if q.is_cuda:
             with sdpa_kernel(list(self.sdpa_backends), set_priority=True):
@@ -260,24 +264,43 @@ class ZImageDiT(nn.Module):
         self.plans = SequencePlans(list(settings.axes_dims), list(settings.axes_lens), settings.rope_theta)
         self.run_block: BlockRunner = call_block  # replaced by a compiled version in compile modes
         self.precision = "plain"
+        self.context: ContextParallel | None = None
         self.set_precision("fp16" if settings.t_dtype == torch.float16 else "plain")
 
     def set_precision(self, precision: str) -> None:
-        """"plain" | "fp16" (fp16-safe; the weights must compute in fp16) | "fp32" (module docstring)."""
+        """ "plain" | "fp16" (fp16-safe; the weights must compute in fp16) | "fp32" (module docstring)."""
         if precision not in zimage_fp16.PRECISIONS:
             choices = ", ".join(zimage_fp16.PRECISIONS)
             raise ValueError(f"precision must be one of {choices} (got {precision!r})")
         if precision == "fp16" and self.settings.t_dtype != torch.float16:
-            raise ValueError(f"the fp16-safe path needs fp16 weights (they compute in {self.settings.t_dtype})")
+            raise ValueError(
+                f"the fp16-safe path needs fp16 weights (they compute in {self.settings.t_dtype})"
+            )
         if precision != "plain":
             for block in self.blocks():
                 zimage_fp16.check_block(block)
         if precision == "fp16":
             zimage_fp16.check_fp16_range(self)
+        if precision != "plain" and self.context is not None:
+            raise ValueError(f"context parallel runs the plain precision only (asked for {precision!r})")
         dtype = torch.float16 if precision == "fp16" else torch.float32
         self.precision = precision
         for block in self.blocks():
             block.precision, block.compute_dtype = precision, dtype
+
+    def set_context_parallel(self, context: ContextParallel | None) -> None:
+        """Split the main layers' sequence over `context`'s processes (None: back to one process).
+
+        Every rank calls `forward` with the same inputs (zturbo.runtime.context_launch broadcasts them)."""
+        if context is not None:
+            context.check_heads(min(block.heads for block in self.blocks()))
+            if self.precision != "plain":
+                raise ValueError(
+                    f"context parallel runs the plain precision only (this DiT is on {self.precision!r})"
+                )
+        self.context = context
+        for block in self.blocks()[-len(self.layers) :]:  # the main layers
+            block.context = context
 
     @property
     def input_dtype(self) -> torch.dtype | None:
@@ -354,6 +377,8 @@ class ZImageDiT(nn.Module):
         """
         cos, sin = plan.rope
         n = plan.image_len
+        if self.context is not None:
+            return self.parallel_layers(x, plan, adaln, step_cache, runs)
 
         def layer(i: int, h: Tensor) -> Tensor:
             h = self.run_block(self.layers[i], h, cos, sin, plan.mask, adaln)  # type: ignore[arg-type]
@@ -374,6 +399,22 @@ class ZImageDiT(nn.Module):
             hidden = layer(i, hidden)
         step_cache.store(first_residual, hidden[:, :n] - first[:, :n])
         return hidden[:, :n]
+
+    def parallel_layers(
+        self, x: Tensor, plan: SequencePlan, adaln: Tensor, step_cache: StepCache | None, runs: Sequence[Any]
+    ) -> Tensor:
+        """`main_layers` with the sequence split over `self.context` (models/context_parallel.py)."""
+        context = self.context
+        assert context is not None
+        if step_cache is not None or runs:
+            raise ValueError("context parallel runs without the step cache and without ControlNets")
+        total = x.shape[1]
+        context.begin(total)
+        cos, sin = (context.shard(a) for a in plan.rope)
+        h = context.shard(x)
+        for block in self.blocks()[-len(self.layers) :]:
+            h = self.run_block(block, h, cos, sin, plan.mask, adaln)
+        return context.gather(h, total)[:, : plan.image_len]
 
     def embed_image(self, x: Tensor, plan: SequencePlan) -> Tensor:
         """Patchify 2×2 (features ordered ph, pw, c), embed, append learned pad tokens to a multiple of 32."""
