@@ -13,6 +13,7 @@ from zturbo.server.db import Database
 from zturbo.server.events import EventHub
 from zturbo.server.history import HistoryRecord, HistoryStore, migrate_legacy_db
 from zturbo.server.journal import QueueJournal
+from zturbo.server.pool import WorkerPool, start_pool
 from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.queue import PromptQueue, QueueItem
 from zturbo.server.recovery import Recovery, recover
@@ -33,7 +34,7 @@ class ServerState:
     queue: PromptQueue
     history: HistoryStore
     hub: EventHub
-    worker: QueueWorker
+    worker: QueueWorker | WorkerPool
     journal: QueueJournal
     recovery: Recovery = field(default_factory=Recovery)
 
@@ -113,7 +114,11 @@ def build_state(config: ServerConfig, executor: ExecutorLike, registry: Registry
     db = open_database(config)
     history = HistoryStore(db, max_items=config.max_history)
     journal = QueueJournal(db)
-    worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
+    worker: QueueWorker | WorkerPool
+    if config.pooled:
+        worker = start_pool(config, queue, history, hub, journal)
+    else:
+        worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
     state = ServerState(config, executor, registry, queue, history, hub, worker, journal)
     state.recovery = recover(journal, history, queue, [config.output_dir, config.temp_dir, config.input_dir])
     queue.on_change = state.broadcast_status
