@@ -177,6 +177,7 @@ class PoolSlot(QueueWorker):
             "state": state,
             **self.executor.info,
             "prompt_id": channel and channel.prompt_id,
+            "completed": self.completed,
         }
 
 
