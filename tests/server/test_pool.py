@@ -198,3 +198,15 @@ def test_a_prompt_whose_worker_dies_twice_fails_with_a_clear_error(pool_live: Li
     message = entry["status"]["messages"][-1][1]["exception_message"]
     assert "died while running the prompt" in message and "re-queued once" in message, message
     wait_until(lambda: all(w["state"] == "idle" for w in workers(pool_live)), timeout=60, interval=0.2)
+
+
+def test_workers_join_and_leave(pool_live: LiveServer) -> None:
+    """A third worker waits for a free CPU (Ray has two, both taken): listed as starting; it leaves again."""
+    added = httpx.post(f"{pool_live.http}/zturbo/workers", timeout=30).json()
+    listed = httpx.get(f"{pool_live.http}/zturbo/workers", timeout=30).json()["workers"]
+    assert (
+        added["state"] == "starting" and [w["name"] for w in listed][-1] == added["name"] and len(listed) == 3
+    )
+    assert httpx.delete(f"{pool_live.http}/zturbo/workers/{added['name']}", timeout=30).status_code == 204
+    assert [w["name"] for w in workers(pool_live)] == [w["name"] for w in listed[:2]]
+    assert httpx.delete(f"{pool_live.http}/zturbo/workers/nobody", timeout=30).status_code == 404

@@ -25,6 +25,7 @@ from zturbo.server.routes import (
     prompt,
     queue,
     system,
+    workers,
     ws,
 )
 from zturbo.server.security import (
@@ -50,6 +51,7 @@ ROUTERS = (
     creator.router,
     presets.router,
     model_files.router,
+    workers.router,
 )
 
 

@@ -66,6 +66,8 @@ class RemoteExecutor:
                     self.info = ray.get(ref)
                     return True
                 except ray.exceptions.RayError:
+                    if stop.is_set():  # ended on purpose (the worker was removed)
+                        return False
                     log.exception("%s failed to start; starting it again", self.name)
                     self.restart()
                     ref = self.actor.info.remote()
@@ -136,11 +138,10 @@ class PoolSlot(QueueWorker):
     def __init__(self, pool: WorkerPool, executor: RemoteExecutor) -> None:
         super().__init__(pool.queue, executor, pool.history, pool.hub, pool.previews_for, pool.journal)
         self.pool = pool
-        self.retiring = threading.Event()
         self.completed = 0  # prompts this worker finished (any status)
 
     def _run(self) -> None:
-        while not self._stop.is_set() and not self.retiring.is_set():
+        while not self._stop.is_set():
             if not self.executor.info and not self.executor.wait_ready(self._stop):
                 return
             job = self.queue.get(timeout=0.5)
@@ -150,6 +151,8 @@ class PoolSlot(QueueWorker):
                 self._apply_flags()
             except Exception:
                 log.exception("%s: loop error", self.executor.name)
+        if self in self.pool._leaving:
+            self.pool._end_actor(self)
 
     def retry(self, job: RunningJob, exc: Exception) -> bool:
         if not isinstance(exc, WorkerLost):
@@ -204,6 +207,7 @@ class WorkerPool:
         self._numbers = iter(range(1 << 30))
         self.slots: list[PoolSlot] = []
         self._started = False
+        self._leaving: list[PoolSlot] = []  # removed workers finishing their prompt
         self.owns_ray = False  # set by `start_pool` when it started Ray: `stop` shuts it down
         for _ in range(count):
             self.add_worker()
@@ -228,13 +232,15 @@ class WorkerPool:
             if slot is None:
                 return False
             self.slots.remove(slot)
-        slot.retiring.set()
-        threading.Thread(target=self._retire, args=(slot,), daemon=True).start()
+            self._leaving.append(slot)
+        slot._stop.set()  # this slot only: the queue stays open for the others
+        if not slot.executor.info:  # still waiting for a GPU/CPU: nothing runs on it
+            self._end_actor(slot)
         return True
 
-    def _retire(self, slot: PoolSlot) -> None:
-        slot._thread.join()
-        ray_module().kill(slot.executor.actor, no_restart=True)
+    def _end_actor(self, slot: PoolSlot) -> None:
+        with contextlib.suppress(Exception):  # gone already
+            ray_module().kill(slot.executor.actor, no_restart=True)
 
     def first_loss(self, prompt_id: str) -> bool:
         """True the first time `prompt_id` loses its worker, False after that."""
@@ -273,13 +279,11 @@ class WorkerPool:
 
     def stop(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        for slot in list(self.slots):
+        every = list(self.slots) + self._leaving
+        for slot in every:
             slot.stop(max(0.1, deadline - time.monotonic()))
-        for slot in list(self.slots):
-            try:
-                ray_module().kill(slot.executor.actor, no_restart=True)
-            except Exception:
-                log.debug("could not end %s", slot.executor.name, exc_info=True)
+        for slot in every:
+            self._end_actor(slot)
         if self.owns_ray:
             ray_module().shutdown()
 
