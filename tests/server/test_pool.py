@@ -9,6 +9,7 @@ thread, as Ray's one-CPU actors do (OMP_NUM_THREADS=1), so every reduction runs 
 from __future__ import annotations
 
 import io
+import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -210,3 +211,30 @@ def test_workers_join_and_leave(pool_live: LiveServer) -> None:
     assert httpx.delete(f"{pool_live.http}/zturbo/workers/{added['name']}", timeout=30).status_code == 204
     assert [w["name"] for w in workers(pool_live)] == [w["name"] for w in listed[:2]]
     assert httpx.delete(f"{pool_live.http}/zturbo/workers/nobody", timeout=30).status_code == 404
+
+
+def test_system_stats_and_the_creator_page_show_the_workers(pool_live: LiveServer) -> None:
+    pool = workers(pool_live)
+    assert [(w["name"], w["device"], w["host"]) for w in pool] == [
+        ("worker 0", "cpu", platform.node()),
+        ("worker 1", "cpu", platform.node()),
+    ]
+    chromium = Path("/usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} is missing (apt-get install -y chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(pool_live.http + "/")
+        page.wait_for_selector("body[data-ready=true]")
+        shown = page.locator("#workers li").all_inner_texts()
+        browser.close()
+    assert shown == [f"{w['name']} (cpu on {platform.node()}): {w['state']}" for w in pool]
+
+
+def test_without_a_pool_the_one_worker_is_listed(client) -> None:
+    body = client.get("/zturbo/workers").json()
+    assert body == {"pool": False, "workers": [{"name": "in-process", "state": "idle"}]}
+    assert "zturbo_workers" not in client.get("/system_stats").json()
+    assert client.post("/zturbo/workers").status_code == 404
