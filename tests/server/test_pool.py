@@ -8,6 +8,7 @@ thread, as Ray's one-CPU actors do (OMP_NUM_THREADS=1), so every reduction runs 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import platform
 import threading
@@ -238,3 +239,20 @@ def test_without_a_pool_the_one_worker_is_listed(client) -> None:
     assert body == {"pool": False, "workers": [{"name": "in-process", "state": "idle"}]}
     assert "zturbo_workers" not in client.get("/system_stats").json()
     assert client.post("/zturbo/workers").status_code == 404
+
+
+def load_benchmark() -> Any:
+    path = Path(__file__).parents[2] / "benchmarks" / "workers.py"
+    spec = importlib.util.spec_from_file_location("bench_workers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_measures_the_pool(pool_live: LiveServer) -> None:
+    """benchmarks/workers.py's measurement, on this pool: its template prompts run, all of them counted."""
+    bench = load_benchmark()
+    prompts = [bench.template_prompt(seed, 64, 2) for seed in (1, 2, 3, 4)]
+    row = bench.throughput(pool_live.http, prompts, timeout=120)
+    assert row["images"] == 4 and row["images_per_s"] == pytest.approx(4 / row["seconds"], rel=0.01)
