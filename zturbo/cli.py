@@ -601,6 +601,14 @@ def serve(
             "--allowed-host", help="Also answer requests addressed to this host name (repeatable; '*': any)."
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option("--workers", help="Run prompts on N Ray workers: one per GPU (or N CPU workers)."),
+    ] = 0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray", help="Join the Ray cluster at ADDRESS (e.g. 10.0.0.5:6379); pip install zturbo[ray]."),
+    ] = None,
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
@@ -619,6 +627,8 @@ def serve(
         ui=ui,  # type: ignore[arg-type]  # checked by ServerConfig
         data_dir=data_dir,
         allowed_hosts=tuple(allowed_host or ()),
+        workers=workers,
+        ray_address=ray_address,
     )
     run_server(config)
 

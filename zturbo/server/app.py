@@ -28,6 +28,7 @@ from zturbo.server.routes import (
     queue,
     sdapi,
     system,
+    workers,
     ws,
 )
 from zturbo.server.security import (
@@ -54,6 +55,7 @@ ROUTERS = (
     presets.router,
     model_files.router,
     internal.router,
+    workers.router,
 )
 # Other clients' APIs, at their own paths only (no `/api` twin): OpenAI images, AUTOMATIC1111.
 CLIENT_ROUTERS = (openai.router, sdapi.router)

@@ -86,6 +86,10 @@ class ServerConfig:
     # Live previews over the WebSocket: ComfyUI's default is none (API clients that treat every binary
     # frame as a result image rely on it); a prompt can ask with extra_data.preview_method.
     preview_method: str = "none"
+    # A pool of Ray workers (`zturbo.server.pool`): `workers` local ones (0: the one in-process worker),
+    # or join the Ray cluster at `ray_address` (then `workers` defaults to its GPU count).
+    workers: int = 0
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("models_dir", "output_dir", "input_dir"):
@@ -110,7 +114,13 @@ class ServerConfig:
         for name in ("max_prompt_nodes", "max_prompt_bytes", "max_image_pixels"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be positive")
+        if self.workers < 0:
+            raise InputError(f"workers must be 0 or more, got {self.workers}")
         self._check_state_is_private()
+
+    @property
+    def pooled(self) -> bool:
+        return self.workers > 0 or self.ray_address is not None
 
     def _check_state_is_private(self) -> None:
         """The database must not sit in a folder clients can read or write (`/view`, `/upload`, `/userdata`)."""

@@ -80,7 +80,9 @@ def preview_png(input_dir: Path, image: str, kind: str, low: float, high: float)
     from zturbo.preprocess import prepare_control
 
     plain, _ = split_annotation(image)
-    pixels, _ = load_image(safe_join(input_dir, plain, what=f"control image {image!r}"), f"control image {image!r}")
+    pixels, _ = load_image(
+        safe_join(input_dir, plain, what=f"control image {image!r}"), f"control image {image!r}"
+    )
     control_map = prepare_control(pixels[:1], kind, low=low, high=high, tile_factor=TILE_FACTOR)
     buffer = io.BytesIO()
     to_pil(control_map[0]).save(buffer, format="PNG")

@@ -2,7 +2,8 @@
 
 Lower `number` runs first; `front` prompts get a negative number, as in ComfyUI, so they jump ahead of
 everything queued normally. Each running prompt gets its own interrupt `Event`, so an interrupt can
-never leak onto the next prompt.
+never leak onto the next prompt. One worker runs one prompt at a time; a worker pool
+(`zturbo.server.pool`) has several running at once, one per worker.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PromptQueue:
         self._heap: list[tuple[float, int, QueueItem]] = []
         self._order = itertools.count()
         self._number = itertools.count()
-        self._running: RunningJob | None = None
+        self._running: list[RunningJob] = []
         self._flags: dict[str, Any] = {}
         self._closed = False
         self.on_change = on_change or (lambda: None)
@@ -84,19 +85,19 @@ class PromptQueue:
             if not self._heap or self._closed:
                 return None
             _, _, item = heapq.heappop(self._heap)
-            self._running = RunningJob(item)
+            job = RunningJob(item)
+            self._running.append(job)
             self.on_change()
-            return self._running
+            return job
 
     def task_done(self, job: RunningJob) -> None:
         with self._lock:
-            if self._running is job:
-                self._running = None
+            self._running = [running for running in self._running if running is not job]
             self.on_change()
 
     def running(self) -> list[QueueItem]:
         with self._lock:
-            return [self._running.item] if self._running else []
+            return [job.item for job in self._running]
 
     def pending(self) -> list[QueueItem]:
         with self._lock:
@@ -104,7 +105,7 @@ class PromptQueue:
 
     def remaining(self) -> int:
         with self._lock:
-            return len(self._heap) + (1 if self._running else 0)
+            return len(self._heap) + len(self._running)
 
     def contains(self, prompt_id: str) -> bool:
         with self._lock:
@@ -133,13 +134,13 @@ class PromptQueue:
             return removed
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Interrupt the running prompt (only if it is `prompt_id`, when given); atomic with `task_done`."""
+        """Interrupt the running prompt (only if it is `prompt_id`; every running one when not given);
+        atomic with `task_done`."""
         with self._lock:
-            job = self._running
-            if job is None or (prompt_id is not None and job.item.prompt_id != prompt_id):
-                return False
-            job.interrupt.set()
-            return True
+            jobs = [j for j in self._running if prompt_id is None or j.item.prompt_id == prompt_id]
+            for job in jobs:
+                job.interrupt.set()
+            return bool(jobs)
 
     def set_flag(self, name: str, value: Any) -> None:
         with self._lock:
@@ -155,6 +156,6 @@ class PromptQueue:
         """Wake the worker so it can stop; queued prompts stay where they are."""
         with self._lock:
             self._closed = True
-            if self._running:
-                self._running.interrupt.set()
+            for job in self._running:
+                job.interrupt.set()
             self._not_empty.notify_all()

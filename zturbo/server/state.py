@@ -14,6 +14,7 @@ from zturbo.server.events import EventHub
 from zturbo.server.history import HistoryRecord, HistoryStore, migrate_legacy_db
 from zturbo.server.journal import QueueJournal
 from zturbo.server.logs import LogFeed
+from zturbo.server.pool import WorkerPool, start_pool
 from zturbo.server.protocols import ExecutorLike, RegistryLike
 from zturbo.server.queue import PromptQueue, QueueItem
 from zturbo.server.recovery import Recovery, recover
@@ -34,7 +35,7 @@ class ServerState:
     queue: PromptQueue
     history: HistoryStore
     hub: EventHub
-    worker: QueueWorker
+    worker: QueueWorker | WorkerPool
     journal: QueueJournal
     recovery: Recovery = field(default_factory=Recovery)
     logs: LogFeed = field(default_factory=lambda: LogFeed(EventHub()))
@@ -121,7 +122,11 @@ def build_state(config: ServerConfig, executor: ExecutorLike, registry: Registry
     db = open_database(config)
     history = HistoryStore(db, max_items=config.max_history)
     journal = QueueJournal(db)
-    worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
+    worker: QueueWorker | WorkerPool
+    if config.pooled:
+        worker = start_pool(config, queue, history, hub, journal)
+    else:
+        worker = QueueWorker(queue, executor, history, hub, previews_for=config.previews_for, journal=journal)
     state = ServerState(config, executor, registry, queue, history, hub, worker, journal, logs=LogFeed(hub))
     state.recovery = recover(journal, history, queue, list(state.folders.values()))
     queue.on_change = state.broadcast_status

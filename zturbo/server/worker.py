@@ -155,6 +155,8 @@ class QueueWorker:
             )
             self._fill_from_result(record, result)
         except Exception as exc:
+            if self.retry(job, exc):
+                return
             log.exception("prompt %s crashed the executor", item.prompt_id)
             messages, error = crash_messages(item.prompt_id, exc, started)
             channel.emit("execution_error", error)
@@ -162,6 +164,16 @@ class QueueWorker:
             record.error = error
         record.end_time = now_ms()
         self._finish(job, record, channel)
+
+    def retry(self, job: RunningJob, exc: Exception) -> bool:
+        """Whether a job whose executor raised `exc` was handed back to the queue (a pool's worker
+        process died); the single in-process worker never retries."""
+        return False
+
+    def channel_for(self, client_id: str) -> JobChannel | None:
+        """The running prompt's channel if that prompt is `client_id`'s (for a reconnecting client)."""
+        channel = self.channel
+        return channel if channel is not None and channel.client_id == client_id else None
 
     @staticmethod
     def _fill_from_result(record: HistoryRecord, result: Any) -> None:

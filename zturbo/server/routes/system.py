@@ -108,11 +108,11 @@ def object_info_for(node_class: str, state: State) -> dict:
 
 
 @router.get("/system_stats")
-def system_stats() -> dict:
+def system_stats(state: State) -> dict:
     import torch
 
     ram_total, ram_free = _ram()
-    return {
+    stats = {
         "system": {
             "os": sys.platform,
             "ram_total": ram_total,
@@ -132,6 +132,10 @@ def system_stats() -> dict:
         },
         "devices": _devices(ram_total, ram_free),
     }
+    describe = getattr(state.worker, "describe", None)
+    if describe is not None:  # a worker pool: each worker, its host and device (`zturbo.server.pool`)
+        stats["zturbo_workers"] = describe()
+    return stats
 
 
 @router.get("/features")

@@ -69,8 +69,8 @@ async def _read(websocket: WebSocket, client: Client, state: ServerState) -> Non
 
 def _greet(client: Client, state: ServerState) -> None:
     client.offer(encode_json("status", {"status": state.queue_info(), "sid": client.sid}))
-    channel = state.worker.channel
-    if channel is not None and channel.client_id == client.sid and channel.last_node is not None:
+    channel = state.worker.channel_for(client.sid)
+    if channel is not None and channel.last_node is not None:
         # A client reconnecting mid-job learns which node is running, as in ComfyUI.
         client.offer(encode_json("executing", {"node": channel.last_node, "prompt_id": channel.prompt_id}))
     for event, data in state.take_notices(client.sid):

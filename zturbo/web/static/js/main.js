@@ -12,6 +12,7 @@ import { setupFileLoading } from "./dropload.js";
 import { initFields, initSize, setupInitImage } from "./initimage.js";
 import { readControl, setupControl } from "./control.js";
 import { loadLoras, setupLoras } from "./loras.js";
+import { setupWorkers } from "./workers.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -93,7 +94,7 @@ async function main() {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#create-form").requestSubmit();
   });
   connectSocket({ event: handleEvent, preview: handlePreview, open: () => syncQueue().catch(() => {}) });
-  const results = await Promise.allSettled([loadOptions(), loadStyles(""), loadGallery(), loadModels(), loadLoras()]);
+  const results = await Promise.allSettled([loadOptions(), loadStyles(""), loadGallery(), loadModels(), loadLoras(), setupWorkers()]);
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
   if (failed.length) setMessage($("#form-message"), `Could not load: ${failed.join("; ")}`, true);
   document.body.dataset.ready = "true";
