@@ -24,3 +24,11 @@ def test_turbo_above_cfg1_warns() -> None:
     assert any("Turbo" in w for w in warnings_for(GenerationRequest("a", cfg=3.0), TURBO))
     assert warnings_for(GenerationRequest("a", cfg=3.0), BASE) == []
     assert warnings_for(GenerationRequest("a"), TURBO) == []
+
+
+def test_base_defaults_fill_only_what_was_not_given() -> None:
+    from zturbo.guardrails import apply_defaults
+
+    request = apply_defaults(GenerationRequest("a", steps=12), BASE, {"steps"})
+    assert (request.steps, request.cfg) == (12, 4.0)
+    assert apply_defaults(GenerationRequest("a"), TURBO, set()) == GenerationRequest("a")

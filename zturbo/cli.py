@@ -256,9 +256,12 @@ def generate(
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
     paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
-    from zturbo.guardrails import model_variant, warnings_for
+    from zturbo.guardrails import apply_defaults, model_variant, warnings_for
 
-    for line in warnings_for(request, model_variant(str(paths.dit))):
+    variant = model_variant(str(paths.dit))
+    if from_png is None:
+        request = apply_defaults(request, variant, options.keys())
+    for line in warnings_for(request, variant):
         console.print(f"warning: {line}", highlight=False)
 
     plan = engine.prepare(paths, workload_of(request))

@@ -3,8 +3,8 @@ that do nothing or harm (a negative prompt at cfg 1; Turbo, a distilled model, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from zturbo.request import GenerationRequest
@@ -52,3 +52,10 @@ def warnings_for(request: GenerationRequest, variant: str) -> list[str]:
             "burn the image"
         )
     return out
+
+
+def apply_defaults(request: GenerationRequest, variant: str, given: Iterable[str]) -> GenerationRequest:
+    """The variant's steps/cfg/sampler for each of those the user did not give."""
+    chosen = defaults_for(variant)
+    fields = {k: getattr(chosen, k) for k in ("steps", "cfg", "sampler") if k not in set(given)}
+    return replace(request, **fields)
