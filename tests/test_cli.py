@@ -184,3 +184,11 @@ def test_run_and_serve_take_the_speed_options(tiny_models, tmp_path, monkeypatch
     assert seen["serve"].engine.speed_options.mode == "max"
     bad = runner.invoke(app, ["run", "w.json", "--speed", "turbo"])
     assert bad.exit_code != 0 and "speed must be one of" in str(bad.exception)
+
+
+def test_generate_warns_of_a_negative_at_cfg1(tiny_models, tmp_path):
+    args = ["generate", "x", "--width", "32", "--height", "32", "--steps", "1", "--models-dir"]
+    args += [str(tiny_models), "--out", str(tmp_path / "out"), "--device", "cpu", "--negative", "blurry"]
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "negative prompt does nothing at cfg 1" in result.output

@@ -267,6 +267,13 @@ def generate(
     request.validate(engine.sampler_names(), engine.scheduler_names())
     check_output_folder(out)
     paths = resolve_models(models_dir, model, {DIT: dit, TEXT_ENCODER: text_encoder, VAE: vae})
+    from zturbo.guardrails import apply_defaults, model_variant, warnings_for
+
+    variant = model_variant(str(paths.dit))
+    if from_png is None:
+        request = apply_defaults(request, variant, options.keys())
+    for line in warnings_for(request, variant):
+        console.print(f"warning: {line}", highlight=False)
     request = _check_loras(request, models_dir or default_models_dir())
     group = None
     if gpus > 1:  # context parallel: followers exit with this process if it fails (zturbo.parallel)

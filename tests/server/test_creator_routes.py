@@ -170,3 +170,13 @@ def test_models_panel_and_offline_download(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert status["state"] == "error" and "Are you offline?" in status["error"]
+
+
+def test_graph_warns_of_a_negative_at_cfg1(real: TestClient) -> None:
+    settings = {"prompt": "x", "negative": "blurry"}
+    warned = real.post("/zturbo/graph", json={"settings": settings}).json()["warnings"]
+    assert any("negative prompt does nothing at cfg 1" in w for w in warned)
+    settings["cfg"] = 4.0  # the models folder holds the standard Turbo file name: now that warning
+    warned = real.post("/zturbo/graph", json={"settings": settings}).json()["warnings"]
+    assert len(warned) == 1 and "Turbo is distilled for cfg 1" in warned[0]
+    assert real.post("/zturbo/graph", json={"settings": {"prompt": "x"}}).json()["warnings"] == []

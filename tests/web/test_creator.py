@@ -303,3 +303,14 @@ def test_keyboard_labels_and_phone_layout(creator: Any, screenshots: Path) -> No
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(screenshots / "creator-phone.png"), full_page=True)
+
+
+def test_turbo_above_cfg1_shows_the_guardrail_warning(creator: Any) -> None:
+    page = creator
+    small_size(page)
+    page.fill("#steps", "1")
+    page.fill("#cfg", "2")
+    page.fill("#prompt", "a lighthouse")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#form-message').textContent.includes('Queued')")
+    assert "Turbo is distilled for cfg 1" in page.text_content("#form-message")

@@ -1,6 +1,6 @@
 """`/zturbo/...`: what the creator page asks beyond ComfyUI's API.
 
-- `POST /zturbo/graph` settings → the API graph to queue with `POST /prompt`
+- `POST /zturbo/graph` settings → the API graph to queue with `POST /prompt`, and guardrail warnings
 - `POST /zturbo/inspect` a dropped PNG or workflow JSON → settings, prompt, workflow
 - `GET /zturbo/gallery` finished images with their settings
 - `POST /zturbo/outputs/delete` delete an output image (and its history entry once empty)
@@ -14,7 +14,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from zturbo.server.creator import GraphRequest, build_graph
+from zturbo.guardrails import model_variant, warnings_for
+from zturbo.server.creator import GraphRequest, build_graph, model_files
 from zturbo.server.deps import Config, History, State
 from zturbo.server.errors import PayloadTooLargeError
 from zturbo.server.gallery import delete_output, gallery_items
@@ -32,7 +33,9 @@ class DeleteOutput(BaseModel):
 @router.post("/graph")
 def graph(body: GraphRequest, state: State, config: Config) -> dict:
     folders = {"input": config.input_dir, "output": config.output_dir}
-    return {"prompt": build_graph(body, state.registry, config.models_dir, folders)}
+    prompt = build_graph(body, state.registry, config.models_dir, folders)
+    variant = model_variant(model_files(config.models_dir).dit)
+    return {"prompt": prompt, "warnings": warnings_for(body.settings, variant)}
 
 
 @router.post("/inspect")

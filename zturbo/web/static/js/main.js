@@ -39,12 +39,15 @@ async function generate(event) {
   try {
     const fields = await initFields();
     const all = jobSettings().map((settings) => ({ ...settings, ...fields }));
+    const warned = new Set();
     for (const settings of all) {
-      const { prompt } = await postJSON("/zturbo/graph", { settings, control: readControl() });
+      const { prompt, warnings } = await postJSON("/zturbo/graph", { settings, control: readControl() });
+      (warnings || []).forEach((line) => warned.add(line));
       const { prompt_id } = await queuePrompt(prompt);
       addJob(prompt_id, excerpt($("#prompt").value.trim()));
     }
-    setMessage(message, `Queued ${all.length} image${all.length > 1 ? "s" : ""}.`);
+    const note = [...warned].map((line) => ` Warning: ${line}.`).join("");
+    setMessage(message, `Queued ${all.length} image${all.length > 1 ? "s" : ""}.${note}`);
   } catch (error) {
     setMessage(message, error.message, true);
   } finally {
