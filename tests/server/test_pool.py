@@ -168,7 +168,10 @@ def kill_worker_running(live: LiveServer, ws: Any, prompt_id: str, spare: int | 
     """Kill the process of the worker that runs `prompt_id` (once the prompt has reported sampling
     progress, and on a worker other than the process `spare`, killed before); its pid."""
     recv_until(ws, lambda f: isinstance(f, dict) and f["type"] == "progress", timeout=60)
-    running = lambda: [w for w in workers(live) if w["prompt_id"] == prompt_id and w["pid"] != spare]  # noqa: E731
+    # (a replacement worker that is still starting has no pid yet)
+    running = lambda: [  # noqa: E731
+        w for w in workers(live) if w.get("prompt_id") == prompt_id and w.get("pid") not in (None, spare)
+    ]
     (busy,) = wait_until(running, timeout=60, interval=0.05)
     psutil.Process(busy["pid"]).kill()
     return busy["pid"]
