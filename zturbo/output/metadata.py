@@ -52,6 +52,8 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
         pairs["Denoising strength"] = _num(request.denoise)
     pairs.update(_image_pairs(request))
     pairs.update(lora_pairs(request.loras))
+    if request.variety > 0:  # only when on: an image without it keeps the same text
+        pairs.update({"Variety": _num(request.variety), "Variety steps": _num(request.variety_steps)})
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
     return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
 
@@ -157,6 +159,9 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
         )
         image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
         request = replace(request, **image_fields, loras=parse_loras(pairs))
+        if "Variety" in pairs:
+            variety = float(pairs["Variety"])
+            request = replace(request, variety=variety, variety_steps=float(pairs.get("Variety steps", 0.3)))
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))
