@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from zturbo.errors import NonFiniteError
-from zturbo.sampling.variety import SeedVariety
 from zturbo.models.zimage_dit import StepCache, ZImageDiT
+from zturbo.sampling.variety import SeedVariety
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ class ZImageDenoiser:
         self.variety = variety if variety is not None and variety.strength > 0 else None
         self.seed = seed
         self._varied: list[torch.Tensor] | None = None  # the perturbed positives, drawn on first use
-        self._varied_above = 0.0 if self.variety is None or sigmas is None else self.variety.active_above(sigmas)
+        self._varied_above = (
+            0.0 if self.variety is None or sigmas is None else self.variety.active_above(sigmas)
+        )
 
     def _enable_step_cache(self, threshold: float, sigmas: torch.Tensor | None) -> None:
         dit = self.model if isinstance(self.model, ZImageDiT) else getattr(self.model, "dit", None)
