@@ -215,7 +215,15 @@ def api_graph(
         from zturbo.output.image_graph import add_image_nodes
 
         add_image_nodes(graph, request, image_size)
+    if request.variety > 0 and "8" in graph:  # the first pass only: a hires refine keeps the plain MODEL
+        inputs = {"model": graph["8"]["inputs"]["model"], "strength": request.variety,
+                  "steps_fraction": request.variety_steps}  # fmt: skip
+        graph[VARIETY_NODE_ID] = {"class_type": "ZTurboSeedVariety", "inputs": inputs}
+        graph["8"]["inputs"]["model"] = [VARIETY_NODE_ID, 0]
     return graph
+
+
+VARIETY_NODE_ID = "40"
 
 
 LORA_NODE_IDS = 50  # LoraLoader nodes are "50", "51", ... between the loaders and their users
@@ -331,4 +339,11 @@ def request_from_api_graph(graph: dict) -> GenerationRequest:
     )
     negative = source(ks.get("negative"), ("CLIPTextEncode", "ConditioningZeroOut"))
     loras = loras_from_graph(nodes, ks.get("model"))
+    variety = source(ks.get("model"), ("ZTurboSeedVariety",))
+    if variety:
+        request = replace(
+            request,
+            variety=float(variety.get("strength", 0.0)),
+            variety_steps=float(variety.get("steps_fraction", 0.3)),
+        )
     return replace(request, negative=str(negative.get("text", "")), loras=loras)
