@@ -10,6 +10,7 @@ are deterministic fp32 CPU runs; different CPUs round ~1e-6 relative apart, far 
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import pytest
@@ -105,3 +106,26 @@ def test_generate_refuses_a_bad_variety_before_loading(tiny_models_fp32, tmp_pat
     assert isinstance(result.exception, InputError)
     assert str(result.exception) == "variety: steps fraction must be above 0 and at most 1 (got 2.0)"
     assert not list(tmp_path.iterdir())
+
+
+def test_generate_records_variety_and_from_reproduces_it(tiny_models, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from zturbo.cli import app
+
+    common = ["--models-dir", str(tiny_models), "--out", str(tmp_path), "--device", "cpu"]
+    first = CliRunner().invoke(
+        app, ["generate", "一只猫", "--width", "32", "--height", "32", "--steps", "2", "--seed", "4",
+              "--variety", "0.5", "--variety-steps", "0.5", *common],
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    (made,) = [line for line in first.stdout.split() if line.endswith(".png")]
+    again = CliRunner().invoke(app, ["generate", "--from", made, *common])
+    assert again.exit_code == 0, again.output
+    (remade,) = [line for line in again.stdout.split() if line.endswith(".png")]
+    with Image.open(made) as a, Image.open(remade) as b:
+        assert "Variety: 0.5, Variety steps: 0.5" in a.info["parameters"] == b.info["parameters"]
+        assert json.loads(a.info["prompt"])["40"]["class_type"] == "ZTurboSeedVariety"
+        assert np.array_equal(np.asarray(a), np.asarray(b))
