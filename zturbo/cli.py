@@ -239,7 +239,8 @@ def generate(
     lora: Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)] = None,
     variety: Annotated[float, typer.Option("--variety", help=VARIETY_HELP)] = 0.0,
     variety_steps: Annotated[
-        float, typer.Option("--variety-steps", help="With --variety: the fraction of the first steps it acts on (0-1].")
+        float,
+        typer.Option("--variety-steps", help="With --variety: the fraction of the first steps it acts on (0-1]."),
     ] = 0.3,
     gpus: Annotated[
         int,
