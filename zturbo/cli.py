@@ -240,7 +240,9 @@ def generate(
     variety: Annotated[float, typer.Option("--variety", help=VARIETY_HELP)] = 0.0,
     variety_steps: Annotated[
         float,
-        typer.Option("--variety-steps", help="With --variety: the fraction of the first steps it acts on (0-1]."),
+        typer.Option(
+            "--variety-steps", help="With --variety: the fraction of the first steps it acts on (0-1]."
+        ),
     ] = 0.3,
     gpus: Annotated[
         int,
