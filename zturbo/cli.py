@@ -237,6 +237,13 @@ def generate(
         float, typer.Option("--canny-high", help="Canny high threshold (0.01-0.99).")
     ] = 0.8,
     lora: Annotated[list[str] | None, typer.Option("--lora", help=LORA_HELP)] = None,
+    variety: Annotated[float, typer.Option("--variety", help=VARIETY_HELP)] = 0.0,
+    variety_steps: Annotated[
+        float,
+        typer.Option(
+            "--variety-steps", help="With --variety: the fraction of the first steps it acts on (0-1]."
+        ),
+    ] = 0.3,
     gpus: Annotated[
         int,
         typer.Option(
@@ -358,8 +365,12 @@ def _check_loras(request, models_dir: Path):
 IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")
 REQUEST_OPTIONS = (
     "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
-    "shift", "seed", "batch", *IMAGE_OPTIONS,
+    "shift", "seed", "batch", "variety", "variety_steps", *IMAGE_OPTIONS,
 )  # fmt: skip
+VARIETY_HELP = (
+    "Seed variety strength (0 = off; 0.1-0.5 typical): the first steps see the prompt's features plus noise "
+    "seeded by the seed, this many times their RMS, so seeds give different pictures of the same prompt."
+)
 
 
 def _control_size(path: Path) -> tuple[int, int]:

@@ -61,6 +61,7 @@ from zturbo.sampling.inpaint import InpaintDenoiser
 from zturbo.sampling.noise import seeded_noise
 from zturbo.sampling.samplers import DISCARD_PENULTIMATE_SIGMA, UNCOND_SAMPLERS
 from zturbo.sampling.schedules import SCHEDULERS, get_sigmas
+from zturbo.sampling.variety import SeedVariety
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +78,7 @@ class ZImageModel:
     patches: PatchSet = PatchSet()  # LoRAs and the like, applied right before sampling
     cfg_norms: tuple[CFGNorm, ...] = ()  # CFGNorm patches, in the order they were applied
     controls: tuple = ()  # ControlNets applied to this MODEL (zturbo.control.ControlApplication)
+    variety: SeedVariety | None = None  # seed variety (zturbo.sampling.variety); None: off
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -465,6 +467,12 @@ class Engine:
         """CFGNorm: a MODEL whose guided estimate is norm-limited (see `models.denoiser.CFGNorm`)."""
         return dataclasses.replace(model, cfg_norms=(*model.cfg_norms, CFGNorm(strength, pre_cfg)))
 
+    def with_variety(self, model: ZImageModel, strength: float, fraction: float = 0.3) -> ZImageModel:
+        """ZTurboSeedVariety: a MODEL whose first steps see the prompt perturbed by seeded noise
+        (`sampling.variety`); strength 0 gives the MODEL back unchanged."""
+        variety = SeedVariety(strength, fraction)  # validated either way
+        return dataclasses.replace(model, variety=variety if strength > 0 else None)
+
     def _sample_core(
         self,
         model: ZImageModel,
@@ -515,6 +523,8 @@ class Engine:
                 uncond_at_cfg1=uncond_at_cfg1,
                 cfg_norms=model.cfg_norms,
                 controls=controls,
+                variety=model.variety,
+                seed=seed,
             )
             model_fn: Denoiser = denoiser
             if noise_mask is not None:

@@ -244,15 +244,16 @@ def run_request(
     if evaluates_negative(request.sampler, request.cfg):  # CFG++ samplers read it even at cfg 1
         negative = engine.encode_text(clip, request.negative)
     phase("sampling")
+    first = engine.with_variety(model, request.variety, request.variety_steps) if request.variety else model
     if init is None:
         empty = torch.zeros(request.batch, LATENT_CHANNELS, request.height // 8, request.width // 8)
         latents = _sample(
-            engine, model, positive, negative, empty, request, progress, denoise=request.denoise
+            engine, first, positive, negative, empty, request, progress, denoise=request.denoise
         )
         phase("decoding")
         images = engine.decode(vae, latents)
     elif request.denoise > 0:
-        images, latents = image_pass(engine, vae, model, positive, negative, init, request, progress)
+        images, latents = image_pass(engine, vae, first, positive, negative, init, request, progress)
     else:  # `zturbo upscale`: the image goes straight to the refine pass
         images, latents = init.pixels, torch.empty(0)
     if request.hires_scale > 1:

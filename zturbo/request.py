@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from zturbo.errors import InputError
 from zturbo.sampling.noise import SEED_MAX
+from zturbo.sampling.variety import check_variety
 
 MAX_SIDE = 4096
 MAX_BATCH = 64
@@ -84,6 +85,8 @@ class GenerationRequest:
     hires_denoise: float = 0.33
     upscale_model: str = ""  # an upscale_models file for the upscale before refining; "" = Lanczos
     loras: tuple[LoraChoice, ...] = ()  # applied in order in the patch step (after load, before encode)
+    variety: float = 0.0  # seed variety strength (zturbo.sampling.variety); 0 = off
+    variety_steps: float = 0.3  # the fraction of the first steps it acts on
 
     @property
     def hires_size(self) -> tuple[int, int]:
@@ -120,6 +123,7 @@ class GenerationRequest:
             raise InputError(f"at most {MAX_LORAS} LoRAs at once (got {len(self.loras)})")
         for lora in self.loras:
             lora.validate()
+        check_variety(self.variety, self.variety_steps)
         return self._validate_image_fields()
 
     def _validate_image_fields(self) -> GenerationRequest:

@@ -7,6 +7,9 @@ prompt is evaluated; otherwise positive and negative run in one batched forward 
 `uncond_at_cfg1` evaluates the negative at cfg 1 too (ComfyUI does for its CFG++ samplers), and every
 call leaves its unconditional estimate in `uncond_denoised` (the output itself when no negative ran).
 
+`variety` (zturbo.sampling.variety): the positive caption features perturbed with noise seeded by
+`seed` for the calls in the first part of the schedule (None: the captions as given, no extra work).
+
 With `step_cache > 0` the denoiser owns a `StepCache` (zturbo.models.zimage_dit) for its run and hands it
 to every forward of zturbo's DiT: lossy first-block caching, off by default.
 """
@@ -21,6 +24,7 @@ from torch import nn
 
 from zturbo.errors import NonFiniteError
 from zturbo.models.zimage_dit import StepCache, ZImageDiT
+from zturbo.sampling.variety import SeedVariety
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +166,8 @@ class ZImageDenoiser:
         uncond_at_cfg1: bool = False,
         cfg_norms: tuple[CFGNorm, ...] = (),
         controls: list | None = None,
+        variety: SeedVariety | None = None,
+        seed: int = 0,
     ) -> None:
         if cfg != 1.0 and negative is None:
             raise ValueError("cfg != 1 needs a negative conditioning")
@@ -179,6 +185,12 @@ class ZImageDenoiser:
         self._full_below_sigma: float | None = None  # calls at sigma ≤ this run every layer
         if step_cache > 0:
             self._enable_step_cache(step_cache, sigmas)
+        self.variety = variety if variety is not None and variety.strength > 0 else None
+        self.seed = seed
+        self._varied: list[torch.Tensor] | None = None  # the perturbed positives, drawn on first use
+        self._varied_above = (
+            0.0 if self.variety is None or sigmas is None else self.variety.active_above(sigmas)
+        )
 
     def _enable_step_cache(self, threshold: float, sigmas: torch.Tensor | None) -> None:
         dit = self.model if isinstance(self.model, ZImageDiT) else getattr(self.model, "dit", None)
@@ -193,6 +205,13 @@ class ZImageDenoiser:
         if sigmas is not None and k > 0 and len(sigmas) > k:
             self._full_below_sigma = float(sigmas[-1 - k])
 
+    def _varied_positive(self, positive: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The seed variety's perturbation of the positives, drawn once for the run."""
+        if self._varied is None or len(self._varied) != len(positive):
+            assert self.variety is not None
+            self._varied = self.variety.perturb(positive, self.seed)
+        return self._varied
+
     @property
     def skipped_calls(self) -> int:
         """Model calls that skipped main layers 1..N−1 (0 without the step cache)."""
@@ -203,6 +222,8 @@ class ZImageDenoiser:
         sigma = sigma.reshape(-1).expand(batch).to(torch.float32)
         t = 1.0 - sigma * self.multiplier
         positive = _repeat_to(self.positive, batch)
+        if self.variety is not None and float(sigma[0]) > self._varied_above:
+            positive = self._varied_positive(positive)
         cache = self.step_cache
         if cache is not None:  # a device bool: read in the cache's one sync after layer 0
             below = self._full_below_sigma

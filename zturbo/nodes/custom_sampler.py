@@ -1,4 +1,5 @@
-"""ComfyUI's custom-sampling nodes (comfy_extras/nodes_custom_sampler.py) and CFGNorm (nodes_cfg.py).
+"""ComfyUI's custom-sampling nodes (comfy_extras/nodes_custom_sampler.py), CFGNorm (nodes_cfg.py) and
+zturbo's ZTurboSeedVariety (a MODEL patch like CFGNorm: see zturbo.sampling.variety).
 
 The pieces a KSampler bundles, as separate values: SIGMAS (1-D float tensors, ending in 0), NOISE,
 GUIDER and SAMPLER (the small dataclasses of `engine_api`), put together by SamplerCustomAdvanced;
@@ -241,7 +242,34 @@ class CFGNorm(Node):
         return (require_engine(ctx).with_cfg_norm(model, strength, pre_cfg),)
 
 
+VARIETY_TOOLTIP = (
+    "Noise added to the prompt's features, this many times their RMS, seeded by the sampler's seed, so "
+    "seeds give different pictures of the same prompt (0 = off, exactly the unpatched model; 0.1-0.5 typical)."
+)
+
+
+class ZTurboSeedVariety(Node):
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ZTurboSeedVariety",
+        display_name="Seed Variety (zturbo)",
+        category="advanced/model",
+        style="v3",
+        python_module="custom_nodes.zturbo",
+        description="Perturbs the positive conditioning during the first steps only: more variety across seeds.",
+        inputs=(
+            Link("model", "MODEL"),
+            Float("strength", default=0.3, min=0.0, max=10.0, step=0.01, tooltip=VARIETY_TOOLTIP),
+            Float("steps_fraction", default=0.3, min=0.01, max=1.0, step=0.01,
+                  tooltip="The fraction of the first sampling steps it acts on."),
+        ),
+        outputs=(Output("MODEL", "patched_model"),),
+    )  # fmt: skip
+
+    def execute(self, ctx: NodeContext, model: Any, strength: float, steps_fraction: float) -> tuple[Any]:
+        return (require_engine(ctx).with_variety(model, strength, steps_fraction),)
+
+
 NODES = (
     BasicScheduler, KSamplerSelect, RandomNoise, DisableNoise, CFGGuider, BasicGuider, SplitSigmas,
-    FlipSigmas, SamplerCustom, SamplerCustomAdvanced, CFGNorm,
+    FlipSigmas, SamplerCustom, SamplerCustomAdvanced, CFGNorm, ZTurboSeedVariety,
 )  # fmt: skip

@@ -136,6 +136,10 @@ class EngineAPI(Protocol):
     def with_cfg_norm(self, model: Any, strength: float, pre_cfg: bool) -> Any:
         """Return a MODEL with ComfyUI's CFGNorm patch added; the input stays unchanged."""
 
+    def with_variety(self, model: Any, strength: float, fraction: float) -> Any:
+        """Return a MODEL whose first `fraction` of steps see the positive prompt perturbed by noise
+        seeded with the sampler's seed (strength 0: no perturbation); the input stays unchanged."""
+
     def load_checkpoint(self, path: Path) -> tuple[Any, Any, Any]:
         """MODEL, CLIP and VAE from one file that bundles all three (CheckpointLoaderSimple)."""
 

@@ -52,6 +52,8 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
         pairs["Denoising strength"] = _num(request.denoise)
     pairs.update(_image_pairs(request))
     pairs.update(lora_pairs(request.loras))
+    if request.variety > 0:  # only when on: an image without it keeps the same text
+        pairs.update({"Variety": _num(request.variety), "Variety steps": _num(request.variety_steps)})
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
     return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
 
@@ -157,6 +159,9 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
         )
         image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
         request = replace(request, **image_fields, loras=parse_loras(pairs))
+        if "Variety" in pairs:
+            variety = float(pairs["Variety"])
+            request = replace(request, variety=variety, variety_steps=float(pairs.get("Variety steps", 0.3)))
     except (KeyError, ValueError) as exc:
         raise InputError(f"the PNG's parameters text lacks or garbles a setting ({exc})") from exc
     return request, int(pairs.get("Batch pos", 0))
@@ -210,7 +215,15 @@ def api_graph(
         from zturbo.output.image_graph import add_image_nodes
 
         add_image_nodes(graph, request, image_size)
+    if request.variety > 0 and "8" in graph:  # the first pass only: a hires refine keeps the plain MODEL
+        inputs = {"model": graph["8"]["inputs"]["model"], "strength": request.variety,
+                  "steps_fraction": request.variety_steps}  # fmt: skip
+        graph[VARIETY_NODE_ID] = {"class_type": "ZTurboSeedVariety", "inputs": inputs}
+        graph["8"]["inputs"]["model"] = [VARIETY_NODE_ID, 0]
     return graph
+
+
+VARIETY_NODE_ID = "40"
 
 
 LORA_NODE_IDS = 50  # LoraLoader nodes are "50", "51", ... between the loaders and their users
@@ -326,4 +339,11 @@ def request_from_api_graph(graph: dict) -> GenerationRequest:
     )
     negative = source(ks.get("negative"), ("CLIPTextEncode", "ConditioningZeroOut"))
     loras = loras_from_graph(nodes, ks.get("model"))
+    variety = source(ks.get("model"), ("ZTurboSeedVariety",))
+    if variety:
+        request = replace(
+            request,
+            variety=float(variety.get("strength", 0.0)),
+            variety_steps=float(variety.get("steps_fraction", 0.3)),
+        )
     return replace(request, negative=str(negative.get("text", "")), loras=loras)

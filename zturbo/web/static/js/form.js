@@ -5,6 +5,7 @@ import { getJSON } from "./api.js";
 import { $ } from "./dom.js";
 import { readLoras, writeLoras } from "./loras.js";
 import { readSize, setupSizes, writeSize } from "./sizes.js";
+import { readVariety, writeVariety } from "./variety.js";
 
 const MAX_RANDOM_SEED = 2 ** 48;
 
@@ -61,6 +62,7 @@ export function readSettings() {
     scheduler: $("#scheduler").value,
     batch: 1,
     loras: readLoras(),
+    ...readVariety(),
   };
 }
 
@@ -79,6 +81,7 @@ export function writeSettings(settings) {
   }
   $("#seed").value = settings.seed;
   writeLoras(settings.loras);
+  writeVariety(settings);
   setSeedMode("fixed");
   updateNegative();
 }

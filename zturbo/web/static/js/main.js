@@ -13,6 +13,7 @@ import { initFields, initSize, setupInitImage } from "./initimage.js";
 import { readControl, setupControl } from "./control.js";
 import { loadLoras, setupLoras } from "./loras.js";
 import { setupWorkers } from "./workers.js";
+import { VARIATIONS, variationSettings } from "./variety.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -26,7 +27,13 @@ function jobSettings() {
   return nextSeeds(jobCount()).map((seed) => ({ ...base, prompt, negative, seed }));
 }
 
-async function generate(event) {
+/** "Variations": the form's job at several fresh seeds, seed variety on. */
+function variationJobs() {
+  const [first] = jobSettings();
+  return variationSettings(first, jobCount() > 1 ? jobCount() : VARIATIONS);
+}
+
+async function generate(event, variations = false) {
   event.preventDefault();
   const message = $("#form-message");
   if (!$("#prompt").value.trim()) {
@@ -38,7 +45,7 @@ async function generate(event) {
   button.disabled = true;
   try {
     const fields = await initFields();
-    const all = jobSettings().map((settings) => ({ ...settings, ...fields }));
+    const all = (variations ? variationJobs() : jobSettings()).map((settings) => ({ ...settings, ...fields }));
     const warned = new Set();
     for (const settings of all) {
       const { prompt, warnings } = await postJSON("/zturbo/graph", { settings, control: readControl() });
@@ -93,6 +100,7 @@ async function main() {
   setupControl();
   setupLoras();
   $("#create-form").addEventListener("submit", generate);
+  $("#variations").addEventListener("click", (event) => generate(event, true));
   $("#prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#create-form").requestSubmit();
   });
