@@ -104,18 +104,33 @@ def small(prompt: dict, steps: int = 1) -> dict:
     return prompt
 
 
+def refused(live: LiveServer, prompt: dict) -> dict[str, dict]:
+    """POST /prompt answers 400 with ComfyUI's node_errors; nothing is queued."""
+    response = httpx.post(f"{live.http}/prompt", json={"prompt": prompt}, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "prompt_outputs_failed_validation"
+    return response.json()["node_errors"]
+
+
 def test_an_input_that_is_not_an_image(server) -> None:
+    """Refused from the file's header when the prompt is submitted, before any model loads."""
     live, input_dir = server
     (input_dir / "notes.png").write_text("just text, not a picture", encoding="utf-8")
     prompt: dict[str, dict] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "notes.png"}},
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "2": {"class_type": "LoadImageMask", "inputs": {"image": "notes.png", "channel": "alpha"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "MaskToImage", "inputs": {"mask": ["2", 0]}},
+        "5": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
     }
-    error = execution_error(run_prompt(live, prompt))
-    assert error["node_type"] == "LoadImage" and error["node_id"] == "1"
-    one_clear_line(error["exception_message"], "notes.png", "not an image", "expected a PNG")
-    prompt["1"]["inputs"]["image"] = "photo.png"
-    assert saved(run_prompt(live, prompt))
+    errors = refused(live, prompt)
+    assert {node: e["class_type"] for node, e in errors.items()} == {"1": "LoadImage", "2": "LoadImageMask"}
+    for node_errors in errors.values():
+        (error,) = node_errors["errors"]
+        assert error["extra_info"]["input_name"] == "image"
+        one_clear_line(error["details"], "notes.png", "not an image", "expected a PNG")
+    prompt["1"]["inputs"]["image"] = prompt["2"]["inputs"]["image"] = "photo.png"
+    assert len(saved(run_prompt(live, prompt))) == 2
 
 
 def inpaint_prompt(mask_name: str) -> dict:

@@ -17,7 +17,7 @@ from zturbo import masks
 from zturbo.errors import InputError
 from zturbo.images import MASK_CHANNELS, load_mask
 from zturbo.nodes.base import Node, require_engine
-from zturbo.nodes.io import input_image_options
+from zturbo.nodes.io import check_input_image, input_image_options
 from zturbo.nodes.latent import MAX_RESOLUTION
 from zturbo.nodes.schema import Boolean, Combo, Int, Link, NodeSchema, Output
 
@@ -50,11 +50,7 @@ class LoadImageMask(Node):
 
     @classmethod
     def validate_inputs(cls, ctx: ExecutionContext, image: str, **_: Any) -> bool | str:
-        try:
-            path = ctx.resolve_annotated(image)
-        except InputError as exc:
-            return str(exc)
-        return True if path.is_file() else f"Invalid image file: {image}"
+        return check_input_image(ctx, image)
 
 
 class SetLatentNoiseMask(Node):
