@@ -195,7 +195,7 @@ def test_load_image_refuses_bombs(graph_live: LiveServer, config: ServerConfig, 
     """LoadImage → PreviewImage on a bomb put straight into the input folder: POST /prompt refuses it
     from the header (a validation error), at once."""
     (config.input_dir / "bomb.png").write_bytes(bomb.read_bytes())
-    prompt = {
+    prompt: dict[str, dict] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "bomb.png"}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
