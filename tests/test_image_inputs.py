@@ -31,7 +31,9 @@ def bomb_png(path: Path, side: int = 20000) -> Path:
     rows = bytes(side + 1) * 500  # filter byte 0 + a row of zeros, 500 rows at a time
     idat = b"".join(packer.compress(rows) for _ in range(side // 500)) + packer.flush()
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -102,3 +104,18 @@ def test_cli_refuses_a_non_image_init(tiny_models, tmp_path):
     result = runner.invoke(app, ["generate", "x", "--image", str(fake), "--models-dir", str(tiny_models)])
     assert result.exit_code != 0
     assert "photo.jpg: not an image that can be read" in str(result.exception)
+
+
+def test_a_mask_the_graph_would_stretch_is_refused():
+    """Graph nodes resize masks to their images as ComfyUI does: a smaller or latent-sized mask of the
+    image's shape, or one of the uncropped image (VAEEncode crops to multiples of 8), passes; another
+    aspect ratio would be stretched over the picture and is refused."""
+    for mask_w, mask_h, width, height in (
+        (512, 384, 1024, 768),
+        (128, 96, 1024, 768),
+        (1000, 750, 1000, 744),
+    ):
+        masks.check_shape(torch.zeros(1, mask_h, mask_w), width, height, "mask", "the image")
+    for mask_w, mask_h, width, height in ((32, 16, 64, 48), (768, 768, 1024, 768), (1024, 768, 768, 1024)):
+        with pytest.raises(InputError, match=rf"mask is {mask_w}×{mask_h} but the image is {width}×{height}"):
+            masks.check_shape(torch.zeros(1, mask_h, mask_w), width, height, "mask", "the image")

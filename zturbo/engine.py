@@ -492,6 +492,11 @@ class Engine:
         """What both sampling operations share: latent format in/out, the denoiser (with the weight
         patches synced and the inpaint mask applied), the memory plan's workload and out-of-memory
         retry. Returns (latents, last denoised estimate or None)."""
+        if noise_mask is not None:  # before any work: a mask of another shape would be stretched
+            masks.check_shape(
+                noise_mask, latent.shape[-1] * 8, latent.shape[-2] * 8,
+                "the latent's noise mask (SetLatentNoiseMask / InpaintModelConditioning)", "its image",
+            )  # fmt: skip
         # ComfyUI leaves an all-zero (empty) latent as is instead of normalising it.
         x0 = vae_ops.process_in(latent) if bool(latent.any()) else latent
         device = self.placement.device

@@ -53,7 +53,9 @@ def open_image(
         raise ImageTooLargeError.from_pillow(exc, name, limit) from None
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:  # Pillow's message only repeats the (full) path
+        raise InputError(f"{name}: not an image that can be read (expected a PNG, JPEG, WebP...)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{name}: not an image that can be read ({exc})") from None
     with img:
         check_pixels(img.width, img.height, name, getattr(img, "n_frames", 1), limit)

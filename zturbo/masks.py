@@ -33,6 +33,20 @@ def check_size(mask: torch.Tensor, image: torch.Tensor, what: str = "mask") -> N
         raise InputError(f"{what} is {mw}×{mh} pixels but the image is {iw}×{ih}; they must be the same size")
 
 
+def check_shape(mask: torch.Tensor, width: int, height: int, what: str, target: str, cell: int = 16) -> None:
+    """A mask that graph nodes resize to `target` (width×height), as ComfyUI does, must have its shape:
+    a half-size mask is fine, one of another aspect ratio would be stretched over the image. `cell`
+    (in the target's units) allows for the crop to the VAE's multiple (a mask of the uncropped image)."""
+    mh, mw = mask.shape[-2:]
+    ratio = (mw * height) / max(mh * width, 1)
+    slack = 1 + cell / max(min(width, height), 1) + 0.01
+    if not 1 / slack <= ratio <= slack:
+        raise InputError(
+            f"{what} is {mw}×{mh} but {target} is {width}×{height}: another shape, so it would be "
+            "stretched; give a mask of the image's size"
+        )
+
+
 def resize(mask: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Bilinear resize of a MASK to (height, width) (how ComfyUI fits masks to images)."""
     batch = as_batch(mask)

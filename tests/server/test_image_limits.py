@@ -16,10 +16,8 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from websockets.sync.client import connect
 
 from server.conftest import LiveServer, run_live
-from server.test_ws import events, finished, recv, recv_until
 from zturbo.errors import ImageTooLargeError
 from zturbo.server import ServerConfig, create_app
 
@@ -194,23 +192,19 @@ def graph_live(config: ServerConfig) -> Iterator[LiveServer]:
 
 
 def test_load_image_refuses_bombs(graph_live: LiveServer, config: ServerConfig, bomb: Path) -> None:
-    """LoadImage → PreviewImage on a bomb put straight into the input folder: the job fails at once."""
+    """LoadImage → PreviewImage on a bomb put straight into the input folder: POST /prompt refuses it
+    from the header (a validation error), at once."""
     (config.input_dir / "bomb.png").write_bytes(bomb.read_bytes())
-    prompt = {
+    prompt: dict[str, dict] = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "bomb.png"}},
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
     }
-    with connect(graph_live.ws("me")) as ws, Budget() as budget:
-        recv(ws)
-        response = httpx.post(
-            f"{graph_live.http}/prompt", json={"prompt": prompt, "client_id": "me"}, timeout=30
-        )
-        assert response.status_code == 200, response.text
-        prompt_id = response.json()["prompt_id"]
-        frames = recv_until(ws, finished(prompt_id), timeout=30)
-    assert "execution_error" in events(frames)
-    error = next(f["data"] for f in frames if isinstance(f, dict) and f["type"] == "execution_error")
-    assert error["node_type"] == "LoadImage" and "megapixels" in error["exception_message"]
+    with Budget() as budget:
+        response = httpx.post(f"{graph_live.http}/prompt", json={"prompt": prompt}, timeout=30)
+    assert response.status_code == 400, response.text
+    (error,) = response.json()["node_errors"]["1"]["errors"]
+    assert response.json()["node_errors"]["1"]["class_type"] == "LoadImage"
+    assert "bomb.png" in error["details"] and "megapixels" in error["details"], error
     budget.check("LoadImage")
     (config.input_dir / "ok.png").write_bytes(small_png())
     prompt["1"]["inputs"]["image"] = "ok.png"

@@ -55,7 +55,10 @@ FOREIGN = [
     (r"(^|\.)controlnet_x_embedder\.weight$", "a Flux ControlNet"),
     (r"(^|\.)controlnet_single_blocks\.0\.", "a Flux ControlNet"),
     (r"(^|\.)input_hint_block\.0\.weight$", "a Stable Diffusion (SD1.5/SDXL) ControlNet"),
-    (r"(^|\.)controlnet_cond_embedding\.conv_in\.weight$", "a diffusers Stable Diffusion ControlNet"),
+    (
+        r"(^|\.)controlnet_cond_embedding\.conv_in\.weight$",
+        "a diffusers Stable Diffusion (SD1.5/SDXL) ControlNet",
+    ),
     (r"(^|\.)controlnet_blocks\.0\.weight$", "a ControlNet for another model (MMDiT / Qwen-Image family)"),
 ]
 

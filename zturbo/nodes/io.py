@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from zturbo.errors import InputError
-from zturbo.images import load_image
+from zturbo.images import image_size, load_image
 from zturbo.nodes.base import Node, NodeOutput
 from zturbo.nodes.saving import png_text, write_batch, write_png8, write_png16
 from zturbo.nodes.schema import (
@@ -181,11 +181,20 @@ class LoadImage(Node):
 
     @classmethod
     def validate_inputs(cls, ctx: ExecutionContext, image: str) -> bool | str:
-        try:
-            path = ctx.resolve_annotated(image)
-        except InputError as exc:
-            return str(exc)
-        return True if path.is_file() else f"Invalid image file: {image}"
+        return check_input_image(ctx, image)
+
+
+def check_input_image(ctx: ExecutionContext, image: str) -> bool | str:
+    """LoadImage's and LoadImageMask's validation: the file exists and its header is that of an image
+    of allowed size, so a non-image or a decompression bomb fails at POST /prompt, before any model loads."""
+    try:
+        path = ctx.resolve_annotated(image)
+        if not path.is_file():
+            return f"Invalid image file: {image}"
+        image_size(path, image)
+    except InputError as exc:
+        return str(exc)
+    return True
 
 
 NODES = (SaveImage, SaveImageAdvanced, PreviewImage, LoadImage)

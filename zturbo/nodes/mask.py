@@ -17,7 +17,7 @@ from zturbo import masks
 from zturbo.errors import InputError
 from zturbo.images import MASK_CHANNELS, load_mask
 from zturbo.nodes.base import Node, require_engine
-from zturbo.nodes.io import input_image_options
+from zturbo.nodes.io import check_input_image, input_image_options
 from zturbo.nodes.latent import MAX_RESOLUTION
 from zturbo.nodes.schema import Boolean, Combo, Int, Link, NodeSchema, Output
 
@@ -50,11 +50,7 @@ class LoadImageMask(Node):
 
     @classmethod
     def validate_inputs(cls, ctx: ExecutionContext, image: str, **_: Any) -> bool | str:
-        try:
-            path = ctx.resolve_annotated(image)
-        except InputError as exc:
-            return str(exc)
-        return True if path.is_file() else f"Invalid image file: {image}"
+        return check_input_image(ctx, image)
 
 
 class SetLatentNoiseMask(Node):
@@ -72,9 +68,12 @@ class SetLatentNoiseMask(Node):
         return (out,)
 
 
-def _crop_pair(pixels: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _crop_pair(
+    pixels: torch.Tensor, mask: torch.Tensor, multiple: int, node: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask bilinear to the image's size, then both centre-cropped to multiples of `multiple`."""
     height, width = pixels.shape[1], pixels.shape[2]
+    masks.check_shape(mask, width, height, f"{node}: mask", "the image (pixels)")
     mask = masks.resize(mask, width, height)[:, None]
     h, w = height // multiple * multiple, width // multiple * multiple
     y, x = (height % multiple) // 2, (width % multiple) // 2
@@ -98,7 +97,7 @@ class VAEEncodeForInpaint(Node):
     def execute(
         self, ctx: NodeContext, pixels: torch.Tensor, vae: Any, mask: torch.Tensor, grow_mask_by: int = 6
     ) -> tuple[dict]:
-        pixels, mask = _crop_pair(pixels, mask, 8)
+        pixels, mask = _crop_pair(pixels, mask, 8, "VAEEncodeForInpaint")
         noise_mask = mask.round()
         if grow_mask_by:  # ComfyUI: a box filter of the rounded mask, clamped (a square dilation)
             kernel = torch.ones((1, 1, grow_mask_by, grow_mask_by))
@@ -136,7 +135,7 @@ class InpaintModelConditioning(Node):
         self, ctx: NodeContext, positive: Any, negative: Any, vae: Any, pixels: torch.Tensor,
         mask: torch.Tensor, noise_mask: bool = True,
     ) -> tuple[Any, Any, dict]:  # fmt: skip
-        pixels, cropped_mask = _crop_pair(pixels, mask, 8)
+        pixels, cropped_mask = _crop_pair(pixels, mask, 8, "InpaintModelConditioning")
         latent: dict[str, Any] = {"samples": require_engine(ctx).encode(vae, pixels)}
         if noise_mask:
             latent["noise_mask"] = cropped_mask
@@ -165,6 +164,9 @@ class ImageCompositeMasked(Node):
         resize_source: bool, mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor]:  # fmt: skip
         source = _with_channels(source, destination.shape[-1])  # an RGB/RGBA mix: opaque alpha
+        if mask is not None:
+            size = destination.shape[1:3] if resize_source else source.shape[1:3]
+            masks.check_shape(mask, size[1], size[0], "ImageCompositeMasked: mask", "the source image")
         out = masks.composite(destination.movedim(-1, 1), source.movedim(-1, 1), x, y, mask, 1, resize_source)
         return (out.movedim(1, -1),)
 
