@@ -36,6 +36,14 @@ def parsed_body(scope: Scope) -> tuple[bool, object]:
     return (True, state[PARSED_KEY]) if PARSED_KEY in state else (False, None)
 
 
+def json_object(scope: Scope) -> dict:
+    """The JSON object body the middleware parsed (strictly, once); InputError for anything else."""
+    _, value = parsed_body(scope)
+    if not isinstance(value, dict):
+        raise InputError("the body must be a JSON object")
+    return value
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks = []
     while True:

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from zturbo.checkpoints import layout
 from zturbo.errors import InputError
 from zturbo.server import client_jobs
+from zturbo.server.compat import json_object
 from zturbo.server.deps import State
 from zturbo.server.openai_images import (
     error_payload,
@@ -46,20 +47,10 @@ async def _answer(work: Callable[[], Awaitable[dict]]) -> JSONResponse:
         return JSONResponse(body, status_code=status)
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InputError("the body must be a JSON object")
-    return body
-
-
 @router.post("/images/generations")
 async def generations(request: Request, state: State) -> JSONResponse:
     async def work() -> dict:
-        options = parse_options(await _json(request))
+        options = parse_options(json_object(request.scope))
         job = to_request(options, parse_size(options.size))
         result = await client_jobs.run_request(state, job, CLIENT)
         return images_response(result, options.response_format, str(request.base_url))

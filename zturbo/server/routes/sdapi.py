@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from zturbo.checkpoints import layout
 from zturbo.errors import InputError
 from zturbo.server import a1111, client_jobs
+from zturbo.server.compat import json_object, parsed_body
 from zturbo.server.creator import ksampler_choices, model_files
 from zturbo.server.deps import State
 from zturbo.server.state import ServerState
@@ -24,11 +25,10 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 CLIENT = "a1111"
 
 
-async def _body(request: Request, model: type[a1111.Txt2Img]) -> a1111.Txt2Img:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise InputError("the body must be a JSON object") from None
+def _body(request: Request, model: type[a1111.Txt2Img]) -> a1111.Txt2Img:
+    found, data = parsed_body(request.scope)  # as the JSON middleware parsed it
+    if not found:
+        raise InputError("the body must be a JSON object")
     return a1111.parse(model, data)
 
 
@@ -50,13 +50,13 @@ async def _generate(state: ServerState, body: a1111.Txt2Img, first: Any) -> dict
 
 @router.post("/txt2img")
 async def txt2img(request: Request, state: State) -> dict:
-    body = await _body(request, a1111.Txt2Img)
+    body = _body(request, a1111.Txt2Img)
     return await _generate(state, body, a1111.to_request(body, *_choices(state)))
 
 
 @router.post("/img2img")
 async def img2img(request: Request, state: State) -> dict:
-    body = await _body(request, a1111.Img2Img)
+    body = _body(request, a1111.Img2Img)
     assert isinstance(body, a1111.Img2Img)
     job = await asyncio.to_thread(_img2img_request, state, body)  # decoding and saving off the loop
     return await _generate(state, body, job)
@@ -141,13 +141,7 @@ def get_options(state: State) -> dict:
 async def set_options(request: Request, state: State) -> dict:
     """Options are accepted; the model is the one in `models/` (one DiT a server): naming another
     file is an error rather than a silent switch."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InputError("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InputError("the body must be a JSON object")
-    wanted = body.get("sd_model_checkpoint")
+    wanted = json_object(request.scope).get("sd_model_checkpoint")
     current = model_files(state.config.models_dir).dit
     if wanted not in (None, current):
         raise InputError(
