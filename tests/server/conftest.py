@@ -91,18 +91,21 @@ def live(config: ServerConfig, executor: FakeExecutor) -> Iterator[LiveServer]:
 def real_live(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
     """The real engine on the tiny models behind real uvicorn, shared by the other-client API tests
     (OpenAI, A1111, MCP): one model load for all of them."""
+    yield from run_live(create_app(real_engine_config(tiny_models, tmp_path_factory.mktemp("clients_server"))))
+
+
+def real_engine_config(models_dir: Path, root: Path) -> ServerConfig:
+    """A server on the real engine (CPU, memory planned) with its folders under `root`."""
     from zturbo.runtime.settings import EngineSettings
 
-    root = tmp_path_factory.mktemp("clients_server")
-    config = ServerConfig(
-        models_dir=tiny_models,
+    return ServerConfig(
+        models_dir=models_dir,
         output_dir=root / "output",
         input_dir=root / "input",
         temp_dir=root / "temp",
         user_dir=root / "user",
         engine=EngineSettings("cpu", vram="auto"),
     )
-    yield from run_live(create_app(config))
 
 
 def history_entry_for(live: LiveServer, filename: str) -> tuple[str, dict]:

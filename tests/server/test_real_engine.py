@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.conftest import LiveServer, run_live
+from server.conftest import LiveServer, real_engine_config, run_live
 from zturbo.checkpoints.layout import resolve_models
 from zturbo.engine import Engine
 from zturbo.generate import run_request
@@ -34,7 +34,7 @@ from zturbo.graph.formats import load_workflow_file
 from zturbo.output.png import to_pil
 from zturbo.request import GenerationRequest
 from zturbo.runtime.settings import EngineSettings
-from zturbo.server import ServerConfig, create_app
+from zturbo.server import create_app
 
 
 def template() -> Path:
@@ -46,16 +46,7 @@ def template() -> Path:
 
 @pytest.fixture(scope="module")
 def real_server(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("real_server")
-    config = ServerConfig(
-        models_dir=tiny_models,
-        output_dir=root / "output",
-        input_dir=root / "input",
-        temp_dir=root / "temp",
-        user_dir=root / "user",
-        engine=EngineSettings("cpu", vram="auto"),
-    )
-    yield from run_live(create_app(config))
+    yield from run_live(create_app(real_engine_config(tiny_models, tmp_path_factory.mktemp("real_server"))))
 
 
 def wait_for_history(live: LiveServer, prompt_id: str, timeout: float = 120) -> dict:
