@@ -30,6 +30,26 @@ def test_equals_kornia(low, high):
     assert torch.equal(canny(image, low, high), expected)
 
 
+def shapes_image() -> torch.Tensor:
+    """Overlapping filled shapes on a ramp: long, touching edges, so hysteresis has far to grow
+    (kornia's loop needs hundreds of passes here; our single labelling pass must reach the same set)."""
+    y, x = torch.meshgrid(torch.arange(192.0), torch.arange(256.0), indexing="ij")
+    image = (x / 256).expand(3, -1, -1).clone()
+    for cy, cx, r, value in ((60, 70, 45, 0.9), (110, 150, 60, 0.2), (140, 60, 35, 0.55)):
+        image[:, (y - cy) ** 2 + (x - cx) ** 2 < r**2] = value
+    image[1, 20:170, 200:240] = 0.05
+    return image[None]
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.4, 0.8), (0.05, 0.3)])
+def test_long_edges_equal_kornia(low, high):
+    kornia = pytest.importorskip("kornia")
+    image = shapes_image()
+    expected = kornia.filters.canny(image, low, high)[1]
+    assert expected.sum() > 500  # long outlines, not a few pixels
+    assert torch.equal(canny(image, low, high), expected)
+
+
 def test_a_square_has_its_outline():
     image = torch.zeros(1, 32, 32, 3)
     image[:, 8:24, 8:24] = 1.0

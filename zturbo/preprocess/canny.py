@@ -5,13 +5,15 @@ reflected borders; unnormalised Sobel gradients on replicated borders; magnitude
 non-maximum suppression along the gradient rounded to 45° (horizontal/vertical ties keep the left/upper
 pixel, as OpenCV); weak > low, strong > high, on that magnitude (a unit step reaches ~2.6, so
 ComfyUI's 0.01..0.99 thresholds are in those units); hysteresis through 8-neighbours until nothing
-changes. Output: an IMAGE of 0/1 edges, the same in all three channels.
+changes (found here in one connected-components pass: the same fixed point). Output: an IMAGE of
+0/1 edges, the same in all three channels.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
@@ -73,16 +75,21 @@ def canny(image: Tensor, low: float, high: float) -> Tensor:
 
 
 def _hysteresis(edges: Tensor) -> Tensor:
-    kernels = torch.zeros(8, 1, 3, 3, dtype=edges.dtype, device=edges.device)
-    for i, (dy, dx) in enumerate(_OFFSETS[:8]):
-        kernels[i, 0, 1 + dy, 1 + dx] = 1.0
-    previous = -torch.ones_like(edges)
-    while bool((previous != edges).any()):
-        previous = edges
-        weak, strong = (edges == 0.5).float(), (edges == 1).float()
-        reached = (F.conv2d(edges, kernels, padding=1) == 1).any(1, keepdim=True).float() * weak + strong
-        edges = reached + (reached == 0) * weak * 0.5
-    return (edges == 1).float()
+    """Keep the strong edges (1) and every weak one (0.5) joined to one through 8-neighbours.
+
+    kornia grows the strong set one pixel per pass until nothing changes: its fixed point is exactly the
+    8-connected components of the weak-or-strong pixels that hold a strong pixel, which one labelling
+    pass finds (a long edge took kornia's loop thousands of full-image passes: ~20 s for 1 MP on 2 CPU
+    cores, against milliseconds here)."""
+    from scipy import ndimage
+
+    candidates = (edges > 0).cpu().numpy()
+    structure = np.zeros((3,) * edges.dim(), dtype=bool)
+    structure[(1,) * (edges.dim() - 2)] = True  # 8-neighbours within a plane; planes never join
+    labels, _ = ndimage.label(candidates, structure=structure)
+    strong = np.unique(labels[(edges == 1).cpu().numpy()])
+    kept = np.isin(labels, strong[strong > 0])
+    return torch.from_numpy(kept).to(device=edges.device, dtype=torch.float32)
 
 
 def canny_image(image: Tensor, low: float = 0.4, high: float = 0.8) -> Tensor:

@@ -45,9 +45,15 @@ def spec_for(release: str, dit: DiTConfig = CONTROL_DIT) -> ControlNetSpec:
 
 
 def controlnet_state_dict(
-    release: str, dit: DiTConfig = CONTROL_DIT, *, seed: int = 7, dtype: torch.dtype = torch.float32
+    release: str,
+    dit: DiTConfig = CONTROL_DIT,
+    *,
+    seed: int = 7,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """Random weights under diffusers' names; 2.0 includes its zero refiner, as the released file does."""
+    """Random weights under diffusers' names; 2.0 includes its zero refiner, as the released file does.
+    `device="cuda"` draws full-size weights (benchmarks) in seconds."""
     from diffusers.models import ZImageControlNetModel  # not `diffusers`: mypy reads its dummies
 
     spec = spec_for(release, dit)
@@ -55,7 +61,7 @@ def controlnet_state_dict(
     if spec.refiner == CONTROL_LAYERS:  # build the shipped (unused) control refiner too
         kwargs["add_control_noise_refiner"] = CONTROL_REFINER
     model = build_empty(lambda: ZImageControlNetModel(**kwargs))
-    state = random_state_dict(model, seed=seed, dtype=dtype)
+    state = random_state_dict(model, seed=seed, dtype=dtype, device=device)
     if spec.refiner == CONTROL_LAYERS:
         for key in state:
             if key.startswith("control_noise_refiner.") and "_proj." in key:
@@ -89,9 +95,10 @@ def write_controlnet(
     layout: str = "original",
     seed: int = 7,
     dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ) -> Path:
     """Write one ControlNet; `layout` "original" | "comfyui" (single files) | "diffusers" (a folder)."""
-    state = controlnet_state_dict(release, dit, seed=seed, dtype=dtype)
+    state = controlnet_state_dict(release, dit, seed=seed, dtype=dtype, device=device)
     if layout == "comfyui":
         state = to_comfy_names(state)
     if layout == "diffusers":
