@@ -287,7 +287,7 @@ def generate(
         from zturbo import parallel
 
         parallel.check_settings(gpus, settings, control=control is not None, loras=bool(request.loras))
-        group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
+        group = parallel.start(gpus, settings, cpu=device == "cpu")
         parallel.attach(engine, group)
 
     plan = engine.prepare(paths, workload_of(request))
