@@ -72,6 +72,7 @@ class ContextGroup:
             log.warning("context parallel: could not stop the followers cleanly (%s)", exc)
         dist.destroy_process_group()
         _end(self.processes, timeout=30)
+        log.info("context parallel: the %d follower(s) stopped", self.launch.world - 1)
 
     def restart(self) -> None:
         """After a forward failed on rank 0: kill the followers, start new ones, rejoin the group."""

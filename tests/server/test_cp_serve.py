@@ -1,0 +1,148 @@
+"""`zturbo serve --cp 2 --device cpu`: a real server process whose DiT runs split over itself and one
+spawned follower (gloo), against the single-engine server on the same tiny fp32 models.
+
+- jobs on two DiT files, A, B, A, through POST /prompt give the single-engine server's pixels. Why
+  equal: fp32 tiny models, the split forward does the single one's arithmetic except the GEMMs' row
+  counts (tests/models/test_context_parallel.py: ≤ 1e-5 relative on the DiT output, measured 0 with
+  MKL), far below the half step of 8-bit pixels after the VAE, as tests/test_parallel.py asserts for
+  `generate --gpus 2`;
+- the follower loads each file once (its engine caches them as rank 0's does): switching back to A
+  sends a LOAD but reads nothing;
+- a job with a LoRA on the MODEL fails with one line naming the LoRA loaders, and the next job runs;
+- stopping the server (SIGTERM) ends the follower: no orphan process.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from server.conftest import LiveServer, real_engine_config, run_live
+from server.procs import ServerProcess, serve_args
+from zturbo.output.metadata import ModelFiles, api_graph
+from zturbo.request import GenerationRequest, LoraChoice
+from zturbo.server import create_app
+from zturbo.testing.lora_files import block_modules, dit_shapes, random_factors, write_lora
+from zturbo.testing.synthetic import TINY, write_comfy_models
+
+pytestmark = pytest.mark.slow  # two servers and a spawned follower: ~30 s on two shared cores
+
+A, B = "z_image_turbo_bf16.safetensors", "other_dit.safetensors"
+JOBS = [(A, "a red fox", 1), (B, "a cat", 2), (A, "a red fox", 3)]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_models_fp32: Path, tmp_path_factory) -> Path:
+    """The fp32 tiny models, a second DiT (other weights) and a LoRA."""
+    root = tmp_path_factory.mktemp("cp_models")
+    shutil.copytree(tiny_models_fp32, root, dirs_exist_ok=True)
+    other = write_comfy_models(
+        tmp_path_factory.mktemp("cp_other"), TINY, dtype=torch.float32, seed=5, dit_prefix="model.diffusion_model."
+    )
+    shutil.copy(other["dit"], root / "diffusion_models" / B)
+    factors = random_factors(dit_shapes(), block_modules(), rank=2, seed=1)
+    write_lora(root / "loras" / "a.safetensors", factors)
+    return root
+
+
+def prompt(dit: str, text: str, seed: int, *loras: LoraChoice) -> dict:
+    files = ModelFiles(dit, "qwen_3_4b.safetensors", "ae.safetensors")
+    request = GenerationRequest(text, width=32, height=32, steps=2, seed=seed, loras=loras)
+    return api_graph(request, files, filename_prefix=f"cp_{seed}")
+
+
+def run(http: str, graph: dict) -> dict:
+    """Queue `graph`, wait for its history entry (success or not)."""
+    response = httpx.post(f"{http}/prompt", json={"prompt": graph, "client_id": "cp"}, timeout=30)
+    assert response.status_code == 200, response.text
+    prompt_id = response.json()["prompt_id"]
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        entry = httpx.get(f"{http}/history/{prompt_id}", timeout=30).json()
+        if prompt_id in entry:
+            return entry[prompt_id]
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} did not finish")
+
+
+def image_of(http: str, entry: dict) -> np.ndarray:
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (images,) = [out["images"] for out in entry["outputs"].values() if "images" in out]
+    (image,) = images
+    response = httpx.get(f"{http}/view", params=image, timeout=30)
+    assert response.status_code == 200
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+@pytest.fixture(scope="module")
+def reference(models: Path, tmp_path_factory) -> list[np.ndarray]:
+    """The single-engine server's images of JOBS (in-process, real uvicorn)."""
+    live: LiveServer
+    for live in run_live(create_app(real_engine_config(models, tmp_path_factory.mktemp("cp_reference")))):
+        return [image_of(live.http, run(live.http, prompt(*job))) for job in JOBS]
+    raise AssertionError("no server")
+
+
+@pytest.fixture(scope="module")
+def cp_server(models: Path, tmp_path_factory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("cp_server")
+    server = ServerProcess(cp_args(root, models), root / "server.log").start(timeout=180)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def follower_lines(server: ServerProcess, pattern: str) -> list[str]:
+    return [line for line in server.lines if line.startswith("INFO rank 1 ") and re.search(pattern, line)]
+
+
+def test_cp_server_gives_the_single_engine_images_across_dit_switches(cp_server, reference):
+    got = [image_of(cp_server.http, run(cp_server.http, prompt(*job))) for job in JOBS]
+    assert reference[0].std() > 0 and not np.array_equal(reference[0], reference[1])  # B's weights differ
+    for job, ours, theirs in zip(JOBS, got, reference, strict=True):
+        assert np.array_equal(ours, theirs), job
+    assert len(follower_lines(cp_server, rf"running {A}")) == 2  # A, B, A: two LOADs of A ...
+    assert len(follower_lines(cp_server, rf"running {B}")) == 1
+    assert len(follower_lines(cp_server, rf"loaded .*{A}")) == 1  # ... one read of its file
+    assert len(follower_lines(cp_server, rf"loaded .*{B}")) == 1
+
+
+def test_cp_server_refuses_a_lora_job_in_one_line_and_runs_the_next(cp_server, reference):
+    entry = run(cp_server.http, prompt(A, "a red fox", 1, LoraChoice("a.safetensors", 0.8)))
+    assert entry["status"]["status_str"] == "error"
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    message = error["exception_message"]
+    assert "--cp 2" in message and "LoraLoader" in message and "\n" not in message.strip(), message
+    assert np.array_equal(image_of(cp_server.http, run(cp_server.http, prompt(*JOBS[0]))), reference[0])
+
+
+def cp_args(root: Path, models: Path) -> list[str]:
+    args = serve_args(root, models, "--cp", "2")
+    args.insert(args.index("serve"), "-v")  # INFO lines: rank 0's and the follower's
+    return args
+
+
+def test_stopping_the_cp_server_stops_its_follower(models: Path, tmp_path):
+    server = ServerProcess(cp_args(tmp_path, models), tmp_path / "server.log").start(timeout=180)
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+        followers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert len(followers) == 1, [c.cmdline() for c in children]
+    finally:
+        server.stop()  # SIGTERM: uvicorn's graceful shutdown, then the lifespan's end closes the group
+    _, alive = psutil.wait_procs(followers, timeout=30)
+    assert not alive, [p.pid for p in alive]
+    log = "".join(server.lines)
+    assert "the 1 follower(s) stopped" in log and "exited with" not in log, log[-3000:]
