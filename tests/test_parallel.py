@@ -49,7 +49,15 @@ def test_gpus_refuses_what_it_cannot_split_in_one_line(tiny_models_fp32, tmp_pat
 
 
 def serve_error(tmp_path, *extra: str) -> str:
-    args = ["serve", "--device", "cpu", "--output-dir", str(tmp_path / "out"), "--input-dir", str(tmp_path / "in")]
+    args = [
+        "serve",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--input-dir",
+        str(tmp_path / "in"),
+    ]
     result = CliRunner().invoke(app, [*args, *extra])
     assert isinstance(result.exception, InputError), (result.exception, result.output)
     assert "\n" not in str(result.exception)
@@ -71,7 +79,11 @@ def test_a_forward_failing_on_rank_0_restarts_the_followers_and_the_next_runs(ti
     counts differ, see there)."""
     path = tiny_models_fp32 / COMFY_FILES[DIT]
     gen = torch.Generator().manual_seed(0)
-    x, t, caption = torch.randn(1, 16, 4, 4, generator=gen), torch.rand(1, generator=gen), torch.randn(5, 32, generator=gen)
+    x, t, caption = (
+        torch.randn(1, 16, 4, 4, generator=gen),
+        torch.rand(1, generator=gen),
+        torch.randn(5, 32, generator=gen),
+    )
     with torch.inference_mode():
         expected = Engine(EngineSettings("cpu")).load_dit(path).transformer(x, t, [caption])
     engine = Engine(EngineSettings("cpu"))

@@ -76,7 +76,9 @@ class ContextGroup:
 
     def restart(self) -> None:
         """After a forward failed on rank 0: kill the followers, start new ones, rejoin the group."""
-        log.warning("context parallel: a forward failed; restarting the %d follower(s)", self.launch.world - 1)
+        log.warning(
+            "context parallel: a forward failed; restarting the %d follower(s)", self.launch.world - 1
+        )
         _end(self.processes, timeout=0)
         dist.destroy_process_group()
         self.processes = _join(self.launch)
@@ -105,7 +107,9 @@ def check_settings(
 ) -> None:
     """Refuse, before anything loads, what the split forward does not run."""
     if world > MAX_HEADS:
-        raise InputError(f"{flag} {world}: a Z-Image DiT splits over at most {MAX_HEADS} processes (its heads)")
+        raise InputError(
+            f"{flag} {world}: a Z-Image DiT splits over at most {MAX_HEADS} processes (its heads)"
+        )
     if control:
         raise InputError(f"{flag} {world}: context parallel does not run ControlNets yet (drop --control)")
     if loras:  # the other processes load the base DiT file: their weights would not carry the LoRA

@@ -48,7 +48,11 @@ def models(tiny_models_fp32: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cp_models")
     shutil.copytree(tiny_models_fp32, root, dirs_exist_ok=True)
     other = write_comfy_models(
-        tmp_path_factory.mktemp("cp_other"), TINY, dtype=torch.float32, seed=5, dit_prefix="model.diffusion_model."
+        tmp_path_factory.mktemp("cp_other"),
+        TINY,
+        dtype=torch.float32,
+        seed=5,
+        dit_prefix="model.diffusion_model.",
     )
     shutil.copy(other["dit"], root / "diffusion_models" / B)
     factors = random_factors(dit_shapes(), block_modules(), rank=2, seed=1)
