@@ -8,9 +8,12 @@ step of 8-bit pixels after the VAE, so the PNGs' pixels must be equal.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,6 +25,7 @@ from zturbo.engine import Engine
 from zturbo.errors import InputError
 from zturbo.models.context_parallel import ContextParallel
 from zturbo.runtime.settings import EngineSettings
+from zturbo.server.app import _close_group as close_group
 from zturbo.server.config import ServerConfig
 
 
@@ -109,3 +113,15 @@ def test_a_forward_failing_on_rank_0_restarts_the_followers_and_the_next_runs(ti
         assert float((got - expected).norm() / expected.norm()) <= 1e-5
     finally:
         group.close()
+
+
+def test_a_server_stopping_under_a_running_prompt_kills_the_followers():
+    """`serve`'s end when the worker thread outlived its stop (a forward may be inside a collective):
+    the followers are killed, not sent a STOP."""
+    group = parallel.start(2, EngineSettings("cpu"), cpu=True, flag="--cp")
+    followers = list(group.processes.processes)
+    try:
+        close_group(group, SimpleNamespace(alive=True))
+        assert all(not p.is_alive() and p.exitcode != 0 for p in followers)
+    finally:
+        dist.destroy_process_group()

@@ -74,6 +74,11 @@ class ContextGroup:
         _end(self.processes, timeout=30)
         log.info("context parallel: the %d follower(s) stopped", self.launch.world - 1)
 
+    def abort(self) -> None:
+        """Kill the followers without a word to them (a forward may still be running on rank 0)."""
+        _end(self.processes, timeout=0)
+        log.info("context parallel: the %d follower(s) were ended", self.launch.world - 1)
+
     def restart(self) -> None:
         """After a forward failed on rank 0: kill the followers, start new ones, rejoin the group."""
         log.warning(

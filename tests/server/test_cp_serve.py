@@ -9,12 +9,14 @@ spawned follower (gloo), against the single-engine server on the same tiny fp32 
 - the follower loads each file once (its engine caches them as rank 0's does): switching back to A
   sends a LOAD but reads nothing;
 - a job with a LoRA on the MODEL fails with one line naming the LoRA loaders, and the next job runs;
-- stopping the server (SIGTERM) ends the follower: no orphan process.
+- an interrupted job leaves the follower waiting for the next command: the next job runs;
+- stopping the server (SIGTERM), idle or mid-job, ends the follower: no orphan process.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import time
@@ -27,6 +29,7 @@ import psutil
 import pytest
 import torch
 from PIL import Image
+from websockets.sync.client import connect
 
 from server.conftest import LiveServer, real_engine_config, run_live
 from server.procs import ServerProcess, serve_args
@@ -132,6 +135,41 @@ def test_cp_server_refuses_a_lora_job_in_one_line_and_runs_the_next(cp_server, r
     assert np.array_equal(image_of(cp_server.http, run(cp_server.http, prompt(*JOBS[0]))), reference[0])
 
 
+def queue_long_job(server: ServerProcess) -> str:
+    """A job of 5000 steps (it runs far longer than the tests wait): its prompt id once 2 steps ran."""
+    graph = prompt(A, "a long one", 9)
+    graph["8"]["inputs"]["steps"] = 5000  # the KSampler
+    with connect(server.ws("cp_long")) as ws:
+        body = {"prompt": graph, "client_id": "cp_long"}
+        response = httpx.post(f"{server.http}/prompt", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        prompt_id = str(response.json()["prompt_id"])
+        while True:  # sampling: the follower is in the loop of forwards
+            raw = ws.recv(timeout=120)
+            message = json.loads(raw) if isinstance(raw, str) else {}
+            data = message.get("data", {})
+            if (
+                message.get("type") == "progress"
+                and data.get("prompt_id") == prompt_id
+                and data["value"] >= 2
+            ):
+                return prompt_id
+
+
+def test_interrupting_a_cp_job_leaves_the_follower_ready_for_the_next(cp_server, reference):
+    """The interrupt lands between two steps (the progress callback): the follower waits for the next
+    command, and the next job (another DiT) gives the single-engine server's pixels."""
+    prompt_id = queue_long_job(cp_server)
+    assert httpx.post(f"{cp_server.http}/interrupt", json={}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 120
+    while prompt_id not in (entry := httpx.get(f"{cp_server.http}/history/{prompt_id}", timeout=30).json()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    events = [event for event, _ in entry[prompt_id]["status"]["messages"]]
+    assert "execution_interrupted" in events, entry[prompt_id]["status"]
+    assert np.array_equal(image_of(cp_server.http, run(cp_server.http, prompt(*JOBS[1]))), reference[1])
+
+
 def cp_args(root: Path, models: Path) -> list[str]:
     args = serve_args(root, models, "--cp", "2")
     args.insert(args.index("serve"), "-v")  # INFO lines: rank 0's and the follower's
@@ -150,3 +188,19 @@ def test_stopping_the_cp_server_stops_its_follower(models: Path, tmp_path):
     assert not alive, [p.pid for p in alive]
     log = "".join(server.lines)
     assert "the 1 follower(s) stopped" in log and "exited with" not in log, log[-3000:]
+
+
+def test_stopping_the_cp_server_mid_job_ends_its_follower(models: Path, tmp_path):
+    """The server's stop interrupts the sampling prompt at its next step; then the follower, waiting for
+    a command, gets STOP (a prompt that outlived the worker's stop would get it killed instead:
+    tests/test_parallel.py)."""
+    server = ServerProcess(cp_args(tmp_path, models), tmp_path / "server.log").start(timeout=180)
+    try:
+        children = psutil.Process(server.pid).children(recursive=True)
+        followers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        queue_long_job(server)
+    finally:
+        server.stop()
+    _, alive = psutil.wait_procs(followers, timeout=30)
+    assert not alive and followers, [p.pid for p in alive]
+    assert "the 1 follower(s) stopped" in "".join(server.lines), "".join(server.lines)[-3000:]

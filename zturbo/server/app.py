@@ -96,6 +96,15 @@ def start_context_parallel(config: ServerConfig, executor: ExecutorLike) -> Cont
     return group
 
 
+def _close_group(group: ContextGroup, worker: object) -> None:
+    """After the worker stopped: STOP the followers, or kill them if a prompt still runs (its forward
+    may be inside a collective that a STOP would be mistaken for)."""
+    if getattr(worker, "alive", False):
+        group.abort()
+    else:
+        group.close()
+
+
 def _registry_for(executor: ExecutorLike) -> RegistryLike:
     registry = getattr(executor, "registry", None)
     if registry is not None:
@@ -119,8 +128,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.logs.detach()
         await asyncio.to_thread(state.worker.stop)
-        if app.state.context_group is not None:  # after the worker: no forward is running now
-            await asyncio.to_thread(app.state.context_group.close)
+        if app.state.context_group is not None:
+            await asyncio.to_thread(_close_group, app.state.context_group, state.worker)
         state.history.close()
 
 
