@@ -39,7 +39,7 @@ from zturbo.server import create_app
 from zturbo.testing.lora_files import block_modules, dit_shapes, random_factors, write_lora
 from zturbo.testing.synthetic import TINY, write_comfy_models
 
-pytestmark = pytest.mark.slow  # two servers and a spawned follower: ~30 s on two shared cores
+pytestmark = pytest.mark.slow  # three servers, two with a spawned follower: ~60 s on two shared cores
 
 A, B = "z_image_turbo_bf16.safetensors", "other_dit.safetensors"
 JOBS = [(A, "a red fox", 1), (B, "a cat", 2), (A, "a red fox", 3)]
@@ -132,7 +132,11 @@ def test_cp_server_refuses_a_lora_job_in_one_line_and_runs_the_next(cp_server, r
     (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
     message = error["exception_message"]
     assert "--cp 2" in message and "LoraLoader" in message and "\n" not in message.strip(), message
+    assert error["node_type"] == "KSampler"  # refused where it would run, before any weight is patched
     assert np.array_equal(image_of(cp_server.http, run(cp_server.http, prompt(*JOBS[0]))), reference[0])
+    # a LoraLoader at model strength 0 leaves the DiT as the followers hold it: it runs
+    no_dit_patch = prompt(A, "a red fox", 1, LoraChoice("a.safetensors", 0.0, 1.0))
+    assert np.array_equal(image_of(cp_server.http, run(cp_server.http, no_dit_patch)), reference[0])
 
 
 def queue_long_job(server: ServerProcess) -> str:
@@ -174,20 +178,6 @@ def cp_args(root: Path, models: Path) -> list[str]:
     args = serve_args(root, models, "--cp", "2")
     args.insert(args.index("serve"), "-v")  # INFO lines: rank 0's and the follower's
     return args
-
-
-def test_stopping_the_cp_server_stops_its_follower(models: Path, tmp_path):
-    server = ServerProcess(cp_args(tmp_path, models), tmp_path / "server.log").start(timeout=180)
-    try:
-        children = psutil.Process(server.pid).children(recursive=True)
-        followers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
-        assert len(followers) == 1, [c.cmdline() for c in children]
-    finally:
-        server.stop()  # SIGTERM: uvicorn's graceful shutdown, then the lifespan's end closes the group
-    _, alive = psutil.wait_procs(followers, timeout=30)
-    assert not alive, [p.pid for p in alive]
-    log = "".join(server.lines)
-    assert "the 1 follower(s) stopped" in log and "exited with" not in log, log[-3000:]
 
 
 def test_stopping_the_cp_server_mid_job_ends_its_follower(models: Path, tmp_path):
