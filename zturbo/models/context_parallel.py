@@ -34,7 +34,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 if TYPE_CHECKING:
     from zturbo.models.zimage_dit import ZImageDiT
 
-HEADER = 64  # int64s: command, batch, channels, h, w, dtype, cap_dim, captions, their lengths
+# int64s: the command, then FORWARD: batch, channels, h, w, dtype, cap_dim, captions, their lengths;
+# LOAD: the name's byte count
+HEADER = 64
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 STOP, FORWARD, LOAD = 0, 1, 2
 
