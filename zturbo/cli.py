@@ -287,7 +287,7 @@ def generate(
         from zturbo import parallel
 
         parallel.check_settings(gpus, settings, control=control is not None, loras=bool(request.loras))
-        group = parallel.start(gpus, settings, paths.dit, settings.weight_dtype, cpu=device == "cpu")
+        group = parallel.start(gpus, settings, cpu=device == "cpu")
         parallel.attach(engine, group)
 
     plan = engine.prepare(paths, workload_of(request))
@@ -627,6 +627,16 @@ def serve(
         str | None,
         typer.Option("--ray", help="Join the Ray cluster at ADDRESS (e.g. 10.0.0.5:6379); pip install zturbo[ray]."),
     ] = None,
+    cp: Annotated[
+        int,
+        typer.Option(
+            "--cp",
+            min=1,
+            help="Split each image's DiT over this many local GPUs (context parallel; CPU processes with "
+            "--device cpu). 1: off. Jobs with a DiT LoRA or a ControlNet are refused; not with "
+            "--workers/--ray or --step-cache.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""
     from zturbo.checkpoints.layout import default_models_dir
@@ -647,6 +657,7 @@ def serve(
         allowed_hosts=tuple(allowed_host or ()),
         workers=workers,
         ray_address=ray_address,
+        cp=cp,
     )
     run_server(config)
 

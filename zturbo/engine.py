@@ -119,7 +119,12 @@ class Engine:
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
     _patch_sizes: dict[Path, ComponentSize] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
-    dit_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = field(default=None, repr=False)
+    # Context parallel (zturbo.parallel): wraps each DiT it realises (given the module and what it was
+    # loaded from), and refuses, before each sampling, a MODEL the split forward does not run.
+    dit_wrapper: Callable[[torch.nn.Module, load.LoadedComponent], torch.nn.Module] | None = field(
+        default=None, repr=False
+    )
+    dit_check: Callable[[ZImageModel], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.placement = self.settings.placement
@@ -152,6 +157,7 @@ class Engine:
                 weight_dtype=weight_dtype,
                 work_device=self.placement.device,
             )
+            component.runtime["weight_dtype"] = weight_dtype  # what context parallel's followers load
             self._track(DIT, component, self._realize_dit)
             return ZImageModel(component)
 
@@ -207,8 +213,8 @@ class Engine:
         """Convert (zturbo's DiT, compiled/graphed as `residence` allows) and place, in one step."""
         module = accelerate(component.module, self.speed.within(residence))
         residency.place_dit(module, residence, self.placement.device)
-        if self.dit_wrapper is not None:  # --gpus G: rank 0's DiT drives the others (zturbo.parallel)
-            module = self.dit_wrapper(module)
+        if self.dit_wrapper is not None:  # --gpus/--cp G: rank 0's DiT drives the others (zturbo.parallel)
+            module = self.dit_wrapper(module, component)
         component.module = module
 
     def _realize_text_encoder(self, component: load.LoadedComponent, residence: Residence) -> None:
@@ -512,6 +518,9 @@ class Engine:
         if self.memory is not None:
             batch, _, h, w = latent.shape
             self.memory.set_workload(Workload(w * 8, h * 8, batch, cfg, uncond_at_cfg1=uncond_at_cfg1))
+
+        if self.dit_check is not None:  # before any weight is patched
+            self.dit_check(model)
 
         def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
             self._sync_dit(model)

@@ -12,10 +12,17 @@ The refiners (4 of 34 blocks, on one part of the sequence each) and the final la
 every rank: the main layers' output is all-gathered (padded to equal slices: `all_gather` needs equal
 sizes) before them. The plain precision only (bf16/fp32 weights): the fp16-safe path scales the
 attention input by one amax over all tokens, which a rank cannot see (an all-reduce would fix it).
+
+The protocol rank 0 drives the others with: a HEADER of int64s, broadcast, then what its command
+needs. FORWARD: x, t and the captions follow, and every rank runs the split forward. LOAD: a UTF-8
+name follows (its byte count in the header), which each follower's `load` turns into the DiT that the
+next FORWARDs run (`zturbo serve --cp` picks the DiT per job; rank 0 sends LOAD only when the DiT
+changes). STOP: the followers' `follow` returns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,9 +34,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 if TYPE_CHECKING:
     from zturbo.models.zimage_dit import ZImageDiT
 
-HEADER = 64  # int64s: command, batch, channels, h, w, dtype, cap_dim, captions, their lengths
+# int64s: the command, then FORWARD: batch, channels, h, w, dtype, cap_dim, captions, their lengths;
+# LOAD: the name's byte count
+HEADER = 64
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-STOP, FORWARD = 0, 1
+STOP, FORWARD, LOAD = 0, 1, 2
 
 
 def even_split(total: int, parts: int) -> list[int]:
@@ -46,6 +55,11 @@ class ContextParallel:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.seqs: list[int] = []  # slice lengths of the sequence now running (set by `begin`)
+        # Rank 0: the name of the DiT the followers run now (None: none yet, LOAD before the next FORWARD)
+        self.selected: str | None = None
+        # Rank 0: called when a forward fails after its inputs went out (the followers may be stuck in a
+        # collective rank 0 will not join; zturbo.parallel restarts them)
+        self.on_failure: Callable[[], None] | None = None
 
     def check_heads(self, heads: int) -> None:
         if heads < self.world:
@@ -125,16 +139,19 @@ class ContextParallel:
 
 class ParallelDiT(nn.Module):
     """Rank 0's DiT under context parallel: each call first broadcasts its inputs to the other ranks
-    (which run `follow`), then runs the split forward with them. Drop-in for the denoiser (batched API)."""
+    (which run `follow`), then runs the split forward with them. Drop-in for the denoiser (batched API).
+
+    `name` (None: the followers hold this DiT from the start) is what the followers' `load` takes: sent
+    in a LOAD before the first forward, and again whenever another ParallelDiT ran in between."""
 
     batched_api = True
 
-    def __init__(self, dit: ZImageDiT, context: ContextParallel) -> None:
+    def __init__(self, dit: ZImageDiT, context: ContextParallel, name: str | None = None) -> None:
         super().__init__()
         if context.rank != 0:
             raise ValueError("ParallelDiT runs on rank 0; the other ranks call follow(dit, context)")
         dit.set_context_parallel(context)
-        self.dit, self.context = dit, context
+        self.dit, self.context, self.name = dit, context, name
 
     @property
     def input_dtype(self) -> torch.dtype | None:
@@ -148,36 +165,94 @@ class ParallelDiT(nn.Module):
             [FORWARD, *x.shape, DTYPES.index(x.dtype), captions[0].shape[1], len(captions)]
         )
         header[8 : 8 + len(captions)] = torch.tensor([len(c) for c in captions])
-        _broadcast(header.to(x.device), self.context)
-        for tensor in (x.contiguous(), t.to(x.dtype).contiguous(), torch.cat(captions).to(x.dtype)):
-            _broadcast(tensor, self.context)
-        return self.dit(x, t, captions, **options)
+        try:
+            self.select()
+            _broadcast(header.to(x.device), self.context)
+            for tensor in (x.contiguous(), t.to(x.dtype).contiguous(), torch.cat(captions).to(x.dtype)):
+                _broadcast(tensor, self.context)
+            return self.dit(x, t, captions, **options)
+        except Exception:
+            if self.context.on_failure is not None:
+                self.context.on_failure()
+            raise
+
+    def select(self) -> None:
+        """Make the followers run this DiT (a LOAD when they run another one, or none yet)."""
+        if self.name is None or self.context.selected == self.name:
+            return
+        payload = torch.tensor(list(self.name.encode("utf-8")), dtype=torch.uint8, device=self.device)
+        header = torch.zeros(HEADER, dtype=torch.long, device=self.device)
+        header[:2] = torch.tensor([LOAD, payload.numel()])
+        _broadcast(header, self.context)
+        _broadcast(payload, self.context)
+        self.context.selected = self.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
 
     def stop(self) -> None:
         """Release the followers (their `follow` returns)."""
-        device = next(self.dit.parameters()).device
-        _broadcast(torch.zeros(HEADER, dtype=torch.long, device=device), self.context)
+        stop_followers(self.context, self.device)
 
 
-def follow(dit: ZImageDiT, context: ContextParallel) -> int:
-    """Ranks 1..G−1: run every forward rank 0's `ParallelDiT` broadcasts until it stops; returns the count."""
-    dit.set_context_parallel(context)
-    device = next(dit.parameters()).device
+def stop_followers(context: ContextParallel, device: torch.device) -> None:
+    """Rank 0: the STOP command (`device`: where this rank's collectives run)."""
+    _broadcast(torch.zeros(HEADER, dtype=torch.long, device=device), context)
+
+
+def follow(
+    dit: ZImageDiT | None,
+    context: ContextParallel,
+    load: Callable[[str], ZImageDiT] | None = None,
+    device: torch.device | None = None,
+) -> int:
+    """Ranks 1..G−1: run every forward rank 0's `ParallelDiT` broadcasts until it stops; returns the count.
+
+    `dit`: the DiT to run (None: the first LOAD names it); `load` turns a LOAD's name into a DiT (a
+    caching loader: rank 0 sends LOAD again when it switches back); `device` where collectives run
+    (default: `dit`'s)."""
+    if dit is not None:
+        dit.set_context_parallel(context)
+        device = device or next(dit.parameters()).device
+    if device is None:
+        raise ValueError("follow needs a DiT or the device its collectives run on")
     calls = 0
     while True:
         header = torch.empty(HEADER, dtype=torch.long, device=device)
         _broadcast(header, context)
-        command, batch, channels, height, width, dtype_id, cap_dim, count = header[:8].tolist()
+        command, *fields = header[:8].tolist()
         if command == STOP:
             return calls
-        dtype = DTYPES[dtype_id]
-        lengths = header[8 : 8 + count].tolist()
-        x = _received((batch, channels, height, width), dtype, device, context)
-        t = _received((batch,), dtype, device, context)
-        captions = list(_received((sum(lengths), cap_dim), dtype, device, context).split(lengths))
-        with torch.inference_mode():
-            dit(x, t, captions)
+        if command == LOAD:
+            dit = _load(fields[0], load, device, context)
+            continue
+        if dit is None:
+            raise ValueError("context parallel: FORWARD before any LOAD")
+        _forward(dit, header, device, context)
         calls += 1
+
+
+def _load(
+    size: int, load: Callable[[str], ZImageDiT] | None, device: torch.device, context: ContextParallel
+) -> ZImageDiT:
+    name = bytes(_received((size,), torch.uint8, device, context).tolist()).decode("utf-8")
+    if load is None:
+        raise ValueError(f"context parallel: LOAD {name!r} sent to a follower without a loader")
+    dit = load(name)
+    dit.set_context_parallel(context)
+    return dit
+
+
+def _forward(dit: ZImageDiT, header: Tensor, device: torch.device, context: ContextParallel) -> None:
+    _, batch, channels, height, width, dtype_id, cap_dim, count = header[:8].tolist()
+    dtype = DTYPES[dtype_id]
+    lengths = header[8 : 8 + count].tolist()
+    x = _received((batch, channels, height, width), dtype, device, context)
+    t = _received((batch,), dtype, device, context)
+    captions = list(_received((sum(lengths), cap_dim), dtype, device, context).split(lengths))
+    with torch.inference_mode():
+        dit(x, t, captions)
 
 
 def _broadcast(tensor: Tensor, context: ContextParallel) -> None:
@@ -194,4 +269,4 @@ def _received(
     return tensor
 
 
-__all__ = ["ContextParallel", "ParallelDiT", "even_split", "follow"]
+__all__ = ["ContextParallel", "ParallelDiT", "even_split", "follow", "stop_followers"]

@@ -6,9 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
+from zturbo.errors import InputError
 from zturbo.server.compat import JsonBodyMiddleware
 from zturbo.server.config import ServerConfig
 from zturbo.server.errors import CatchAllMiddleware, install_error_handlers
@@ -39,6 +41,9 @@ from zturbo.server.security import (
 )
 from zturbo.server.state import ServerState, build_state
 from zturbo.server.web_mount import ComfyPrefixMiddleware, mount_web
+
+if TYPE_CHECKING:
+    from zturbo.parallel import ContextGroup
 
 log = logging.getLogger(__name__)
 ROUTERS = (
@@ -77,6 +82,29 @@ def default_executor(config: ServerConfig) -> ExecutorLike:
     return PromptExecutor(default_registry(context), context)
 
 
+def start_context_parallel(config: ServerConfig, executor: ExecutorLike) -> ContextGroup | None:
+    """`--cp G`: the followers, and the executor's engine as rank 0 (None when off). Only the real
+    executor's engine can drive them."""
+    if config.cp <= 1:
+        return None
+    from zturbo import parallel
+
+    engine = executor.context.engine  # type: ignore[attr-defined]  # default_executor's PromptExecutor
+    group = parallel.start(config.cp, config.engine, cpu=config.engine.device == "cpu", flag="--cp")
+    parallel.attach(engine, group)
+    log.info("context parallel: the DiT runs split over %d processes (%s)", config.cp, group.launch.backend)
+    return group
+
+
+def _close_group(group: ContextGroup, worker: object) -> None:
+    """After the worker stopped: STOP the followers, or kill them if a prompt still runs (its forward
+    may be inside a collective that a STOP would be mistaken for)."""
+    if getattr(worker, "alive", False):
+        group.abort()
+    else:
+        group.close()
+
+
 def _registry_for(executor: ExecutorLike) -> RegistryLike:
     registry = getattr(executor, "registry", None)
     if registry is not None:
@@ -100,6 +128,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.logs.detach()
         await asyncio.to_thread(state.worker.stop)
+        if app.state.context_group is not None:
+            await asyncio.to_thread(_close_group, app.state.context_group, state.worker)
         state.history.close()
 
 
@@ -119,10 +149,16 @@ def create_app(
     """Build the app; raises `InputError` for a config that must not serve (non-loopback, no token)."""
     config.check_serving()
     config.ensure_dirs()
-    executor = executor if executor is not None else default_executor(config)
+    group = None
+    if executor is None:
+        executor = default_executor(config)
+        group = start_context_parallel(config, executor)
+    elif config.cp > 1:
+        raise InputError("--cp runs on the server's own engine (not a given executor)")
     state = build_state(config, executor, registry if registry is not None else _registry_for(executor))
     app = FastAPI(title="zturbo", lifespan=_lifespan, docs_url=None, redoc_url=None)
     app.state.zturbo = state
+    app.state.context_group = group
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -90,6 +90,9 @@ class ServerConfig:
     # or join the Ray cluster at `ray_address` (then `workers` defaults to its GPU count).
     workers: int = 0
     ray_address: str | None = None
+    # Context parallel (`--cp G`, zturbo.parallel): each image's DiT split over G local GPUs (or CPU
+    # processes with gloo); this process is rank 0. 1: off.
+    cp: int = 1
 
     def __post_init__(self) -> None:
         for name in ("models_dir", "output_dir", "input_dir"):
@@ -116,6 +119,13 @@ class ServerConfig:
                 raise InputError(f"{name} must be positive")
         if self.workers < 0:
             raise InputError(f"workers must be 0 or more, got {self.workers}")
+        if self.cp < 1:
+            raise InputError(f"--cp must be 1 (off) or more, got {self.cp}")
+        if self.cp > 1 and self.pooled:
+            raise InputError(
+                f"--cp {self.cp} splits one image over this machine's GPUs; it does not combine with "
+                "--workers/--ray (use one or the other)"
+            )
         self._check_state_is_private()
 
     @property

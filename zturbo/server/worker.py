@@ -112,6 +112,11 @@ class QueueWorker:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (after `stop`: a prompt outlived its timeout)."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             job = self.queue.get(timeout=0.5)
