@@ -29,7 +29,18 @@ def expected(models: Path, seed: int, tokens: int) -> str:
 
 
 def test_enhance_streams_the_engines_text(tiny_models):
-    args = ["enhance", IDEA, "--seed", "3", "--max-tokens", "12", "--models-dir", str(tiny_models), "--device", "cpu"]
+    args = [
+        "enhance",
+        IDEA,
+        "--seed",
+        "3",
+        "--max-tokens",
+        "12",
+        "--models-dir",
+        str(tiny_models),
+        "--device",
+        "cpu",
+    ]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == expected(tiny_models, 3, 12)

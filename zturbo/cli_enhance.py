@@ -28,9 +28,13 @@ def text_encoder_source(models_dir: Path | None, model: Path | None, name: str |
     """(text encoder file or folder, tokenizer folder) for `--models-dir`/`--text-encoder` or `--model`."""
     if model is not None:
         if name is not None:
-            raise InputError("a diffusers folder (--model) holds its own text encoder: give no --text-encoder")
+            raise InputError(
+                "a diffusers folder (--model) holds its own text encoder: give no --text-encoder"
+            )
         if not is_diffusers_folder(model):
-            raise ModelFileError(model, "is not a diffusers folder (no model_index.json or transformer/ inside)")
+            raise ModelFileError(
+                model, "is not a diffusers folder (no model_index.json or transformer/ inside)"
+            )
         folder = model / DIFFUSERS_SUBFOLDERS[TEXT_ENCODER]
         if not folder.is_dir():
             raise MissingModelError(f"The diffusers folder {model} lacks: {folder}")
@@ -62,7 +66,9 @@ def enhance(
     path, tokenizer = source
     engine.tokenizer = engine.tokenizer or tokenizer
     clip = engine.load_text_encoder(path)
-    return engine.enhance_prompt(clip, idea, seed=seed, max_tokens=max_tokens, system=system, on_token=on_token)
+    return engine.enhance_prompt(
+        clip, idea, seed=seed, max_tokens=max_tokens, system=system, on_token=on_token
+    )
 
 
 def enhanced_request(
@@ -95,4 +101,6 @@ def check_enhance_options(enhance_on: bool, prompt_given: bool, from_png: Path |
     """`--enhance` rewrites the prompt given on this command line (a PNG's prompt is used as it is,
     which is what makes `--from` reproduce an enhanced image)."""
     if enhance_on and not prompt_given:
-        raise InputError(f"--enhance needs a prompt on the command line (--from {from_png} reuses its own as is)")
+        raise InputError(
+            f"--enhance needs a prompt on the command line (--from {from_png} reuses its own as is)"
+        )

@@ -161,7 +161,9 @@ def test_streamed_pieces_make_the_text_and_length_is_bounded(enhancer, tokenizer
     text = enhancer.generate(IDEAS[0], seed=3, max_new_tokens=12, on_token=pieces.append)
     assert len(pieces) >= 2 and "".join(pieces).strip() == text
     assert "\ufffd" not in "".join(pieces)
-    assert len(tokenizer.encode(text, add_special_tokens=False).ids) <= 12 + 2  # re-tokenizing may merge/split
+    assert (
+        len(tokenizer.encode(text, add_special_tokens=False).ids) <= 12 + 2
+    )  # re-tokenizing may merge/split
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ from zturbo.errors import ZTurboError
 Shapes = Mapping[str, tuple[int, ...]]
 
 
-
 class ConfigError(ZTurboError):
     """The weights do not fit the architecture we know."""
 
