@@ -52,9 +52,7 @@ def write_loras(folder: Path, shapes: dict, rank: int) -> tuple[Path, Path]:
     for seed, name in ((1, "a"), (2, "b")):
         path = folder / f"lora_{name}_r{rank}.safetensors"
         if not path.is_file():
-            factors = random_factors(
-                shapes, modules, rank=rank, alpha=rank / 2, seed=seed, dtype=torch.bfloat16
-            )
+            factors = random_factors(shapes, modules, rank=rank, alpha=rank / 2, seed=seed, dtype=torch.bfloat16)
             write_lora(path, factors, "diffusers")
         paths.append(path)
     return paths[0], paths[1]
@@ -68,9 +66,7 @@ def rows_for(weights: str, speed: str, paths, loras, rank: int, repeats: int) ->
     latent = torch.zeros(1, 16, 128, 128)
 
     def sample(m) -> None:
-        engine.sample(
-            m, cond, None, latent, seed=1, steps=8, cfg=1.0, sampler_name="euler", scheduler="simple"
-        )
+        engine.sample(m, cond, None, latent, seed=1, steps=8, cfg=1.0, sampler_name="euler", scheduler="simple")
 
     sample(model)  # warm-up (compiles in the compile modes)
     base = timed(lambda: sample(model), repeats)
@@ -111,9 +107,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     paths = write_full_size_models(args.models_dir)
-    shapes = live.reference_shapes(
-        Engine(EngineSettings("cuda", "bf16")).load_dit(paths.dit).component.module
-    )
+    shapes = live.reference_shapes(Engine(EngineSettings("cuda", "bf16")).load_dit(paths.dit).component.module)
     torch.cuda.empty_cache()
     loras = write_loras(args.models_dir / "loras", shapes, args.rank)
     rows = []
@@ -127,9 +121,7 @@ def main() -> None:
     device = torch.cuda.get_device_name().replace(" ", "_")
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{dt.date.today().isoformat()}-{device}-lora.json"
-    out.write_text(
-        json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1), encoding="utf-8"
-    )
+    out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1), encoding="utf-8")
     print(f"wrote {out}")
 
 

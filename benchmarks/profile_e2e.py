@@ -228,7 +228,9 @@ def main() -> None:
         paths = write_full_size_models(args.models_dir)
     width, height = (int(v) for v in args.size.split("x"))
     request = bench_request(width, height, args.batch, 8)
-    engine = Engine(EngineSettings(device.type, "bf16", speed=args.speed, compile_cache=args.compile_cache))
+    engine = Engine(
+        EngineSettings(device.type, "bf16", speed=args.speed, compile_cache=args.compile_cache)
+    )
     started = time.perf_counter()
     model, clip, vae = engine.load_all(paths, args.weight_dtype)
     report: dict = {

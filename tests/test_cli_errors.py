@@ -105,9 +105,7 @@ def test_bad_sampler_and_unsafe_fp16_fail_before_loading(tiny_models, tmp_path, 
     args = ("--models-dir", str(tiny_models), "--out", str(tmp_path), "--device", "cpu")
     assert "choose one of: euler" in error_of("generate", "cat", "--sampler", "eulr", *args)
     # fp16 is the fp16-safe path (issue 17); only diffusers' class, which has none, refuses it.
-    assert "no fp16-safe path" in error_of(
-        "generate", "cat", "--dtype", "fp16", "--speed", "reference", *args
-    )
+    assert "no fp16-safe path" in error_of("generate", "cat", "--dtype", "fp16", "--speed", "reference", *args)
 
 
 def test_help_names_the_valid_values():

@@ -126,17 +126,7 @@ def test_img2img_matches_diffusers(engine, tiny_models_fp32, tiny_diffusers, ini
 
 @pytest.mark.parametrize(("steps", "denoise", "n", "strength"), [(4, 1.0, 4, 1.0), (3, 0.6, 5, 0.6)])
 def test_inpaint_matches_diffusers(
-    engine,
-    tiny_models_fp32,
-    tiny_diffusers,
-    init_png,
-    mask_png,
-    mode_encoding,
-    tmp_path,
-    steps,
-    denoise,
-    n,
-    strength,
+    engine, tiny_models_fp32, tiny_diffusers, init_png, mask_png, mode_encoding, tmp_path, steps, denoise, n, strength
 ):
     from diffusers import ZImageInpaintPipeline
 
@@ -151,13 +141,7 @@ def test_inpaint_matches_diffusers(
     )  # fmt: skip
     x0, y0, x1, y1 = MASK_BOX
     inside = (slice(None), slice(y0, y1), slice(x0, x1))
-    report(
-        f"inpaint s={strength}",
-        process_in(result.latents),
-        ref_latents,
-        result.images[inside],
-        ref_images[inside],
-    )
+    report(f"inpaint s={strength}", process_in(result.latents), ref_latents, result.images[inside], ref_images[inside])
     assert rel_error(process_in(result.latents), ref_latents) <= 1e-4
     inside = (result.images - ref_images)[:, y0:y1, x0:x1]
     assert inside.abs().max() <= 1 / 255  # the repainted area is the reference's decode

@@ -54,9 +54,7 @@ def test_every_part_has_a_layer():
     order = layers()
     parts = {part_of(".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in PACKAGE.glob("*")}
     parts = {p for p in parts if not p.startswith("__") and p != "zturbo"} | {"__main__"}
-    assert not parts - order.keys(), (
-        f"parts without a layer in ARCHITECTURE.md: {sorted(parts - order.keys())}"
-    )
+    assert not parts - order.keys(), f"parts without a layer in ARCHITECTURE.md: {sorted(parts - order.keys())}"
 
 
 def test_no_import_runs_up_the_layers():

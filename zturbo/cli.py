@@ -201,15 +201,11 @@ def generate(
         ),
     ] = None,
     image: Annotated[Path | None, typer.Option(help=IMAGE_HELP)] = None,
-    denoise: Annotated[
-        float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")
-    ] = 1.0,
+    denoise: Annotated[float, typer.Option(help="With --image: how much to change, 0..1 (see --image).")] = 1.0,
     mask: Annotated[str | None, typer.Option(help=MASK_HELP)] = None,
     mask_grow: Annotated[int, typer.Option(help="Grow the mask by this many pixels (0..64).")] = 8,
     mask_blur: Annotated[int, typer.Option(help="Blur the pasted-back edge by this radius (0..31).")] = 4,
-    hires: Annotated[
-        bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")
-    ] = False,
+    hires: Annotated[bool, typer.Option("--hires", help="Then upscale 2x and refine (see `zturbo upscale`).")] = False,
     hires_denoise: Annotated[float, typer.Option(help="Denoise of the --hires refine pass.")] = 0.33,
     upscale_model: UpscaleModelOpt = None,
     control: Annotated[
@@ -285,14 +281,8 @@ def generate(
     options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
     request, keep, recorded = build_request(from_png, options)
     settings = settings.replace(weight_dtype=weight_dtype or recorded)
-    if (
-        control is not None
-        and from_png is None
-        and not {"width", "height", "aspect", "image"} & options.keys()
-    ):
-        request = dataclasses.replace(
-            request, **dict(zip(("width", "height"), _control_size(control), strict=True))
-        )
+    if control is not None and from_png is None and not {"width", "height", "aspect", "image"} & options.keys():
+        request = dataclasses.replace(request, **dict(zip(("width", "height"), _control_size(control), strict=True)))
     engine = Engine(settings)
     request = _with_loras(request, lora)
     request.validate(engine.sampler_names(), engine.scheduler_names())
@@ -391,16 +381,7 @@ def _check_loras(request, models_dir: Path):
     return request
 
 
-IMAGE_OPTIONS = (
-    "image",
-    "denoise",
-    "mask",
-    "mask_grow",
-    "mask_blur",
-    "hires",
-    "hires_denoise",
-    "upscale_model",
-)
+IMAGE_OPTIONS = ("image", "denoise", "mask", "mask_grow", "mask_blur", "hires", "hires_denoise", "upscale_model")
 REQUEST_OPTIONS = (
     "prompt", "negative", "width", "height", "aspect", "megapixels", "steps", "cfg", "sampler", "scheduler",
     "shift", "seed", "batch", "variety", "variety_steps", *IMAGE_OPTIONS,
@@ -430,9 +411,7 @@ MASK_HELP = (
 )
 UpscaleModelOpt = Annotated[
     str | None,
-    typer.Option(
-        "--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."
-    ),
+    typer.Option("--upscale-model", help="An upscale_models file (ESRGAN family) for the 2x; default Lanczos."),
 ]
 
 
@@ -452,6 +431,7 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
     from zturbo.generate import upscale_model_path
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
+
 
 
 @app.command(name="enhance")
@@ -534,6 +514,8 @@ def upscale(
         typer.echo(str(path))
 
 
+
+
 def build_request(from_png: Path | None, options: dict):
     """(request, batch position to keep or None, recorded weight dtype) from `generate`'s options
     (those given on the command line) and, with --from, a PNG whose settings they override."""
@@ -548,15 +530,9 @@ def build_request(from_png: Path | None, options: dict):
         raise InputError(
             "--megapixels sets the size for an --aspect ratio or an --image: give one too (e.g. --aspect 1:1)"
         )
-    if {"aspect", "megapixels", "image"} & options.keys() and not (
-        "width" in options and "height" in options
-    ):
-        width, height, aspect, megapixels = (
-            options.pop(k, None) for k in ("width", "height", "aspect", "megapixels")
-        )
-        options["width"], options["height"] = request_size(
-            width, height, aspect, megapixels, options.get("image")
-        )
+    if {"aspect", "megapixels", "image"} & options.keys() and not ("width" in options and "height" in options):
+        width, height, aspect, megapixels = (options.pop(k, None) for k in ("width", "height", "aspect", "megapixels"))
+        options["width"], options["height"] = request_size(width, height, aspect, megapixels, options.get("image"))
     options = {k: v for k, v in options.items() if k not in IMAGE_OPTIONS} | image_fields(options)
     if from_png is None:
         if "prompt" not in options:
@@ -702,9 +678,7 @@ def serve(
     ] = 0,
     ray_address: Annotated[
         str | None,
-        typer.Option(
-            "--ray", help="Join the Ray cluster at ADDRESS (e.g. 10.0.0.5:6379); pip install zturbo[ray]."
-        ),
+        typer.Option("--ray", help="Join the Ray cluster at ADDRESS (e.g. 10.0.0.5:6379); pip install zturbo[ray]."),
     ] = None,
 ) -> None:
     """Serve the ComfyUI-compatible API and the web UI (the ComfyUI editor is always at /comfy/)."""

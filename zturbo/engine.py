@@ -119,9 +119,7 @@ class Engine:
     tokenizer: Path | None = None
     _cache: dict[tuple, object] = field(default_factory=dict, repr=False)
     _loras: LoraCache = field(default_factory=LoraCache, repr=False)
-    _patch_sizes: dict[Path, ComponentSize] = field(
-        default_factory=dict, repr=False
-    )  # loaded ControlNets' sizes
+    _patch_sizes: dict[Path, ComponentSize] = field(default_factory=dict, repr=False)  # loaded ControlNets' sizes
     dit_wrapper: Callable[[torch.nn.Module], torch.nn.Module] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -315,9 +313,7 @@ class Engine:
                 return Conditioning(clip.encoder.encode([text]))
 
         cond = self._guarded(encode, "encoding the prompt")
-        if clip.component.dtype == torch.float16 and not all(
-            bool(torch.isfinite(e).all()) for e in cond.embeds
-        ):
+        if clip.component.dtype == torch.float16 and not all(bool(torch.isfinite(e).all()) for e in cond.embeds):
             raise GenerationError(  # fp16 only where bf16 cannot run at all (MPS before macOS 14)
                 "the text encoder produced NaN/inf values for this prompt computing in fp16 (this device has "
                 "no bf16); try --dtype fp32, or a shorter or different prompt"
@@ -639,7 +635,6 @@ class Engine:
     def decode(self, vae: VAE, latent: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEDecodeTiled); else the memory plan decides;
         a non-finite decode in bf16/fp16 is redone in fp32 (the watchdog)."""
-
         def run() -> torch.Tensor:
             with self._vae_tiles(vae, tile, latent.shape[-1] * latent.shape[-2] * 64):
                 return vae_ops.decode(vae.module, latent).cpu()
@@ -656,7 +651,6 @@ class Engine:
 
     def encode(self, vae: VAE, image: torch.Tensor, tile: tuple[int, int] | None = None) -> torch.Tensor:
         """`tile` = (tile, overlap) pixels forces tiling (VAEEncodeTiled); else the memory plan decides."""
-
         def run() -> torch.Tensor:
             with self._vae_tiles(vae, tile, image.shape[1] * image.shape[2]):
                 return vae_ops.encode(vae.module, image).cpu()
@@ -671,6 +665,7 @@ class Engine:
         if self.memory is None:
             return residency.vae_tiling(vae.module, pixels > UNPLANNED_VAE_TILE_PIXELS)
         return residency.vae_tiling(vae.module, self.memory.vae_tiled())
+
 
     # --- upscale models (UpscaleModelLoader, ImageUpscaleWithModel) ---
 
@@ -696,7 +691,6 @@ class Engine:
                     raise
                 tile, overlap = tile // 2, max(4, overlap // 2)
                 log.warning("upscale: out of GPU memory, retrying with %d-pixel tiles", tile)
-
 
 def start_noise(shape: tuple[int, ...], seed: int, batch_index: list[int] | None = None) -> torch.Tensor:
     """ComfyUI's `prepare_noise`: the whole batch from one seeded CPU generator, or, for a latent that

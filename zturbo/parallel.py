@@ -67,9 +67,7 @@ def start(
     return ContextGroup(ContextParallel(), processes)
 
 
-def check_settings(
-    world: int, settings: EngineSettings, *, control: bool = False, loras: bool = False
-) -> None:
+def check_settings(world: int, settings: EngineSettings, *, control: bool = False, loras: bool = False) -> None:
     """Refuse, before anything loads, what the split forward does not run."""
     if control:
         raise InputError(f"--gpus {world}: context parallel does not run ControlNets yet (drop --control)")

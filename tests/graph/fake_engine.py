@@ -121,12 +121,7 @@ class FakeEngine:
         return {**model, "cfg_norm": (strength, pre_cfg)}
 
     def load_lora(
-        self,
-        model: dict[str, Any],
-        clip: Any,
-        path: Path,
-        strength_model: float,
-        strength_clip: float,
+        self, model: dict[str, Any], clip: Any, path: Path, strength_model: float, strength_clip: float,
         on_report: Any = None,
     ) -> tuple[dict[str, Any], Any]:
         self.loads["lora"] += 1

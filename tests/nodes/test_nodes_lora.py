@@ -28,14 +28,8 @@ runner = CliRunner()
 def prompt(lora_nodes: dict, model_ref: list, clip_ref: list) -> dict:
     """The official Turbo graph (API format) with LoRA nodes between the loaders and their users."""
     return {
-        "1": {
-            "class_type": "UNETLoader",
-            "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"},
-        },
-        "2": {
-            "class_type": "CLIPLoader",
-            "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"},
-        },
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}},
         "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
         **lora_nodes,
         "4": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": model_ref, "shift": 3.0}},
@@ -45,15 +39,8 @@ def prompt(lora_nodes: dict, model_ref: list, clip_ref: list) -> dict:
         "8": {
             "class_type": "KSampler",
             "inputs": {
-                "model": ["4", 0],
-                "seed": 3,
-                "steps": 2,
-                "cfg": 1.0,
-                "sampler_name": "euler",
-                "scheduler": "simple",
-                "positive": ["5", 0],
-                "negative": ["6", 0],
-                "latent_image": ["7", 0],
+                "model": ["4", 0], "seed": 3, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                "scheduler": "simple", "positive": ["5", 0], "negative": ["6", 0], "latent_image": ["7", 0],
                 "denoise": 1.0,
             },
         },
@@ -87,24 +74,15 @@ def run(models: Path, graph: dict, tmp_path: Path, name: str) -> np.ndarray:
 def test_lora_nodes_change_the_image_and_strength_zero_does_not(models, tmp_path):
     base = run(models, prompt({}, ["1", 0], ["2", 0]), tmp_path, "base")
     model_only = {
-        "20": {
-            "class_type": "LoraLoaderModelOnly",
-            "inputs": {"model": ["1", 0], "lora_name": "style/ink.safetensors", "strength_model": 1.0},
-        },
+        "20": {"class_type": "LoraLoaderModelOnly",
+               "inputs": {"model": ["1", 0], "lora_name": "style/ink.safetensors", "strength_model": 1.0}},
     }
     patched = run(models, prompt(model_only, ["20", 0], ["2", 0]), tmp_path, "model_only")
     assert np.abs(patched - base).max() > 0
     both = {
-        "21": {
-            "class_type": "LoraLoader",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["2", 0],
-                "lora_name": "style/ink.safetensors",
-                "strength_model": 1.0,
-                "strength_clip": 1.0,
-            },
-        },
+        "21": {"class_type": "LoraLoader",
+               "inputs": {"model": ["1", 0], "clip": ["2", 0], "lora_name": "style/ink.safetensors",
+                          "strength_model": 1.0, "strength_clip": 1.0}},
     }
     with_clip = run(models, prompt(both, ["21", 0], ["21", 1]), tmp_path, "both")
     assert np.abs(with_clip - patched).max() > 0  # the text-encoder part of the file applied too
@@ -118,8 +96,6 @@ def test_object_info_lists_the_loras_folder(models, tmp_path):
     info = default_registry(context).object_info()
     assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == ["style/ink.safetensors"]
     strength = info["LoraLoaderModelOnly"]["input"]["required"]["strength_model"]
-    assert strength == [
-        "FLOAT",
-        {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip": strength[1]["tooltip"]},
-    ]
+    assert strength == ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                   "tooltip": strength[1]["tooltip"]}]
     assert info["LoraLoader"]["output"] == ["MODEL", "CLIP"]

@@ -82,26 +82,15 @@ def generate(engine: Engine, paths: ModelPaths, loras: list[tuple[Path, float]] 
     positive = engine.encode_text(clip, REQUEST.prompt)
     empty = torch.zeros(1, 16, REQUEST.height // 8, REQUEST.width // 8)
     latents = engine.sample(
-        model,
-        positive,
-        None,
-        empty,
-        seed=REQUEST.seed,
-        steps=REQUEST.steps,
-        cfg=1.0,
-        sampler_name=REQUEST.sampler,
-        scheduler=REQUEST.scheduler,
+        model, positive, None, empty, seed=REQUEST.seed, steps=REQUEST.steps, cfg=1.0,
+        sampler_name=REQUEST.sampler, scheduler=REQUEST.scheduler,
     )
     return latents, engine.decode(vae, latents)
 
 
 def snapshot(engine: Engine, paths: ModelPaths) -> dict[str, torch.Tensor]:
     module = engine.load_dit(paths.dit).component.module
-    return {
-        k: slot.rows(slot.parameter).clone()
-        for k, slot in live.slots_of(module).items()
-        if slot.parameter is not None
-    }
+    return {k: slot.rows(slot.parameter).clone() for k, slot in live.slots_of(module).items() if slot.parameter is not None}
 
 
 @pytest.mark.parametrize("speed", ["reference", "eager"])
@@ -132,9 +121,7 @@ def test_removing_and_reweighting_restores_the_base_bit_for_bit(tiny_models_fp32
     base, _ = generate(engine, paths)
     generate(engine, paths, [(lora_a[0], 1.0)])
     changed = snapshot(engine, paths)
-    assert not torch.equal(
-        changed["layers.0.attention.to_q.weight"], base_weights["layers.0.attention.to_q.weight"]
-    )
+    assert not torch.equal(changed["layers.0.attention.to_q.weight"], base_weights["layers.0.attention.to_q.weight"])
     generate(engine, paths, [(lora_a[0], 0.3), (lora_b[0], 1.0)])  # re-weighted, another added
     again, _ = generate(engine, paths)  # no LoRA: the base, as if never patched
     assert torch.equal(again, base)
@@ -194,9 +181,7 @@ def test_lora_on_a_gguf_base_runs_as_a_side_path(tiny_models_fp32, tmp_path, lor
     # The LoRA's quantized layers get side paths (q, k, v kept apart on a CPU); a layer the tiny GGUF
     # file stores unquantized (a width that is not whole Q8_0 blocks) is merged instead.
     assert set(wrapped()) == {"QuantLinear"} and len(wrapped()) >= 5
-    expected, _ = generate(
-        Engine(CPU.replace(speed="eager")), dataclasses.replace(paths, dit=twin), [(lora_a[0], 0.8)]
-    )
+    expected, _ = generate(Engine(CPU.replace(speed="eager")), dataclasses.replace(paths, dit=twin), [(lora_a[0], 0.8)])
     assert rel(latents, expected) < 1e-4
     base, _ = generate(engine, quantized)
     assert wrapped() == []  # unwrapped again
@@ -207,9 +192,7 @@ def test_lora_on_a_gguf_base_runs_as_a_side_path(tiny_models_fp32, tmp_path, lor
 def test_text_encoder_lora_changes_the_conditioning_and_comes_off(tiny_models_fp32, tmp_path):
     from zturbo.testing.lora_files import text_encoder_shapes
 
-    te_factors = random_factors(
-        text_encoder_shapes(), ["layers.0.self_attn.q_proj", "layers.1.mlp.up_proj"], seed=4
-    )
+    te_factors = random_factors(text_encoder_shapes(), ["layers.0.self_attn.q_proj", "layers.1.mlp.up_proj"], seed=4)
     dit_factors = random_factors(dit_shapes(), ["layers.0.attention.to_q"], seed=5)
     path = write_lora(tmp_path / "te.safetensors", dit_factors, "kohya", text_encoder=te_factors)
     paths = resolve_models(tiny_models_fp32)
@@ -232,7 +215,5 @@ def test_unknown_targets_name_the_lora(tiny_models_fp32, lora_a):
     model, _ = engine.load_lora(engine.load_dit(paths.dit), None, lora_a[0], 1.0)
     module = model.component.module
     with pytest.raises(InputError, match="a.safetensors: the model has no weight"):
-        PatchState().sync(
-            module, PatchSet(model.patches.patches), lambda: {"x": WeightSlot(module, "x")}, "cpu"
-        )
+        PatchState().sync(module, PatchSet(model.patches.patches), lambda: {"x": WeightSlot(module, "x")}, "cpu")
     assert isinstance(model.patches.patches[0], Patch)

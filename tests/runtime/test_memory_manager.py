@@ -32,7 +32,6 @@ class RecordingPlacement(Placement):
 def manager(monkeypatch) -> MemoryManager:
     placement = RecordingPlacement(torch.device("cpu"))
     manager = MemoryManager(placement, vram=None)
-
     def recorder(self, kind):  # the default realize step, recording instead of moving weights
         return lambda target, residence: placement.events.append(kind)
 

@@ -91,9 +91,7 @@ def live(config: ServerConfig, executor: FakeExecutor) -> Iterator[LiveServer]:
 def real_live(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
     """The real engine on the tiny models behind real uvicorn, shared by the other-client API tests
     (OpenAI, A1111, MCP): one model load for all of them."""
-    yield from run_live(
-        create_app(real_engine_config(tiny_models, tmp_path_factory.mktemp("clients_server")))
-    )
+    yield from run_live(create_app(real_engine_config(tiny_models, tmp_path_factory.mktemp("clients_server"))))
 
 
 def real_engine_config(models_dir: Path, root: Path) -> ServerConfig:

@@ -28,9 +28,7 @@ def test_engine_settings_are_validated_and_reach_the_engine(tmp_path):
 
     settings = EngineSettings("cpu", speed="compile", step_cache=0.1)
     config = ServerConfig(output_dir=tmp_path / "o", engine=settings)
-    context = make_context(
-        config.engine, models_dir=tmp_path, output_dir=tmp_path / "o", input_dir=tmp_path / "i"
-    )
+    context = make_context(config.engine, models_dir=tmp_path, output_dir=tmp_path / "o", input_dir=tmp_path / "i")
     assert context.engine.settings == settings
     assert (context.engine.speed.mode, context.engine.speed.step_cache) == ("compile", 0.1)
     default = ServerConfig(output_dir=tmp_path / "o").engine

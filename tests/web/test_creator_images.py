@@ -46,12 +46,7 @@ def nodes(graph: dict, class_type: str) -> list[dict]:
 
 
 def test_variations_of_a_chosen_picture(
-    creator: Any,
-    server: LiveServer,
-    web_config: ServerConfig,
-    tmp_path: Path,
-    page_log: Any,
-    screenshots: Path,
+    creator: Any, server: LiveServer, web_config: ServerConfig, tmp_path: Path, page_log: Any, screenshots: Path
 ) -> None:
     page = creator
     page.set_input_files("#init-file", str(picture(tmp_path / "photo.png", 80, 48)))

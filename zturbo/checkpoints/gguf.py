@@ -95,6 +95,7 @@ def strip_dit_prefix(name: str) -> str:
     return name
 
 
+
 # ---------------------------------------------------------------- llama.cpp Qwen3 names
 
 # llama.cpp's converter stores Qwen2/Qwen3 Q and K weights in Hugging Face row order: only the

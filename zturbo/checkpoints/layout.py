@@ -109,11 +109,7 @@ def weight_files(folder: Path) -> list[Path]:
 def model_names(models_dir: Path, folder: str) -> list[str]:
     """A loader's choices: model files of `folder` as relative posix names, aliases merged, sorted."""
     return sorted(
-        {
-            p.relative_to(base).as_posix()
-            for base in folder_dirs(models_dir, folder)
-            for p in weight_files(base)
-        }
+        {p.relative_to(base).as_posix() for base in folder_dirs(models_dir, folder) for p in weight_files(base)}
     )
 
 

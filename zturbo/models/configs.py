@@ -16,6 +16,7 @@ from zturbo.errors import ZTurboError
 Shapes = Mapping[str, tuple[int, ...]]
 
 
+
 class ConfigError(ZTurboError):
     """The weights do not fit the architecture we know."""
 

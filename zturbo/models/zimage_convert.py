@@ -141,9 +141,7 @@ def _linear_slots(layer: nn.Module, names: tuple[str, ...]) -> dict[str, WeightS
 
 def _block_slots(block: ZImageBlock) -> dict[str, WeightSlot]:
     slots = {
-        **_linear_slots(
-            block.qkv, ("attention.to_q.weight", "attention.to_k.weight", "attention.to_v.weight")
-        ),
+        **_linear_slots(block.qkv, ("attention.to_q.weight", "attention.to_k.weight", "attention.to_v.weight")),
         **_linear_slots(block.w13, ("feed_forward.w1.weight", "feed_forward.w3.weight")),
         "attention.to_out.0.weight": WeightSlot(block.out, "weight"),
         "feed_forward.w2.weight": WeightSlot(block.w2, "weight"),
@@ -170,9 +168,7 @@ def dit_slots(dit: ZImageDiT) -> dict[str, WeightSlot]:
         "all_final_layer.2-1.linear": dit.final_linear,
         "all_final_layer.2-1.adaLN_modulation.1": dit.final_modulation,
     }
-    slots = {
-        f"{name}.{p}": WeightSlot(layer, p) for name, layer in layers.items() for p in ("weight", "bias")
-    }
+    slots = {f"{name}.{p}": WeightSlot(layer, p) for name, layer in layers.items() for p in ("weight", "bias")}
     slots |= {
         "cap_embedder.0.weight": WeightSlot(dit, "cap_norm"),
         "x_pad_token": WeightSlot(dit, "x_pad_token"),

@@ -40,9 +40,7 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 }
 
 
-def resize_image(
-    image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled"
-) -> torch.Tensor:
+def resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled") -> torch.Tensor:
     samples = image.movedim(-1, 1)
     return common_upscale(samples, int(width), int(height), method, crop).movedim(1, -1)
 

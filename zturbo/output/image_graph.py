@@ -22,22 +22,13 @@ def _node(graph: dict, node_id: str, class_type: str, **inputs: Any) -> Link:
     return [node_id, 0]
 
 
-def _fit(
-    graph: dict, node_id: str, image: Link, request: GenerationRequest, size: tuple[int, int] | None
-) -> Link:
+def _fit(graph: dict, node_id: str, image: Link, request: GenerationRequest, size: tuple[int, int] | None) -> Link:
     width, height = request.width, request.height
     if size is not None and fit_rule(size[0], size[1], width, height) == "crop":
         x, y = (size[0] - width) // 2, (size[1] - height) // 2
         return _node(graph, node_id, "ImageCrop", image=image, width=width, height=height, x=x, y=y)
     return _node(
-        graph,
-        node_id,
-        "ImageScale",
-        image=image,
-        upscale_method="lanczos",
-        width=width,
-        height=height,
-        crop="center",
+        graph, node_id, "ImageScale", image=image, upscale_method="lanczos", width=width, height=height, crop="center"
     )
 
 
@@ -92,13 +83,6 @@ def add_image_nodes(graph: dict, request: GenerationRequest, image_size: tuple[i
             crop="disabled",
         )  # fmt: skip
         latent = _node(graph, "27", "VAEEncode", pixels=scaled, vae=["3", 0])
-        refine = {
-            **sampler,
-            "steps": request.hires_steps,
-            "denoise": request.hires_denoise,
-            "latent_image": latent,
-        }
-        result = _node(
-            graph, "29", "VAEDecode", samples=_node(graph, "28", "KSampler", **refine), vae=["3", 0]
-        )
+        refine = {**sampler, "steps": request.hires_steps, "denoise": request.hires_denoise, "latent_image": latent}
+        result = _node(graph, "29", "VAEDecode", samples=_node(graph, "28", "KSampler", **refine), vae=["3", 0])
     graph["10"]["inputs"]["images"] = result

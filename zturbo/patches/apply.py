@@ -140,9 +140,7 @@ class PatchState:
         for name, slot in zip(names, slots, strict=True):
             if name not in work:
                 where = slot.parameter.device  # type: ignore[union-attr]
-                work[name] = (
-                    self._original(name, slot).to(where, non_blocking=True).float()
-                )  # copy, then widen
+                work[name] = self._original(name, slot).to(where, non_blocking=True).float()  # copy, then widen
         merged = patch.patch.adapter.merged(torch.cat([work[n] for n in names]), patch.strength)
         for name, value in zip(names, merged.split(list(patch.patch.rows)), strict=True):
             work[name] = value

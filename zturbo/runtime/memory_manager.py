@@ -158,8 +158,7 @@ class MemoryManager:
             return self.plan
         precision = self.precision()
         sizes = {
-            k: self.sizes.get(k) or released_size(k, self._dtype(k).itemsize)
-            for k in (DIT, TEXT_ENCODER, VAE)
+            k: self.sizes.get(k) or released_size(k, self._dtype(k).itemsize) for k in (DIT, TEXT_ENCODER, VAE)
         }
         if MODEL_PATCH in self.sizes:
             sizes[MODEL_PATCH] = self.sizes[MODEL_PATCH]

@@ -176,9 +176,7 @@ def text_encoder_device(module: nn.Module, device: torch.device) -> torch.device
 
 
 @contextmanager
-def vae_tiling(
-    vae: nn.Module, enabled: bool, tile: int = VAE_TILE, overlap: int | None = None
-) -> Iterator[None]:
+def vae_tiling(vae: nn.Module, enabled: bool, tile: int = VAE_TILE, overlap: int | None = None) -> Iterator[None]:
     """diffusers' tiled VAE decode/encode with `tile`-pixel tiles, for one call; `overlap` pixels
     between tiles (default: diffusers' quarter of a tile)."""
     if not enabled:

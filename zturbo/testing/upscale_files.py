@@ -52,18 +52,14 @@ def write_esrgan(path: Path, fmt: str = "safetensors", **kwargs: int) -> Path:
     return path
 
 
-def compact_state_dict(
-    num_feat: int = 4, num_conv: int = 1, scale: int = 4, seed: int = 0
-) -> dict[str, torch.Tensor]:
+def compact_state_dict(num_feat: int = 4, num_conv: int = 1, scale: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """Real-ESRGAN Compact (SRVGGNetCompact, "realesr-general" models): convs and PReLUs, pixel shuffle.
     Cheap enough to run a full 1-megapixel ×4 on a CPU in a test."""
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     channels = [(num_feat, 3)] + [(num_feat, num_feat)] * num_conv + [(3 * scale * scale, num_feat)]
     for i, (out_ch, in_ch) in enumerate(channels):
-        state[f"body.{2 * i}.weight"] = (
-            torch.randn(out_ch, in_ch, 3, 3, generator=generator) * 0.3 / in_ch**0.5
-        )
+        state[f"body.{2 * i}.weight"] = torch.randn(out_ch, in_ch, 3, 3, generator=generator) * 0.3 / in_ch**0.5
         state[f"body.{2 * i}.bias"] = torch.zeros(out_ch)
         if i < len(channels) - 1:
             state[f"body.{2 * i + 1}.weight"] = torch.full((num_feat,), 0.25)  # PReLU
