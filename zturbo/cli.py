@@ -268,13 +268,12 @@ def generate(
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.cli_enhance import check_enhance_options, enhanced_request
     from zturbo.cli_progress import Display
     from zturbo.engine import Engine
     from zturbo.generate import check_output_folder, model_files, run_request, save_or_keep, workload_of
 
     # Every choice is checked here, before any model is read.
-    from zturbo.cli_enhance import check_enhance_options, enhanced_request
-
     check_enhance_options(enhance, prompt is not None, from_png)
     settings = engine_settings(device, dtype, vram, speed, step_cache, weight_dtype or "default")
     options = {name: value for name, value in ctx.params.items() if name in REQUEST_OPTIONS}
@@ -431,7 +430,6 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
     from zturbo.generate import upscale_model_path
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
-
 
 
 @app.command(name="enhance")

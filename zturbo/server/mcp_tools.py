@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from zturbo.checkpoints import layout
 from zturbo.errors import ZTurboError
+from zturbo.models.prompt_enhancer import DEFAULT_MAX_NEW_TOKENS
 from zturbo.request import GenerationRequest
 from zturbo.server import client_jobs
-from zturbo.models.prompt_enhancer import DEFAULT_MAX_NEW_TOKENS
 from zturbo.server.creator import model_files
 from zturbo.server.enhance import EnhanceRequest, run_enhance
 from zturbo.server.schemas import validation_message
