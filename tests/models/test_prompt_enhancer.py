@@ -17,6 +17,8 @@ from zturbo.models.prompt_enhancer import (
     PromptEnhancer,
     Sampling,
     chat_text,
+    sample_token,
+    warped,
 )
 from zturbo.testing.synthetic import TINY_TEXT_ENCODER, build_random_text_encoder
 
@@ -137,16 +139,41 @@ def test_greedy_ids_match_causal_lm_generate(enhancer, causal_lm):
     assert len(ours) == n
 
 
-def test_sampled_ids_match_causal_lm_generate(enhancer, causal_lm):
-    """transformers samples with the global CPU generator, seeded by torch.manual_seed(seed): the same
-    stream as our own `torch.Generator("cpu").manual_seed(seed)`, and the same warpers in the same order."""
-    n, seed = 24, 1234
-    ours, _ = our_path(enhancer, IDEAS[1], n, Sampling(), seed=seed)
-    torch.manual_seed(seed)
-    theirs = hf_generate(
-        causal_lm, enhancer, IDEAS[1], n, do_sample=True, temperature=0.7, top_p=0.8, top_k=20
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(1.3, 0.95, 50), Sampling(0.7, 1.0, 0)])
+def test_sampling_distribution_is_transformers_warpers(enhancer, sampling):
+    """Our candidates and probabilities are those of transformers' Temperature → TopK → TopP warpers
+    (then softmax) on the same logits: the same support exactly, the same probabilities to a few ulps
+    (a softmax over the candidates vs over the full vector where the others are exp(-inf) = 0: the
+    same terms, summed in another order)."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )
-    assert ours == theirs
+
+    logits = enhancer.prefill(enhancer.prompt_ids(IDEAS[1]), torch.device("cpu")).logits
+    ids, probs = warped(logits, sampling)
+    scores = TemperatureLogitsWarper(sampling.temperature)(None, logits[None].clone())
+    if sampling.top_k:
+        scores = TopKLogitsWarper(sampling.top_k)(None, scores)
+    scores = TopPLogitsWarper(sampling.top_p)(None, scores)
+    theirs = scores[0].softmax(-1)
+    assert torch.equal(torch.nonzero(theirs).squeeze(1), ids)
+    torch.testing.assert_close(probs, theirs[ids], rtol=1e-6, atol=0)
+    assert len(ids) > 1  # a real choice, so the draw below is tested
+
+
+def test_draws_follow_the_distribution(enhancer):
+    """Many seeded draws from one distribution: frequencies within 5 standard errors of p."""
+    logits = enhancer.prefill(enhancer.prompt_ids(IDEAS[0]), torch.device("cpu")).logits
+    ids, probs = warped(logits, Sampling())
+    generator, n = torch.Generator().manual_seed(0), 2000
+    counts = torch.zeros(len(ids))
+    position = {int(t): i for i, t in enumerate(ids)}
+    for _ in range(n):
+        counts[position[sample_token(logits, Sampling(), generator)]] += 1
+    error = (probs * (1 - probs) / n).sqrt()
+    assert bool(((counts / n - probs).abs() <= 5 * error + 1e-9).all())
 
 
 def test_deterministic_per_seed_with_real_tokenizer(enhancer):
@@ -159,7 +186,7 @@ def test_deterministic_per_seed_with_real_tokenizer(enhancer):
 def test_streamed_pieces_make_the_text_and_length_is_bounded(enhancer, tokenizer):
     pieces: list[str] = []
     text = enhancer.generate(IDEAS[0], seed=3, max_new_tokens=12, on_token=pieces.append)
-    assert len(pieces) >= 2 and "".join(pieces).strip() == text
+    assert len(pieces) >= 2 and "".join(pieces).rstrip() == text
     assert "\ufffd" not in "".join(pieces)
     assert (
         len(tokenizer.encode(text, add_special_tokens=False).ids) <= 12 + 2
