@@ -1,4 +1,4 @@
-"""Command line: `zturbo generate | run | serve | models | bench | doctor | lora`.
+"""Command line: `zturbo generate | enhance | run | serve | models | bench | doctor | lora`.
 
 Errors a user can fix (ZTurboError) are printed as one clear message, without a traceback. Every
 option is checked before a model file is read.
@@ -253,15 +253,28 @@ def generate(
             "CPU processes with --device cpu). Not with --control or --step-cache.",
         ),
     ] = 1,
+    enhance: Annotated[
+        bool,
+        typer.Option(
+            "--enhance",
+            help="First rewrite the prompt into a detailed description with the text encoder (see `zturbo "
+            "enhance`; seeded by --seed); it is printed, drawn, and saved in the PNG with the idea.",
+        ),
+    ] = False,
+    enhance_tokens: Annotated[
+        int, typer.Option("--enhance-tokens", help="With --enhance: at most this many tokens (1-1024).")
+    ] = 300,
 ) -> None:
     """Generate images and print the paths of the PNGs written."""
     from zturbo.checkpoints.detect import DIT, TEXT_ENCODER, VAE
     from zturbo.checkpoints.layout import default_models_dir, resolve_models
+    from zturbo.cli_enhance import check_enhance_options, enhanced_request
     from zturbo.cli_progress import Display
     from zturbo.engine import Engine
     from zturbo.generate import check_output_folder, model_files, run_request, save_or_keep, workload_of
 
     # Every choice is checked here, before any model is read.
+    check_enhance_options(enhance, prompt is not None, from_png)
     settings = engine_settings(device, dtype, vram, speed, step_cache, weight_dtype or "default")
     options = {name: value for name, value in ctx.params.items() if name in REQUEST_OPTIONS}
     options = {name: value for name, value in options.items() if given(ctx, name) or name == "prompt"}
@@ -293,6 +306,11 @@ def generate(
     plan = engine.prepare(paths, workload_of(request))
     if plan is not None and plan.level != "resident":
         console.print(str(plan), highlight=False)
+    if enhance:  # under the generation's plan: the same loaded encoder then encodes the result
+        request = enhanced_request(
+            engine, paths.text_encoder, paths.tokenizer, request, max_tokens=enhance_tokens, system=None,
+            echo=lambda text: console.out(text, end="", highlight=False),
+        )  # fmt: skip
     control_request = None
     if control is not None:
         from zturbo.control import ControlRequest
@@ -413,6 +431,39 @@ def _upscaler(name: str, models_dir: Path | None) -> Path | None:
 
     return upscale_model_path(models_dir or default_models_dir(), name) if name else None
 
+
+@app.command(name="enhance")
+def enhance_command(
+    idea: Annotated[str, typer.Argument(help="A short idea, in any language.")],
+    seed: Annotated[int, typer.Option(help="Sampling seed: the same seed gives the same text.")] = 0,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="At most this many tokens (1-1024).")] = 300,
+    system: Annotated[
+        str | None, typer.Option(help="Your own system prompt instead of zturbo's (see README).")
+    ] = None,
+    models_dir: ModelsDir = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A diffusers folder instead of --models-dir.")
+    ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option("--text-encoder", help="Text encoder file by name, as `zturbo models` lists it."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    vram: VramOpt = "auto",
+) -> None:
+    """Rewrite a short idea into a detailed image prompt with the Qwen3 text encoder (no other model),
+    streaming it to stdout."""
+    from zturbo import cli_enhance
+    from zturbo.engine import Engine
+    from zturbo.models.prompt_enhancer import check_request
+
+    check_request(idea, max_tokens)
+    engine = Engine(engine_settings(device, dtype, vram, "eager", 0.0))
+    source = cli_enhance.text_encoder_source(models_dir, model, text_encoder)
+    write = cli_enhance.terminal_writer()
+    cli_enhance.enhance(engine, source, idea, seed=seed, max_tokens=max_tokens, system=system, on_token=write)
+    write("\n")
 
 
 @app.command()

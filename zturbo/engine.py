@@ -41,6 +41,7 @@ from zturbo.checkpoints.layout import ModelPaths, tokenizer_dir
 from zturbo.errors import GenerationError, NonFiniteError
 from zturbo.lora.cache import DIT_PATCHES, TE_PATCHES, LoraCache
 from zturbo.lora.report import LoraReport
+from zturbo.models import prompt_enhancer
 from zturbo.models import upscale as upscale_ops
 from zturbo.models import vae as vae_ops
 from zturbo.models.denoiser import CFGNorm, ZImageDenoiser, compute_description
@@ -324,6 +325,38 @@ class Engine:
                 "no bf16); try --dtype fp32, or a shorter or different prompt"
             )
         return cond
+
+    def enhance_prompt(
+        self,
+        clip: TextEncoder,
+        text: str,
+        *,
+        seed: int = 0,
+        max_tokens: int = prompt_enhancer.DEFAULT_MAX_NEW_TOKENS,
+        system: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> str:
+        """A short idea rewritten as a detailed description by the loaded text encoder, as a causal LM
+        (`zturbo.models.prompt_enhancer`). A resident encoder prefills and decodes on its device; a
+        streamed one (small-GPU plans) prefills once through its GPU slots, like an encode, and decodes
+        on the CPU from its host copy, so no layer crosses the bus per token. `system` None: our
+        default system prompt; `on_token` gets the text as it is generated."""
+        prompt_enhancer.check_request(text, max_tokens)
+
+        def run() -> str:
+            self._sync_text_encoder(clip)  # its LoRA patches, as for an encode
+            module = clip.component.module
+            enhancer = prompt_enhancer.PromptEnhancer(module, clip.encoder.tokenizer)
+            ids = enhancer.prompt_ids(text, system)
+            with residency.text_encoder_ready(module, self.placement.device):
+                state = enhancer.prefill(ids, residency.text_encoder_device(module, self.placement.device))
+            with residency.text_encoder_on_host(module) as device:
+                enhanced, _ = enhancer.decode(
+                    state, device, seed=seed, max_new_tokens=max_tokens, on_token=on_token
+                )
+            return enhanced
+
+        return self._guarded(run, "enhancing the prompt")
 
     # --- ControlNets (model patches) ---
 

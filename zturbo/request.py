@@ -87,6 +87,7 @@ class GenerationRequest:
     loras: tuple[LoraChoice, ...] = ()  # applied in order in the patch step (after load, before encode)
     variety: float = 0.0  # seed variety strength (zturbo.sampling.variety); 0 = off
     variety_steps: float = 0.3  # the fraction of the first steps it acts on
+    enhanced_from: str = ""  # the idea the prompt enhancer rewrote into `prompt` (metadata only)
 
     @property
     def hires_size(self) -> tuple[int, int]:

@@ -39,9 +39,14 @@ async def exercise(session: ClientSession) -> dict:
     result = await session.call_tool(
         "generate_image", {"prompt": "a paper crane, 纸鹤", "width": 48, "height": 32, "steps": 2, "seed": 9}
     )
-    enhance = await session.call_tool("enhance_prompt", {"prompt": "a cat"})
+    enhance = await session.call_tool("enhance_prompt", {"prompt": "a cat", "seed": 3, "max_tokens": 8})
+    again = await session.call_tool("enhance_prompt", {"prompt": "a cat", "seed": 3, "max_tokens": 8})
+    bad_enhance = await session.call_tool("enhance_prompt", {"prompt": "a cat", "max_tokens": 5000})
     bad = await session.call_tool("generate_image", {"prompt": "x", "width": 50})
-    return {"names": names, "models": models, "result": result, "enhance": enhance, "bad": bad}
+    return {
+        "names": names, "models": models, "result": result, "bad": bad,
+        "enhance": enhance, "again": again, "bad_enhance": bad_enhance,
+    }  # fmt: skip
 
 
 def check(outcome: dict) -> bytes:
@@ -56,11 +61,11 @@ def check(outcome: dict) -> bytes:
         assert img.size == (48, 32)
     assert "seed 9" in text.text
     enhance = outcome["enhance"]
-    # The enhancer lands separately (issue 16 item 1): until the engine has one, a clear tool error.
-    if enhance.is_error:
-        assert "enhance_prompt is not available" in enhance.content[0].text
-    else:
-        assert enhance.content[0].text.strip()
+    # A queued CLIPLoader → ZTurboPromptEnhance job on the server's text encoder: deterministic per seed.
+    assert not enhance.is_error and enhance.content[0].text.strip()
+    assert outcome["again"].content[0].text == enhance.content[0].text
+    bad_enhance = outcome["bad_enhance"]
+    assert bad_enhance.is_error and "enhance_prompt.max_tokens" in bad_enhance.content[0].text
     assert outcome["bad"].is_error and "width must be a multiple of 16" in outcome["bad"].content[0].text
     return png
 

@@ -332,6 +332,7 @@ class PromptRun:
             interrupt=self.interrupt,
             wants_preview=self._emit_preview is not None,
             on_message=self.add_message,
+            on_event=self.emit,
         )
 
     def _check_interrupt(self) -> None:

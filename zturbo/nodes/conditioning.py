@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from zturbo.nodes.base import Node, require_engine
-from zturbo.nodes.schema import Link, NodeSchema, Output, String
+from zturbo.nodes.base import Node, NodeOutput, require_engine
+from zturbo.nodes.schema import Int, Link, NodeSchema, Output, String
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext
@@ -48,4 +48,51 @@ class ConditioningZeroOut(Node):
         return (require_engine(ctx).zero_conditioning(conditioning),)
 
 
-NODES = (CLIPTextEncode, ConditioningZeroOut)
+ENHANCE_EVENT = "zturbo_enhance"  # WebSocket event: {prompt_id, node, text: the next piece of the text}
+SEED_MAX = 2**64 - 1
+
+
+class ZTurboPromptEnhance(Node):
+    """A short idea → a detailed image prompt, written by the CLIP's own Qwen3 weights as a causal LM
+    (`Engine.enhance_prompt`). Its text is streamed to the client as `zturbo_enhance` events and shown
+    on the node; the STRING output feeds a CLIPTextEncode."""
+
+    schema: ClassVar[NodeSchema] = NodeSchema(
+        name="ZTurboPromptEnhance",
+        display_name="Prompt Enhance (zturbo)",
+        category="zturbo/text",
+        style="v3",
+        python_module="custom_nodes.zturbo",
+        description="Rewrites a short idea into a detailed visual description with the loaded Qwen3 text encoder.",
+        inputs=(
+            Link("clip", "CLIP", tooltip="The Z-Image text encoder (Qwen3-4B): it writes the description."),
+            String("text", multiline=True, dynamic_prompts=True, tooltip="The idea, in any language."),
+            Int("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                tooltip="Sampling seed: the same seed gives the same text."),
+            Int("max_tokens", default=300, min=1, max=1024, tooltip="At most this many generated tokens."),
+            String("system", multiline=True, default="", optional=True,
+                   tooltip="Your own system prompt; empty: zturbo's (a detailed visual description in the "
+                   "language of the idea)."),
+        ),
+        outputs=(Output("STRING", "prompt"),),
+        output_node=True,
+    )  # fmt: skip
+
+    def execute(
+        self, ctx: NodeContext, clip: Any, text: str, seed: int, max_tokens: int, system: str = ""
+    ) -> NodeOutput:
+        pieces = 0
+
+        def on_token(piece: str) -> None:
+            nonlocal pieces
+            pieces += 1  # a piece is one token, or a few that complete a character
+            ctx.event(ENHANCE_EVENT, {"text": piece})
+            ctx.progress(min(pieces, max_tokens), max_tokens)  # also where an interrupt stops it
+
+        prompt = require_engine(ctx).enhance_prompt(
+            clip, text, seed=seed, max_tokens=max_tokens, system=system or None, on_token=on_token
+        )
+        return NodeOutput(prompt, ui={"text": [prompt]})
+
+
+NODES = (CLIPTextEncode, ConditioningZeroOut, ZTurboPromptEnhance)

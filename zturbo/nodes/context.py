@@ -94,11 +94,17 @@ class NodeContext:
     interrupt: threading.Event | None = None
     wants_preview: bool = False  # someone listens for preview images: worth computing them
     on_message: Callable[[str, dict[str, Any]], Any] | None = None  # into the history's status.messages + WS
+    on_event: Callable[[str, dict[str, Any]], Any] | None = None  # to the client only (not kept in history)
 
     def message(self, event: str, data: dict[str, Any]) -> None:
         """A status message of this prompt: kept in its history entry and sent to its client."""
         if self.on_message is not None:
             self.on_message(event, {"prompt_id": self.prompt_id, "node": self.node_id, **data})
+
+    def event(self, event: str, data: dict[str, Any]) -> None:
+        """A passing event for this prompt's client (streamed text, say), not kept in its history."""
+        if self.on_event is not None:
+            self.on_event(event, {"prompt_id": self.prompt_id, "node": self.node_id, **data})
 
     @property
     def engine(self) -> Any:

@@ -78,6 +78,19 @@ class EngineAPI(Protocol):
     def upscale(self, model: Any, image: Tensor, progress: ProgressFn | None = None) -> Tensor:
         """IMAGE → IMAGE enlarged by the model's scale (tiled)."""
 
+    def enhance_prompt(
+        self,
+        clip: Any,
+        text: str,
+        *,
+        seed: int = 0,
+        max_tokens: int = 300,
+        system: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> str:
+        """The idea `text` rewritten by CLIP's text encoder as a causal LM (seeded sampling, at most
+        `max_tokens` new tokens; `system` None: the default system prompt; `on_token` streams it)."""
+
     def encode_text(self, clip: Any, text: str) -> Any:
         """Return CONDITIONING for `text`."""
 

@@ -54,6 +54,8 @@ def parameters_text(request: GenerationRequest, models: ModelFiles, batch_index:
     pairs.update(lora_pairs(request.loras))
     if request.variety > 0:  # only when on: an image without it keeps the same text
         pairs.update({"Variety": _num(request.variety), "Variety steps": _num(request.variety_steps)})
+    if request.enhanced_from:  # the prompt is the enhancer's; the idea it came from, for the record
+        pairs["Enhanced from"] = request.enhanced_from
     tail = ", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs.items() if v != "")
     return f"{request.prompt}\nNegative prompt: {request.negative}\n{tail}"
 
@@ -158,7 +160,9 @@ def parse_parameters(text: str) -> tuple[GenerationRequest, int]:
             denoise=float(pairs.get("Denoising strength", 1.0)),
         )
         image_fields = {f: kind(pairs[k]) for k, (f, kind) in IMAGE_KEYS.items() if k in pairs}
-        request = replace(request, **image_fields, loras=parse_loras(pairs))
+        request = replace(
+            request, **image_fields, loras=parse_loras(pairs), enhanced_from=pairs.get("Enhanced from", "")
+        )
         if "Variety" in pairs:
             variety = float(pairs["Variety"])
             request = replace(request, variety=variety, variety_steps=float(pairs.get("Variety steps", 0.3)))

@@ -162,6 +162,9 @@ class BlockStreamer:
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.copied = [torch.cuda.Event() for _ in range(2)] if self.cuda else []
         self.freed = [torch.cuda.Event() for _ in range(2)] if self.cuda else []
+        # True while the blocks compute from their host copies on the CPU (the prompt enhancer's
+        # decoding): the hooks then leave the tensors where they are.
+        self.bypass = False
         self.hooks = []
         for position, i in enumerate(self.order):
             self.hooks.append(blocks[i].register_forward_pre_hook(self._before(position)))
@@ -193,6 +196,8 @@ class BlockStreamer:
 
     def _before(self, position: int):
         def hook(module: nn.Module, args: object) -> None:
+            if self.bypass:
+                return
             block = self.order[position]
             slot = self.loaded.index(block) if block in self.loaded else 1 - self.current
             if self.loaded[slot] != block:
@@ -210,6 +215,8 @@ class BlockStreamer:
 
     def _after(self, position: int):
         def hook(module: nn.Module, args: object, output: object) -> None:
+            if self.bypass:
+                return
             block = self.order[position]
             if self.cuda:
                 self.freed[self.current].record(torch.cuda.current_stream(self.device))

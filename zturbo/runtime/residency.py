@@ -153,6 +153,29 @@ def text_encoder_ready(module: nn.Module, device: torch.device) -> Iterator[None
 
 
 @contextmanager
+def text_encoder_on_host(module: nn.Module) -> Iterator[torch.device]:
+    """Run a text encoder where its weights are, giving that device: a resident one's device, or, for a
+    streamed one, the CPU on its host copies, the streaming hooks paused (token-by-token decoding
+    would otherwise copy every layer to the GPU once per token)."""
+    streamer = streamer_of(module)
+    if streamer is None:
+        yield next(module.parameters()).device
+        return
+    streamer.release()
+    streamer.bypass = True
+    try:
+        yield torch.device("cpu")
+    finally:
+        streamer.bypass = False
+
+
+def text_encoder_device(module: nn.Module, device: torch.device) -> torch.device:
+    """Where one forward of the text encoder computes: `device` for a streamed one (inside
+    `text_encoder_ready`), else where its weights are."""
+    return device if streamer_of(module) is not None else next(module.parameters()).device
+
+
+@contextmanager
 def vae_tiling(vae: nn.Module, enabled: bool, tile: int = VAE_TILE, overlap: int | None = None) -> Iterator[None]:
     """diffusers' tiled VAE decode/encode with `tile`-pixel tiles, for one call; `overlap` pixels
     between tiles (default: diffusers' quarter of a tile)."""

@@ -15,20 +15,20 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ImageContent, TextContent
+from pydantic import ValidationError
 
 from zturbo.checkpoints import layout
 from zturbo.errors import ZTurboError
+from zturbo.models.prompt_enhancer import DEFAULT_MAX_NEW_TOKENS
 from zturbo.request import GenerationRequest
 from zturbo.server import client_jobs
 from zturbo.server.creator import model_files
+from zturbo.server.enhance import EnhanceRequest, run_enhance
+from zturbo.server.schemas import validation_message
 from zturbo.server.state import ServerState
 
 CLIENT = "mcp"
 MCP_PATH = "/mcp"
-NOT_AVAILABLE = (
-    "enhance_prompt is not available: this zturbo build has no prompt enhancer "
-    "(it needs an engine with `enhance_prompt`)"
-)
 
 
 def build_mcp(state: ServerState) -> MCPServer:
@@ -77,15 +77,15 @@ def _add_generate(server: MCPServer, state: ServerState) -> None:
 
 def _add_enhance(server: MCPServer, state: ServerState) -> None:
     @server.tool()
-    async def enhance_prompt(prompt: str, seed: int = 0) -> str:
-        """Rewrite a short idea into a detailed visual description with the loaded Qwen3 text encoder."""
-        enhance = _enhancer(state)
-        if enhance is None:
-            raise ToolError(NOT_AVAILABLE)
-        import asyncio
-
+    async def enhance_prompt(prompt: str, seed: int = 0, max_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+        """Rewrite a short idea into a detailed visual description (in the idea's language) with the
+        Qwen3 text encoder the server generates with; the same seed gives the same text."""
         try:
-            return str(await asyncio.to_thread(enhance, prompt, seed=seed))
+            body = EnhanceRequest(prompt=prompt, seed=seed, max_tokens=max_tokens)
+        except ValidationError as exc:
+            raise ToolError(validation_message(exc, "enhance_prompt")) from None
+        try:
+            return str((await run_enhance(state, body, CLIENT))["prompt"])
         except ZTurboError as exc:
             raise ToolError(str(exc)) from None
 
@@ -95,13 +95,6 @@ def _add_list_models(server: MCPServer, state: ServerState) -> None:
     def list_models() -> str:
         """The model files the server has, by folder, and the ones it generates with."""
         return json.dumps(models_summary(state), ensure_ascii=False, indent=1)
-
-
-def _enhancer(state: ServerState) -> Any:
-    """The engine's `enhance_prompt(text, seed=...)` when this build has one, else None."""
-    context = getattr(state.executor, "context", None)
-    engine = getattr(context, "engine", None)
-    return getattr(engine, "enhance_prompt", None)
 
 
 def _summary(result: client_jobs.ClientResult) -> str:

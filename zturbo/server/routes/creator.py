@@ -5,6 +5,7 @@
 - `GET /zturbo/gallery` finished images with their settings
 - `POST /zturbo/outputs/delete` delete an output image (and its history entry once empty)
 - `GET /zturbo/control/preview` the preprocessed ControlNet map of an input image (PNG)
+- `POST /zturbo/enhance` an idea → the enhanced prompt (queued; text streamed as `zturbo_enhance` events)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, Field
 from zturbo.guardrails import model_variant, warnings_for
 from zturbo.server.creator import GraphRequest, build_graph, model_files
 from zturbo.server.deps import Config, History, State
+from zturbo.server.enhance import EnhanceRequest, run_enhance
 from zturbo.server.errors import PayloadTooLargeError
 from zturbo.server.gallery import delete_output, gallery_items
 from zturbo.server.inspection import inspect_bytes
@@ -36,6 +38,12 @@ def graph(body: GraphRequest, state: State, config: Config) -> dict:
     prompt = build_graph(body, state.registry, config.models_dir, folders)
     variant = model_variant(model_files(config.models_dir).dit)
     return {"prompt": prompt, "warnings": warnings_for(body.settings, variant)}
+
+
+@router.post("/enhance")
+async def enhance(body: EnhanceRequest, state: State) -> dict:
+    """The creator page's ✨ button: {prompt, seed, max_tokens, system?, client_id?} → {prompt, ...}."""
+    return await run_enhance(state, body, "creator")
 
 
 @router.post("/inspect")

@@ -14,6 +14,7 @@ import { readControl, setupControl } from "./control.js";
 import { loadLoras, setupLoras } from "./loras.js";
 import { setupWorkers } from "./workers.js";
 import { VARIATIONS, variationSettings } from "./variety.js";
+import { handleEnhanceEvent, setupEnhance } from "./enhance.js";
 
 const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 77)}…` : text);
 
@@ -99,12 +100,14 @@ async function main() {
   setupFileLoading({ applySettings, onQueued: (id, title) => addJob(id, title) });
   setupControl();
   setupLoras();
+  setupEnhance();
   $("#create-form").addEventListener("submit", generate);
   $("#variations").addEventListener("click", (event) => generate(event, true));
   $("#prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("#create-form").requestSubmit();
   });
-  connectSocket({ event: handleEvent, preview: handlePreview, open: () => syncQueue().catch(() => {}) });
+  const onEvent = (type, data) => { handleEnhanceEvent(type, data); handleEvent(type, data); };
+  connectSocket({ event: onEvent, preview: handlePreview, open: () => syncQueue().catch(() => {}) });
   const results = await Promise.allSettled([loadOptions(), loadStyles(""), loadGallery(), loadModels(), loadLoras(), setupWorkers()]);
   const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
   if (failed.length) setMessage($("#form-message"), `Could not load: ${failed.join("; ")}`, true);
