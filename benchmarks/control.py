@@ -29,7 +29,6 @@ import datetime as dt
 import gc
 import importlib.util
 import json
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from zturbo.bench.harness import PROMPT, write_full_size_models
+from zturbo.bench.harness import PROMPT, synced_median, write_full_size_models
 from zturbo.bench.memory import dit_file
 from zturbo.checkpoints.layout import ModelPaths
 from zturbo.control import ControlRequest
@@ -52,17 +51,6 @@ from zturbo.testing.controlnet_files import FILE_NAMES, write_controlnet
 from zturbo.testing.upscale_files import esrgan_state_dict
 
 SIZE, STEPS = 1024, 8
-
-
-def synced_median(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def test_picture(path: Path) -> Path:

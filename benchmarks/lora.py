@@ -18,13 +18,11 @@ import dataclasses
 import datetime as dt
 import gc
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from zturbo.bench.harness import PROMPT, write_full_size_models
+from zturbo.bench.harness import PROMPT, synced_median, write_full_size_models
 from zturbo.bench.memory import dit_file
 from zturbo.engine import Engine
 from zturbo.patches import live
@@ -32,18 +30,6 @@ from zturbo.runtime.settings import EngineSettings
 from zturbo.testing.lora_files import block_modules, random_factors, write_lora
 
 BLOCKS = {"noise_refiner": 2, "context_refiner": 2, "layers": 30}
-
-
-def timed(fn, repeats: int = 1) -> float:
-    """Median wall seconds of `fn()` with the GPU synchronised around each call."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def write_loras(folder: Path, shapes: dict, rank: int) -> tuple[Path, Path]:
@@ -69,14 +55,14 @@ def rows_for(weights: str, speed: str, paths, loras, rank: int, repeats: int) ->
         engine.sample(m, cond, None, latent, seed=1, steps=8, cfg=1.0, sampler_name="euler", scheduler="simple")
 
     sample(model)  # warm-up (compiles in the compile modes)
-    base = timed(lambda: sample(model), repeats)
+    base = synced_median(lambda: sample(model), repeats)
     with_a, _ = engine.load_lora(model, None, loras[0], 1.0)
     with_b, _ = engine.load_lora(model, None, loras[1], 1.0)
-    first_apply = timed(lambda: engine._sync_dit(with_a))
+    first_apply = synced_median(lambda: engine._sync_dit(with_a))
     sample(with_a)  # warm-up after a structure change (side paths: recompiles / recaptures)
-    patched = timed(lambda: sample(with_a), repeats)
-    switch = timed(lambda: engine._sync_dit(with_b))
-    unload = timed(lambda: engine._sync_dit(model))
+    patched = synced_median(lambda: sample(with_a), repeats)
+    switch = synced_median(lambda: engine._sync_dit(with_b))
+    unload = synced_median(lambda: engine._sync_dit(model))
     state = live.patch_state(model.component)
     row = {
         "weights": weights,

@@ -62,6 +62,18 @@ class Row:
     extra: dict = field(default_factory=dict)
 
 
+def synced_median(fn: Callable[[], object], repeats: int = 1) -> float:
+    """Median wall seconds of `fn()` with the GPU synchronised around each call (no warm-up)."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def cuda_time(fn: Callable[[], object], repeats: int = 5) -> float:
     """Median seconds of `fn` on the GPU (synchronised), after one warm-up call."""
     fn()

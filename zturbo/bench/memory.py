@@ -22,14 +22,13 @@ import dataclasses
 import datetime as dt
 import gc
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from zturbo.bench.harness import PROMPT, Row, print_table, write_full_size_models
+from zturbo.bench.harness import PROMPT, Row, print_table, synced_median, write_full_size_models
 from zturbo.checkpoints.layout import ModelPaths
 from zturbo.engine import Engine
 from zturbo.errors import GenerationError, InputError
@@ -54,17 +53,6 @@ def dit_file(paths: ModelPaths, weights: str, models_dir: Path) -> Path:
         out.with_suffix(".part").rename(out)
         print(f"wrote {out.name} ({out.stat().st_size / 1e9:.1f} GB) in {time.perf_counter() - started:.0f}s")
     return out
-
-
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @dataclasses.dataclass
@@ -99,7 +87,7 @@ class _Job:
                 scheduler=r.scheduler,
             )
 
-        return _median_s(run, self.repeats)
+        return synced_median(run, self.repeats)
 
 
 def measure(job: _Job, plan: MemoryPlan, weights: str, cap_gib: float | None) -> Row:
@@ -117,7 +105,7 @@ def measure(job: _Job, plan: MemoryPlan, weights: str, cap_gib: float | None) ->
         job.end_to_end()
         warmup = time.perf_counter() - started
         torch.cuda.reset_peak_memory_stats()
-        e2e = _median_s(job.end_to_end, job.repeats)
+        e2e = synced_median(job.end_to_end, job.repeats)
         peak, reserved = torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB
         extra["sample_s"] = job.sampling()
     except (GenerationError, torch.cuda.OutOfMemoryError) as exc:
