@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from zturbo.errors import InputError
+from zturbo.models import qwen3_decode
 
 IM_END_ID = 151645  # <|im_end|>
 ENDOFTEXT_ID = 151643  # <|endoftext|>
@@ -158,6 +159,7 @@ class Decoding:
 
     cache: Any
     logits: Tensor  # (vocab,) fp32 on the CPU
+    lean: qwen3_decode.StaticDecoder | None = None  # set by `decode` where the lean step applies
 
 
 # cuDNN's attention builds a new execution plan for each new key length, i.e. for every decoded
@@ -208,7 +210,15 @@ class PromptEnhancer:
         return Decoding(cache, logits[0, -1].float().cpu())
 
     def step(self, state: Decoding, token: int, device: torch.device) -> None:
-        state.logits = self.forward(torch.tensor([[token]], device=device), state.cache)[0, -1].float().cpu()
+        """`token` appended; `state.logits` then the next token's. Through the lean step when the decode
+        set one up (`qwen3_decode`: the model whole on `device`), else transformers' forward (a
+        streamed model's hooks need it)."""
+        if state.lean is None:
+            logits = self.forward(torch.tensor([[token]], device=device), state.cache)
+        else:
+            with attention_for(device):
+                logits = state.lean.step(token) @ head_weight(self.model).T
+        state.logits = logits[0, -1].float().cpu()
 
     def decode(
         self,
@@ -226,6 +236,8 @@ class PromptEnhancer:
         generator = torch.Generator("cpu").manual_seed(int(seed) % 2**64)
         stream = TextStream(self.tokenizer, on_token)
         cache_to(state.cache, device)
+        if qwen3_decode.can_run(self.model, device):  # all of it on `device`: the lean step
+            state.lean = qwen3_decode.StaticDecoder(self.model, state.cache, max_new_tokens)
         for position in range(max_new_tokens):
             token = sample_token(state.logits, sampling, generator)
             if token in stop:
