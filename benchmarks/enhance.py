@@ -34,6 +34,7 @@ from zturbo.checkpoints.layout import tokenizer_dir
 from zturbo.models.configs import TextEncoderConfig
 from zturbo.models.prompt_enhancer import PromptEnhancer, Sampling
 from zturbo.runtime import residency
+from zturbo.runtime.graphs import GraphCache
 from zturbo.runtime.memory import Residence
 from zturbo.testing.synthetic import TINY_TEXT_ENCODER, build_random_text_encoder
 
@@ -115,7 +116,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     config = TINY_TEXT_ENCODER if args.tiny else TextEncoderConfig()
     dtype = torch.float32 if args.tiny else torch.bfloat16
     model = build(config, dtype, gpu)
-    enhancer = PromptEnhancer(model, Tokenizer.from_file(str(tokenizer_dir(None) / "tokenizer.json")))
+    tokenizer = Tokenizer.from_file(str(tokenizer_dir(None) / "tokenizer.json"))
+    graphs = None if args.no_graphs else (lambda step: GraphCache(step, "decode step"))  # as the engine
+    enhancer = PromptEnhancer(model, tokenizer, graphs)
     ids = enhancer.prompt_ids(IDEA)
     rows = []
     lengths = {"resident": args.tokens, "streamed": args.host_tokens, "streamed_gpu_decode": args.slot_tokens}
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-tokens", type=int, default=32, help="decoded tokens on the CPU (streamed)")
     parser.add_argument("--slot-tokens", type=int, default=4, help="decoded tokens through the slots")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-graphs", action="store_true", help="resident decode without CUDA graphs")
     parser.add_argument("--tiny", action="store_true", help="tiny config on the CPU (tests the script)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)

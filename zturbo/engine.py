@@ -346,7 +346,7 @@ class Engine:
         def run() -> str:
             self._sync_text_encoder(clip)  # its LoRA patches, as for an encode
             module = clip.component.module
-            enhancer = prompt_enhancer.PromptEnhancer(module, clip.encoder.tokenizer)
+            enhancer = prompt_enhancer.PromptEnhancer(module, clip.encoder.tokenizer, self._decode_graphs())
             ids = enhancer.prompt_ids(text, system)
             with residency.text_encoder_ready(module, self.placement.device):
                 state = enhancer.prefill(ids, residency.text_encoder_device(module, self.placement.device))
@@ -357,6 +357,12 @@ class Engine:
             return enhanced
 
         return self._guarded(run, "enhancing the prompt")
+
+    def _decode_graphs(self) -> Callable[[Any], Any] | None:
+        """The enhancer's decode step as a CUDA graph (outside the reference mode, as the encoder's)."""
+        if self.speed.mode == "reference":
+            return None
+        return lambda step: GraphCache(step, "prompt enhancer's decode step")
 
     # --- ControlNets (model patches) ---
 

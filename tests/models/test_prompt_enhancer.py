@@ -228,7 +228,9 @@ def test_lean_step_matches_transformers_forward(enhancer):
     from zturbo.models import qwen3_decode
 
     assert qwen3_decode.can_run(enhancer.model, cpu)
-    lean.lean = qwen3_decode.StaticDecoder(enhancer.model, copy.deepcopy(lean.cache), 8)
+    lean.lean = qwen3_decode.StaticDecoder(
+        enhancer.model, copy.deepcopy(lean.cache), 8, enhancer.model.embed_tokens.weight
+    )
     for token in (1000, 2000, 3000, 151643, 42, 7, 99, 123):
         enhancer.step(lean, token, cpu)
         enhancer.step(reference, token, cpu)

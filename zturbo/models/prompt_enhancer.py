@@ -184,8 +184,9 @@ def cache_to(cache: Any, device: torch.device) -> None:
 class PromptEnhancer:
     """Causal-LM decoding on a loaded `Qwen3Model` with its tied head; tokenizer: `tokenizers.Tokenizer`."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, graphs: Callable[[Any], Any] | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
+        self.graphs = graphs  # CUDA-graph wrapper for the lean step (the engine's GraphCache), or None
         # transformers 5.x renamed Qwen3Model's `past_key_values` to `cache` (the old name warns)
         params = inspect.signature(type(model).forward).parameters
         self.cache_keyword = "cache" if "cache" in params else "past_key_values"
@@ -217,7 +218,7 @@ class PromptEnhancer:
             logits = self.forward(torch.tensor([[token]], device=device), state.cache)
         else:
             with attention_for(device):
-                logits = state.lean.step(token) @ head_weight(self.model).T
+                logits = state.lean.step(token)[None, None]
         state.logits = logits[0, -1].float().cpu()
 
     def decode(
@@ -237,7 +238,9 @@ class PromptEnhancer:
         stream = TextStream(self.tokenizer, on_token)
         cache_to(state.cache, device)
         if qwen3_decode.can_run(self.model, device):  # all of it on `device`: the lean step
-            state.lean = qwen3_decode.StaticDecoder(self.model, state.cache, max_new_tokens)
+            state.lean = qwen3_decode.StaticDecoder(
+                self.model, state.cache, max_new_tokens, head_weight(self.model), self.graphs
+            )
         for position in range(max_new_tokens):
             token = sample_token(state.logits, sampling, generator)
             if token in stop:
