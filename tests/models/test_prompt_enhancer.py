@@ -237,3 +237,34 @@ def test_lean_step_matches_transformers_forward(enhancer):
         scale = float(reference.logits.abs().max())
         assert float((lean.logits - reference.logits).abs().max()) <= 1e-4 * scale
     assert lean.lean.length == len(ids) + 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_step_replays_the_lean_step_exactly(enhancer):
+    """On CUDA the lean step runs as one captured graph (runtime.graphs.GraphCache, as the engine passes
+    it): a replay launches the very kernels of the uncaptured step on the same buffers, so 16 greedy
+    tokens and every logit are bit-equal."""
+    from zturbo.runtime.graphs import GraphCache
+
+    gpu = torch.device("cuda")
+    model = enhancer.model.to(gpu)
+    try:
+        runs = []
+        for graphs in (lambda step: GraphCache(step, "decode step"), None):
+            other = PromptEnhancer(model, enhancer.tokenizer, graphs)
+            logits: list[torch.Tensor] = []
+            original = other.step
+
+            def step(state, token, device, original=original, logits=logits):
+                original(state, token, device)
+                logits.append(state.logits)
+
+            other.step = step  # type: ignore[method-assign]
+            state = other.prefill(other.prompt_ids(IDEAS[0]), gpu)
+            _, ids = other.decode(state, gpu, seed=0, max_new_tokens=16, sampling=GREEDY, stop=frozenset())
+            assert state.lean is not None
+            runs.append((ids, torch.stack(logits)))
+        assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    finally:
+        enhancer.model.to("cpu")
