@@ -563,22 +563,7 @@ class Engine:
 
         def run() -> torch.Tensor:  # a fresh denoiser per try: the OOM retry starts over
             self._sync_dit(model)
-            h, w = latent.shape[-2:]
-            controls = control.control_inputs(self, model.controls, h, w) if model.controls else None
-            denoiser = ZImageDenoiser(
-                model.transformer,
-                positive.embeds,
-                negative.embeds if negative else None,
-                cfg,
-                model.multiplier,
-                step_cache=self.speed.step_cache,  # 0: off; else a fresh cache for this run only
-                sigmas=sigmas,
-                uncond_at_cfg1=uncond_at_cfg1,
-                cfg_norms=model.cfg_norms,
-                controls=controls,
-                variety=model.variety,
-                seed=seed,
-            )
+            denoiser = self._denoiser(model, positive, negative, latent, sigmas, cfg, uncond_at_cfg1, seed)
             model_fn: Denoiser = denoiser
             if noise_mask is not None:
                 mask = masks.to_latent(noise_mask, x0.shape).to(device)
@@ -601,6 +586,36 @@ class Engine:
         out = self._guarded(lambda: self._watched(model, run), "sampling")
         denoised = vae_ops.process_out(last[0].float()).cpu() if last else None
         return vae_ops.process_out(out.float()).cpu(), denoised
+
+    def _denoiser(
+        self,
+        model: ZImageModel,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        latent: torch.Tensor,
+        sigmas: torch.Tensor,
+        cfg: float,
+        uncond_at_cfg1: bool,
+        seed: int,
+    ) -> ZImageDenoiser:
+        """The MODEL's denoiser for one sampling: its ControlNets' inputs for this latent size, CFG, the
+        step cache (0: off; else a fresh cache for this run only), variety and CFG norms."""
+        h, w = latent.shape[-2:]
+        controls = control.control_inputs(self, model.controls, h, w) if model.controls else None
+        return ZImageDenoiser(
+            model.transformer,
+            positive.embeds,
+            negative.embeds if negative else None,
+            cfg,
+            model.multiplier,
+            step_cache=self.speed.step_cache,
+            sigmas=sigmas,
+            uncond_at_cfg1=uncond_at_cfg1,
+            cfg_norms=model.cfg_norms,
+            controls=controls,
+            variety=model.variety,
+            seed=seed,
+        )
 
     # --- the NaN/inf watchdog (module docstring) ---
 
