@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +28,25 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def finished_entry(http: str, prompt_id: str, timeout: float = 120) -> dict:
+    """`prompt_id`'s /history entry on the server at `http`, once it has finished (success or not)."""
+
+    def entry() -> dict | None:
+        return httpx.get(f"{http}/history/{prompt_id}", timeout=30).json().get(prompt_id)
+
+    try:
+        return cast(dict, wait_until(entry, timeout, interval=0.1))
+    except AssertionError:
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s") from None
+
+
+def queue_prompt(http: str, prompt: dict, client_id: str = "t", timeout: float = 120) -> dict:
+    """POST an API-format `prompt` to the server at `http`; its /history entry once it has finished."""
+    response = httpx.post(f"{http}/prompt", json={"prompt": prompt, "client_id": client_id}, timeout=30)
+    assert response.status_code == 200, response.text
+    return finished_entry(http, response.json()["prompt_id"], timeout)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from websockets.sync.client import connect
 
-from server.conftest import LiveServer, real_engine_config, run_live
+from server.conftest import LiveServer, queue_prompt, real_engine_config, run_live
 from server.procs import ServerProcess, serve_args
 from zturbo.output.metadata import ModelFiles, api_graph
 from zturbo.request import GenerationRequest, LoraChoice
@@ -71,16 +71,7 @@ def prompt(dit: str, text: str, seed: int, *loras: LoraChoice) -> dict:
 
 def run(http: str, graph: dict) -> dict:
     """Queue `graph`, wait for its history entry (success or not)."""
-    response = httpx.post(f"{http}/prompt", json={"prompt": graph, "client_id": "cp"}, timeout=30)
-    assert response.status_code == 200, response.text
-    prompt_id = response.json()["prompt_id"]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        entry = httpx.get(f"{http}/history/{prompt_id}", timeout=30).json()
-        if prompt_id in entry:
-            return entry[prompt_id]
-        time.sleep(0.2)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
+    return queue_prompt(http, graph, "cp", timeout=180)
 
 
 def image_of(http: str, entry: dict) -> np.ndarray:

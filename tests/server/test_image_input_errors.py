@@ -5,7 +5,6 @@ a good prompt normally. One server (one model load) for all of them."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from server.conftest import LiveServer, run_live
+from server.conftest import LiveServer, queue_prompt, run_live
 from server.test_graph_integration import z_image_prompt
 from zturbo.runtime.settings import EngineSettings
 from zturbo.server import ServerConfig, create_app
@@ -68,16 +67,7 @@ def server(tmp_path_factory) -> Iterator[tuple[LiveServer, Path]]:
 
 def run_prompt(live: LiveServer, prompt: dict, timeout: float = 120) -> dict:
     """Queue `prompt` and return its /history entry once it has finished."""
-    response = httpx.post(f"{live.http}/prompt", json={"prompt": prompt, "client_id": "t"}, timeout=30)
-    assert response.status_code == 200, response.text
-    prompt_id = response.json()["prompt_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = httpx.get(f"{live.http}/history/{prompt_id}", timeout=30).json()
-        if prompt_id in entry:
-            return entry[prompt_id]
-        time.sleep(0.1)
-    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s")
+    return queue_prompt(live.http, prompt, timeout=timeout)
 
 
 def execution_error(entry: dict) -> dict:

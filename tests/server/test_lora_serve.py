@@ -12,16 +12,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from websockets.sync.client import connect
 
-from server.conftest import LiveServer, run_live
+from server.conftest import LiveServer, queue_prompt, run_live
 from zturbo.graph.formats import load_workflow_file
 from zturbo.nodes.lora import LORA_MESSAGE
 from zturbo.output.metadata import ModelFiles, api_graph
@@ -71,17 +69,9 @@ def server(models: Path, tmp_path_factory) -> Iterator[LiveServer]:
 
 
 def queue(live: LiveServer, prompt: dict, client_id: str) -> dict:
-    response = httpx.post(f"{live.http}/prompt", json={"prompt": prompt, "client_id": client_id}, timeout=30)
-    assert response.status_code == 200, response.text
-    prompt_id = response.json()["prompt_id"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        entry = httpx.get(f"{live.http}/history/{prompt_id}", timeout=30).json()
-        if prompt_id in entry:
-            assert entry[prompt_id]["status"]["status_str"] == "success", entry[prompt_id]["status"]
-            return entry[prompt_id]
-        time.sleep(0.1)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
+    entry = queue_prompt(live.http, prompt, client_id)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return entry
 
 
 def messages_of(ws, until_prompt: str) -> list[dict]:

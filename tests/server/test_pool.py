@@ -12,7 +12,6 @@ import importlib.util
 import io
 import platform
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from PIL import Image
 from websockets.sync.client import connect
 
-from server.conftest import LiveServer, run_live, wait_until
+from server.conftest import LiveServer, finished_entry, run_live, wait_until
 from server.test_graph_integration import z_image_prompt
 from server.test_ws import finished, recv, recv_until
 from zturbo.runtime.settings import EngineSettings
@@ -111,13 +110,7 @@ def served_pixels(live: LiveServer, entry: dict) -> np.ndarray:
 
 
 def history(live: LiveServer, prompt_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = httpx.get(f"{live.http}/history/{prompt_id}", timeout=30).json()
-        if prompt_id in body:
-            return body[prompt_id]
-        time.sleep(0.1)
-    raise AssertionError(f"{prompt_id} did not finish in {timeout}s")
+    return finished_entry(live.http, prompt_id, timeout)
 
 
 def submit(live: LiveServer, prompt: dict, client_id: str) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server.conftest import LiveServer, real_engine_config, run_live
+from server.conftest import LiveServer, finished_entry, real_engine_config, run_live
 from zturbo.checkpoints.layout import resolve_models
 from zturbo.engine import Engine
 from zturbo.generate import run_request
@@ -50,13 +50,7 @@ def real_server(tiny_models: Path, tmp_path_factory) -> Iterator[LiveServer]:
 
 
 def wait_for_history(live: LiveServer, prompt_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = httpx.get(f"{live.http}/history/{prompt_id}", timeout=30).json()
-        if prompt_id in entry:
-            return entry[prompt_id]
-        time.sleep(0.2)
-    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s")
+    return finished_entry(live.http, prompt_id, timeout)
 
 
 def test_converted_template_over_http_equals_generate(real_server: LiveServer, tiny_models: Path):
