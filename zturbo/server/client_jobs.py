@@ -55,12 +55,19 @@ def queue_request(state: ServerState, request: GenerationRequest, client: str) -
     anything is queued."""
     folders = {"input": state.config.input_dir, "output": state.config.output_dir}
     body = GraphRequest(settings=request, filename_prefix=client)
-    graph = build_graph(body, state.registry, state.config.models_dir, folders)
+    return queue_graph(state, build_graph(body, state.registry, state.config.models_dir, folders), client)
+
+
+def queue_graph(state: ServerState, graph: dict[str, Any], client: str, client_id: str | None = None) -> str:
+    """Validate and queue an API-format graph for `client` (its WebSocket events to `client_id`, if
+    given); returns its prompt id. Bad input raises `InputError` before anything is queued."""
     result = state.executor.validate(graph, None)
     if not result.ok:
         raise InputError(_validation_message(result))
     prompt_id = str(uuid.uuid4())
-    extra_data = {CLIENT_KEY: client, "create_time": int(time.time() * 1000)}
+    extra_data: dict[str, Any] = {CLIENT_KEY: client, "create_time": int(time.time() * 1000)}
+    if client_id:
+        extra_data["client_id"] = client_id
     item = QueueItem(state.queue.next_number(), prompt_id, graph, extra_data, list(result.outputs))
     state.submit(item)
     return prompt_id

@@ -11,26 +11,23 @@ output in the history entry.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from zturbo.errors import GenerationError, InputError
+from zturbo.errors import GenerationError
 from zturbo.models.prompt_enhancer import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_IDEA_CHARS,
     MAX_NEW_TOKENS_CAP,
     check_request,
 )
-from zturbo.server.client_jobs import CLIENT_KEY, _validation_message, wait_for
+from zturbo.sampling.noise import SEED_MAX
+from zturbo.server.client_jobs import queue_graph, wait_for
 from zturbo.server.creator import model_files
-from zturbo.server.queue import QueueItem
 from zturbo.server.state import ServerState
 
 ENHANCE_NODE = "2"
-SEED_MAX = 2**64 - 1
 
 
 class EnhanceRequest(BaseModel):
@@ -59,16 +56,7 @@ def queue_enhance(state: ServerState, body: EnhanceRequest, client: str) -> str:
     """Validate and queue the enhancement; returns its prompt id (bad input: `InputError`, nothing queued)."""
     check_request(body.prompt, body.max_tokens)  # a blank idea: 400 now, not a failed job
     graph = enhance_graph(body, model_files(state.config.models_dir).text_encoder)
-    result = state.executor.validate(graph, None)
-    if not result.ok:
-        raise InputError(_validation_message(result))
-    prompt_id = str(uuid.uuid4())
-    extra_data: dict[str, Any] = {CLIENT_KEY: client, "create_time": int(time.time() * 1000)}
-    if body.client_id:
-        extra_data["client_id"] = body.client_id
-    item = QueueItem(state.queue.next_number(), prompt_id, graph, extra_data, list(result.outputs))
-    state.submit(item)
-    return prompt_id
+    return queue_graph(state, graph, client, body.client_id)
 
 
 async def run_enhance(state: ServerState, body: EnhanceRequest, client: str) -> dict[str, Any]:
