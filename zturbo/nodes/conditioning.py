@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from zturbo.models.prompt_enhancer import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_CAP
 from zturbo.nodes.base import Node, NodeOutput, require_engine
 from zturbo.nodes.schema import Int, Link, NodeSchema, Output, String
+from zturbo.sampling.noise import SEED_MAX
 
 if TYPE_CHECKING:
     from zturbo.nodes.context import NodeContext
@@ -49,7 +51,6 @@ class ConditioningZeroOut(Node):
 
 
 ENHANCE_EVENT = "zturbo_enhance"  # WebSocket event: {prompt_id, node, text: the next piece of the text}
-SEED_MAX = 2**64 - 1
 
 
 class ZTurboPromptEnhance(Node):
@@ -69,7 +70,7 @@ class ZTurboPromptEnhance(Node):
             String("text", multiline=True, dynamic_prompts=True, tooltip="The idea, in any language."),
             Int("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                 tooltip="Sampling seed: the same seed gives the same text."),
-            Int("max_tokens", default=300, min=1, max=1024, tooltip="At most this many generated tokens."),
+            Int("max_tokens", default=DEFAULT_MAX_NEW_TOKENS, min=1, max=MAX_NEW_TOKENS_CAP, tooltip="At most this many generated tokens."),
             String("system", multiline=True, default="", optional=True,
                    tooltip="Your own system prompt; empty: zturbo's (a detailed visual description in the "
                    "language of the idea)."),
